@@ -1,0 +1,110 @@
+"""Finding image files, hashing them, and decoding any of them to RGB."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# Pillow's own bomb limit (~179 MP raises, ~89 MP warns); we treat the warning as fatal too.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+class ImageError(Exception):
+    """An image that cannot be used; the message is the reason, fit for a report."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def find_images(root: Path) -> list[Path]:
+    """All image files under `root`, sorted; hidden files and folders are skipped."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath, f) for f in filenames if is_image_file(Path(f)))
+    return sorted(found)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def decode_rgb(source: Path | bytes, draft_to: int | None = None) -> Image.Image:
+    """Decode any supported image to an upright 8-bit RGB image.
+
+    The format is read from the content, not the suffix (a PNG named .jpg works). With
+    `draft_to`, JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale whose shorter side is
+    still at least `draft_to` pixels: a 12 MP photo bound for 224 px decodes several times faster.
+    Transparent images are flattened on white; greyscale, CMYK, palette and 16-bit become RGB.
+    """
+    data = source if isinstance(source, bytes) else _read(source)
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if draft_to and img.format == "JPEG":
+                _draft(img, draft_to)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"decompression bomb refused ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"unreadable or truncated image ({exc})") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read file ({exc.strerror or exc})") from None
+
+
+def _draft(img: Image.Image, shorter_side: int) -> None:
+    width, height = img.size
+    scale = shorter_side / min(width, height)
+    if scale < 1:
+        img.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode.startswith("I"):
+        img = _int_to_l(img)
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def _int_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit greyscale to 8 bits, scaled rather than clipped at 255."""
+    img = img.convert("I")
+    if img.getextrema()[1] > 255:
+        img = img.point(lambda v: v * (1 / 256))
+    return img.convert("L")
