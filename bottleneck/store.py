@@ -1,0 +1,312 @@
+"""The HDF5 bottleneck cache: embeddings keyed by extractor fingerprint and image sha256.
+
+Layout (see docs/architecture.md): `/extractors/<fp>/{keys,vectors}` grow batch by batch and are
+flushed after each, so a killed run loses at most the batch in flight; `/datasets/<name>/` holds
+the manifest of one folder; `/paths` remembers (path, size, mtime) → sha256 so that a rerun does
+not re-read unchanged files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from bottleneck import __version__
+
+FORMAT = "bottleneck-cache"
+FORMAT_VERSION = 1
+DEFAULT_CACHE = Path("cache/bottleneck.h5")
+_STR = h5py.string_dtype()
+_SHA = "S64"
+_MANIFEST_FIELDS = ("path", "label", "split", "sha256", "status")
+
+
+class StoreError(Exception):
+    """A cache that cannot be used as asked; the message names the file and the fix."""
+
+
+class CacheBusyError(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: str  # relative to the dataset root
+    label: str
+    split: str
+    sha256: str  # "" when the file could not be read
+    status: str  # "ok", or why the image was skipped
+
+
+@dataclass
+class Features:
+    """The usable rows of one dataset under one extractor."""
+
+    root: Path
+    paths: list[str]
+    labels: np.ndarray
+    splits: np.ndarray
+    shas: list[str]
+    X: np.ndarray
+
+
+def fingerprint(spec: dict) -> str:
+    """A readable, collision-safe name for everything that determines the vectors."""
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    name = re.sub(r"[^\w.\-]+", "_", str(spec.get("name", "extractor")))
+    return f"{name}-{digest[:16]}"
+
+
+def _attr(value: object) -> object:
+    """An HDF5-storable attribute: containers as JSON, str subclasses (TorchVersion) as plain str."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return str(value) if isinstance(value, str) else value
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _chunk_rows(dim: int, itemsize: int) -> int:
+    """Rows per chunk for ~1 MiB chunks: large sequential writes, cheap partial reads."""
+    return max(1, min(4096, (1 << 20) // max(1, dim * itemsize)))
+
+
+class Store:
+    """An open cache file. Use `Store.open(path, writable=...)` as a context manager."""
+
+    def __init__(self, h5: h5py.File, path: Path) -> None:
+        self.h5 = h5
+        self.path = path
+        self._keys: dict[str, dict[str, int]] = {}
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path, writable: bool = False) -> Iterator[Store]:
+        """Open the cache; a writer holds an exclusive lock, readers a shared one."""
+        path = Path(path)
+        if not writable and not path.exists():
+            raise StoreError(f"{path}: no cache here yet; run `bottleneck extract DATA --cache {path}` first")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _lock(path, exclusive=writable):
+            try:
+                h5 = h5py.File(path, "a" if writable else "r")
+            except OSError as exc:
+                raise StoreError(
+                    f"{path}: not a readable HDF5 cache ({exc}); move it aside and rerun extract"
+                ) from None
+            with h5:
+                store = cls(h5, path)
+                if writable:
+                    store._init_root()
+                elif h5.attrs.get("format") != FORMAT:
+                    raise StoreError(f"{path}: not a bottleneck cache (no format attribute)")
+                yield store
+                if writable:
+                    h5.attrs["updated"] = _now()
+
+    def _init_root(self) -> None:
+        attrs = self.h5.attrs
+        if "format" not in attrs:
+            attrs.update(format=FORMAT, format_version=FORMAT_VERSION, created=_now())
+        elif attrs["format"] != FORMAT:
+            raise StoreError(f"{self.path}: an HDF5 file that is not a bottleneck cache; pass another --cache")
+        attrs["bottleneck_version"] = __version__
+
+    # -- embeddings ---------------------------------------------------------------------------
+
+    def extractors(self) -> list[str]:
+        return sorted(self.h5.get("extractors", {}).keys())
+
+    def extractor_attrs(self, fp: str) -> dict:
+        if fp not in self.h5.get("extractors", {}):
+            raise StoreError(f"{self.path}: no extractor {fp}; see `bottleneck info`")
+        return dict(self.h5["extractors"][fp].attrs)
+
+    def ensure_extractor(self, fp: str, dim: int, dtype: str, attrs: dict) -> None:
+        """Create the group for `fp` once; its attributes describe how the vectors were made."""
+        group = self.h5.require_group("extractors")
+        if fp in group:
+            return
+        g = group.create_group(fp)
+        g.attrs.update({k: _attr(v) for k, v in attrs.items()})
+        g.attrs.update(feature_dim=dim, dtype=dtype, created=_now(), updated=_now())
+        chunk = _chunk_rows(dim, np.dtype(dtype).itemsize)
+        g.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=_SHA, chunks=(4096,))
+        g.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk, dim))
+
+    def _key_index(self, fp: str) -> dict[str, int]:
+        if fp not in self._keys:
+            group = self.h5.get(f"extractors/{fp}")
+            keys = group["keys"][()] if group is not None else []
+            self._keys[fp] = {k.decode(): i for i, k in enumerate(keys)}
+        return self._keys[fp]
+
+    def has(self, fp: str, sha: str) -> bool:
+        return sha in self._key_index(fp)
+
+    def count(self, fp: str) -> int:
+        return len(self._key_index(fp))
+
+    def add_vectors(self, fp: str, shas: Sequence[str], vectors: np.ndarray) -> None:
+        """Append one batch and flush it to disk before returning."""
+        index = self._key_index(fp)
+        fresh = [i for i, s in enumerate(shas) if s not in index]
+        if not fresh:
+            return
+        group = self.h5["extractors"][fp]
+        keys, data = group["keys"], group["vectors"]
+        start = keys.shape[0]
+        end = start + len(fresh)
+        data.resize(end, axis=0)
+        data[start:end] = np.asarray(vectors)[fresh].astype(data.dtype, copy=False)
+        keys.resize(end, axis=0)  # keys last: a row is only visible once its vector is written
+        keys[start:end] = np.array([shas[i] for i in fresh], dtype=_SHA)
+        for offset, i in enumerate(fresh):
+            index[shas[i]] = start + offset
+        group.attrs["updated"] = _now()
+        self.h5.flush()
+
+    def get_vectors(self, fp: str, shas: Sequence[str]) -> np.ndarray:
+        """Vectors for `shas`, in that order, as float32."""
+        index = self._key_index(fp)
+        missing = [s for s in shas if s not in index]
+        if missing:
+            raise StoreError(f"{self.path}: {len(missing)} images have no vectors under {fp}; rerun extract")
+        rows = np.array([index[s] for s in shas], dtype=np.int64)
+        data = self.h5["extractors"][fp]["vectors"]
+        if len(rows) == 0:
+            return np.zeros((0, data.shape[1]), dtype=np.float32)
+        if len(rows) * 4 > data.shape[0]:
+            block = data[()]
+            return block[rows].astype(np.float32, copy=False)
+        order = np.unique(rows)
+        block = data[order]
+        return block[np.searchsorted(order, rows)].astype(np.float32, copy=False)
+
+    # -- datasets -----------------------------------------------------------------------------
+
+    def datasets(self) -> list[str]:
+        return sorted(self.h5.get("datasets", {}).keys())
+
+    def dataset_attrs(self, name: str) -> dict:
+        return dict(self._dataset_group(name).attrs)
+
+    def dataset_root(self, name: str) -> Path:
+        return Path(self._dataset_group(name).attrs["root"])
+
+    def _dataset_group(self, name: str) -> h5py.Group:
+        group = self.h5.get(f"datasets/{name}")
+        if group is None:
+            known = ", ".join(self.datasets()) or "none yet"
+            raise StoreError(f"{self.path}: no dataset named {name!r} (cached: {known}); run `bottleneck extract` on it")
+        return group
+
+    def write_manifest(self, name: str, root: Path, layout: str, rows: Sequence[ManifestRow], fp: str) -> None:
+        """Replace the manifest of `name` (written beside the old one, then swapped in)."""
+        parent = self.h5.require_group("datasets")
+        old = parent.get(name)
+        tmp = parent.create_group(f"{name}.writing") if f"{name}.writing" not in parent else parent[f"{name}.writing"]
+        for field in _MANIFEST_FIELDS:
+            if field in tmp:
+                del tmp[field]
+            values = [getattr(r, field) for r in rows]
+            tmp.create_dataset(field, data=np.array(values, dtype=_SHA if field == "sha256" else _STR))
+        extractors = sorted(set(json.loads(old.attrs.get("extractors", "[]"))) | {fp}) if old is not None else [fp]
+        tmp.attrs.update(
+            root=str(root), layout=layout, images=len(rows), extractors=json.dumps(extractors),
+            created=old.attrs["created"] if old is not None else _now(), updated=_now(),
+        )
+        if old is not None:
+            del parent[name]
+        parent.move(f"{name}.writing", name)
+        self.h5.attrs.update(last_dataset=name, last_extractor=fp)
+        self.h5.flush()
+
+    def read_manifest(self, name: str) -> list[ManifestRow]:
+        group = self._dataset_group(name)
+        columns = [group[f].asstr()[()] if f != "sha256" else [s.decode() for s in group[f][()]] for f in _MANIFEST_FIELDS]
+        return [ManifestRow(*values) for values in zip(*columns)]
+
+    def dataset_extractors(self, name: str) -> list[str]:
+        return json.loads(self._dataset_group(name).attrs.get("extractors", "[]"))
+
+    def last_run(self) -> tuple[str, str] | None:
+        attrs = self.h5.attrs
+        if "last_dataset" not in attrs:
+            return None
+        return str(attrs["last_dataset"]), str(attrs["last_extractor"])
+
+    # -- path index ---------------------------------------------------------------------------
+
+    def read_path_index(self) -> dict[str, tuple[int, int, str]]:
+        """abs path → (size, mtime_ns, sha256) as of the last run."""
+        group = self.h5.get("paths")
+        if group is None:
+            return {}
+        paths = group["path"].asstr()[()]
+        sizes, mtimes, shas = group["size"][()], group["mtime_ns"][()], group["sha256"][()]
+        return {p: (int(s), int(m), h.decode()) for p, s, m, h in zip(paths, sizes, mtimes, shas)}
+
+    def write_path_index(self, index: dict[str, tuple[int, int, str]]) -> None:
+        if "paths" in self.h5:
+            del self.h5["paths"]
+        group = self.h5.create_group("paths")
+        items = sorted(index.items())
+        group.create_dataset("path", data=np.array([p for p, _ in items], dtype=_STR))
+        group.create_dataset("size", data=np.array([v[0] for _, v in items], dtype=np.int64))
+        group.create_dataset("mtime_ns", data=np.array([v[1] for _, v in items], dtype=np.int64))
+        group.create_dataset("sha256", data=np.array([v[2] for _, v in items], dtype=_SHA))
+        self.h5.flush()
+
+
+def load_features(cache: Path, dataset: str, fp: str) -> Features:
+    """Everything a head needs: the usable rows of `dataset` and their vectors under `fp`."""
+    with Store.open(cache) as store:
+        root = store.dataset_root(dataset)
+        rows = [r for r in store.read_manifest(dataset) if r.status == "ok"]
+        X = store.get_vectors(fp, [r.sha256 for r in rows])
+    return Features(
+        root=root,
+        paths=[r.path for r in rows],
+        labels=np.array([r.label for r in rows]),
+        splits=np.array([r.split for r in rows]),
+        shas=[r.sha256 for r in rows],
+        X=X,
+    )
+
+
+@contextmanager
+def _lock(path: Path, exclusive: bool) -> Iterator[None]:
+    """One writer at a time: a second writer fails at once with a message naming the holder."""
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CacheBusyError(
+                f"{path} is in use by {holder}; wait for it to finish or pass another --cache"
+            ) from None
+        if exclusive:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"bottleneck pid {os.getpid()}")
+            handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
