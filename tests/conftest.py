@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str | None = None,
+                mode: str = "RGB") -> Path:
+    """A reproducible noise image; each seed gives different content (and sha256)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """DATA/<class>/<images>: 3 classes × 6 small JPEG/PNG images."""
+    root = tmp_path / "data"
+    for c, label in enumerate(["cat", "dog", "owl"]):
+        for i in range(6):
+            suffix = ".png" if i % 3 == 0 else ".jpg"
+            write_image(root / label / f"{label}{i}{suffix}", seed=100 * c + i)
+    return root
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
+    return SHARED_DATASETS
