@@ -1,0 +1,249 @@
+"""`fit` and `predict`: heads trained on cached embeddings, saved with a verifiable sidecar."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import sklearn
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
+
+from bottleneck import __version__
+from bottleneck.backbones import load_backbone
+from bottleneck.datasets import hash_split
+from bottleneck.extract import ExtractOptions, extract_files
+from bottleneck.heads import make_head
+from bottleneck.images import find_images, is_image_file, sha256_file
+from bottleneck.store import Features, Store, load_features
+
+
+class FitError(Exception):
+    """Data a head cannot be trained or used on; the message says why and what to do."""
+
+
+@dataclass
+class FitResult:
+    head_path: Path
+    sidecar: dict
+    report: str  # per-class precision/recall table
+
+
+@dataclass
+class Prediction:
+    path: str
+    labels: list[str]  # best first, top-k long
+    probabilities: list[float]
+
+
+def select_extractor(cache: Path, dataset: str | None, model: str | None) -> tuple[str, str]:
+    """(dataset, fingerprint): the last extract, or the newest extractor of `model` on `dataset`."""
+    with Store.open(cache) as store:
+        last = store.last_run()
+        if last is None:
+            raise FitError(f"{cache}: no dataset extracted yet; run `bottleneck extract DATA` first")
+        dataset = dataset or last[0]
+        fps = store.dataset_extractors(dataset)
+        if model is None:
+            return dataset, last[1] if dataset == last[0] else fps[-1]
+        matching = [fp for fp in fps if store.extractor_attrs(fp).get("model") == model]
+        if not matching:
+            known = sorted({str(store.extractor_attrs(fp).get("model")) for fp in fps})
+            raise FitError(f"dataset {dataset!r} has no {model} features (it has: {', '.join(known)}); "
+                           f"run `bottleneck extract {store.dataset_root(dataset)} --model {model}`")
+        return dataset, max(matching, key=lambda fp: str(store.extractor_attrs(fp).get("updated")))
+
+
+def split_indices(features: Features, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) row indices.
+
+    Split folders are used as they are (test falls back to val when there is no test folder).
+    Otherwise each image's split follows from its content hash, so adding images never moves old
+    ones between train and test; val is then empty and tuning uses cross-validation inside train.
+    """
+    splits = features.splits
+    if (splits != "").any():
+        train = np.flatnonzero(splits == "train")
+        val = np.flatnonzero(splits == "val")
+        test = np.flatnonzero(splits == "test")
+        if len(test) == 0:
+            test, val = val, np.array([], dtype=int)
+        return train, val, test
+    assigned = np.array([hash_split(s, test_size, seed) for s in features.shas])
+    return np.flatnonzero(assigned == "train"), np.array([], dtype=int), np.flatnonzero(assigned == "test")
+
+
+def _check_trainable(labels: np.ndarray, dataset: str) -> None:
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise FitError(f"dataset {dataset!r}: only one class ({classes[0] if len(classes) else 'none'}) "
+                       "in the training split; a classifier needs at least two class folders")
+    if counts.min() < 2:
+        raise FitError(f"dataset {dataset!r}: class {classes[counts.argmin()]!r} has {counts.min()} training "
+                       "image; add images or lower --test-size")
+
+
+def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str | None = None,
+             tune: bool = False, test_size: float = 0.25, seed: int = 0, out: Path | None = None,
+             params: dict | None = None) -> FitResult:
+    """Train `head` on the cached features of `dataset`, score it on the held-out split, save it."""
+    dataset, fp = select_extractor(cache, dataset, model)
+    features = load_features(cache, dataset, fp)
+    with Store.open(cache) as store:
+        extractor = store.extractor_attrs(fp)
+    train, val, test = split_indices(features, test_size, seed)
+    _check_trainable(features.labels[train], dataset)
+    if len(test) == 0:
+        raise FitError(f"dataset {dataset!r}: no test images; raise --test-size or add a val/test folder")
+    estimator = make_head(head, tune=tune, random_state=seed, **(params or {}))
+    # A separate val split (split folders) joins training: tuning and early stopping split it off again.
+    fit_rows = np.concatenate([train, val])
+    started = time.perf_counter()
+    estimator.fit(features.X[fit_rows], features.labels[fit_rows])
+    fit_seconds = time.perf_counter() - started
+    y_true, y_pred = features.labels[test], estimator.predict(features.X[test])
+
+    out = Path(out) if out else Path(cache).parent / "heads" / f"{dataset}-{head}.joblib"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(estimator, out)
+    per_class = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
+    sidecar = {
+        "head": head,
+        "params": {k: _jsonable(v) for k, v in estimator.get_params(deep=False).items()},
+        "best_params": _jsonable(getattr(_find_search(estimator), "best_params_", None)),
+        "classes": [str(c) for c in estimator.classes_],
+        "dataset": dataset,
+        "dataset_root": str(features.root),
+        "extractor": {"fingerprint": fp, **{k: _jsonable(v) for k, v in extractor.items()}},
+        "sizes": {"train": int(len(train)), "val": int(len(val)), "test": int(len(test))},
+        "split": {"test_size": test_size, "seed": seed, "from_folders": bool((features.splits != "").any())},
+        "metrics": {
+            "test_accuracy": float(accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+            "per_class": {c: {"precision": per_class[c]["precision"], "recall": per_class[c]["recall"],
+                              "support": int(per_class[c]["support"])} for c in estimator.classes_},
+        },
+        "fit_seconds": fit_seconds,
+        "versions": {"bottleneck": __version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sha256": sha256_file(out),
+    }
+    sidecar_path(out).write_text(json.dumps(sidecar, indent=2))
+    return FitResult(out, sidecar, classification_report(y_true, y_pred, zero_division=0))
+
+
+def sidecar_path(head_path: Path) -> Path:
+    return Path(head_path).with_suffix(".json")
+
+
+def load_head(head_path: Path) -> tuple[object, dict]:
+    """The fitted head and its sidecar, refusing a file whose sha256 is not the sidecar's.
+
+    joblib files run code when loaded, so the hash is checked before anything is unpickled.
+    """
+    head_path = Path(head_path)
+    meta_path = sidecar_path(head_path)
+    if not head_path.is_file():
+        raise FitError(f"{head_path}: no such head file; train one with `bottleneck fit`")
+    if not meta_path.is_file():
+        raise FitError(f"{meta_path}: sidecar missing; a head is only loaded with the sidecar `bottleneck fit` wrote")
+    meta = json.loads(meta_path.read_text())
+    if sha256_file(head_path) != meta.get("sha256"):
+        raise FitError(f"{head_path}: sha256 does not match {meta_path.name}; refusing to load it (joblib runs code on load)")
+    return joblib.load(head_path), meta
+
+
+def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: int = 1,
+                  weights: str | None = None, options: ExtractOptions | None = None
+                  ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Predictions for every image in `inputs` (files or folders) through the cache, and the skipped files."""
+    estimator, meta = load_head(head_path)
+    files = _expand(inputs)
+    extractor = meta["extractor"]
+    spec = json.loads(extractor["spec"]) if isinstance(extractor.get("spec"), str) else extractor.get("spec", {})
+    default_weights = "random" if extractor.get("weights") == "random" else None
+    backbone = load_backbone(extractor["model"], weights=weights or default_weights,
+                             layer=extractor.get("layer") or None, pool=extractor.get("pool", "avg"))
+    options = options or ExtractOptions()
+    options.precision, options.dtype = spec.get("precision", "fp32"), spec.get("dtype", "float32")
+    result = extract_files(files, backbone, cache, options)
+    if result.fingerprint != extractor["fingerprint"]:
+        raise FitError(f"{head_path}: trained on features {extractor['fingerprint']} but {extractor['model']} "
+                       f"now gives {result.fingerprint}; pass the --weights it was trained with, or refit")
+    paths = [p for p in map(str, files) if p in result.shas]
+    with Store.open(cache) as store:
+        X = store.get_vectors(result.fingerprint, [result.shas[p] for p in paths])
+    predictions = []
+    if paths:
+        proba = estimator.predict_proba(X)
+        classes = np.asarray(estimator.classes_)
+        for path, row in zip(paths, proba):
+            order = np.argsort(-row)[: max(1, top_k)]
+            predictions.append(Prediction(path, [str(classes[i]) for i in order], [float(row[i]) for i in order]))
+    return predictions, result.skipped
+
+
+def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -> str:
+    """CSV (path, prediction, probability, then label_i/probability_i for i ≤ top_k) or JSON."""
+    if fmt == "json":
+        rows = [{"path": p.path, "prediction": p.labels[0], "probability": p.probabilities[0],
+                 "top_k": [{"label": l, "probability": q} for l, q in zip(p.labels, p.probabilities)]}
+                for p in predictions]
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt != "csv":
+        raise FitError(f"--format {fmt}: use csv or json")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    extra = [f"{kind}_{i}" for i in range(1, top_k + 1) for kind in ("label", "probability")] if top_k > 1 else []
+    writer.writerow(["path", "prediction", "probability", *extra])
+    for p in predictions:
+        tail = [v for pair in zip(p.labels, p.probabilities) for v in pair] if top_k > 1 else []
+        writer.writerow([p.path, p.labels[0], f"{p.probabilities[0]:.6f}",
+                         *[f"{v:.6f}" if isinstance(v, float) else v for v in tail]])
+    return buffer.getvalue()
+
+
+def _expand(inputs: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(find_images(item))
+        elif item.is_file() and is_image_file(item):
+            files.append(item)
+        else:
+            raise FitError(f"{item}: not an image file or folder")
+    if not files:
+        raise FitError(f"no images found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def _find_search(estimator: object) -> object:
+    """The GridSearchCV inside a tuned head, if any."""
+    if hasattr(estimator, "best_params_"):
+        return estimator
+    for step in getattr(estimator, "named_steps", {}).values():
+        if hasattr(step, "best_params_"):
+            return step
+    return None
+
+
+def _jsonable(value: object) -> object:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return repr(value)
+

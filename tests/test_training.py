@@ -1,0 +1,120 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bottleneck.backbones import register_backbone
+from bottleneck.extract import ExtractOptions, extract_dataset
+from bottleneck.training import FitError, fit_head, load_head, predict_files, split_indices, write_predictions
+from bottleneck.store import StoreError, load_features
+from conftest import write_image
+from tiny_backbone import tiny_backbone
+
+QUIET = ExtractOptions(progress=False, workers=0)
+
+
+def _separable_folder(root: Path, per_class: int = 12) -> Path:
+    """Two classes a tiny random CNN can tell apart: dark noise vs bright noise."""
+    rng = np.random.default_rng(0)
+    from PIL import Image
+    for label, base in [("dark", 30), ("bright", 200)]:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(base + rng.normal(0, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def trained_cache(tmp_path: Path) -> tuple[Path, Path]:
+    models = {}
+    register_backbone("tiny", lambda weights=None, layer=None, pool="avg": models.setdefault("m", tiny_backbone()))
+    root = _separable_folder(tmp_path / "shades")
+    cache = tmp_path / "cache.h5"
+    extract_dataset(root, tiny_backbone(), cache, options=QUIET)
+    return root, cache
+
+
+def test_fit_writes_head_and_sidecar(trained_cache) -> None:
+    root, cache = trained_cache
+    result = fit_head(cache, head="logreg", test_size=0.3)
+    meta = json.loads(result.head_path.with_suffix(".json").read_text())
+    assert result.head_path == cache.parent / "heads" / "shades-logreg.joblib"
+    assert meta["classes"] == ["bright", "dark"] and meta["metrics"]["test_accuracy"] == 1.0
+    assert set(meta["metrics"]) >= {"test_accuracy", "balanced_accuracy", "macro_f1", "per_class"}
+    assert meta["sizes"]["train"] + meta["sizes"]["test"] == 24
+    assert meta["extractor"]["fingerprint"].startswith("tiny-") and len(meta["sha256"]) == 64
+    assert {"scikit-learn", "torch", "bottleneck"} <= set(meta["versions"])
+
+
+def test_hash_split_is_stable_when_images_are_added(trained_cache, tmp_path: Path) -> None:
+    root, cache = trained_cache
+    feats = load_features(cache, "shades", load_head_fp(cache))
+    _, _, test_before = split_indices(feats, 0.3, seed=0)
+    before = {feats.shas[i] for i in test_before}
+    for i in range(8):
+        write_image(root / "dark" / f"extra{i}.png", seed=900 + i)
+    extract_dataset(root, tiny_backbone(), cache, options=QUIET)
+    feats = load_features(cache, "shades", load_head_fp(cache))
+    train, _, test = split_indices(feats, 0.3, seed=0)
+    assert before <= {feats.shas[i] for i in test}
+    assert not before & {feats.shas[i] for i in train}
+
+
+def load_head_fp(cache: Path) -> str:
+    from bottleneck.store import Store
+    with Store.open(cache) as st:
+        return st.last_run()[1]
+
+
+def test_split_folders_are_used(tmp_path: Path) -> None:
+    for split in ["train", "val"]:
+        _separable_folder(tmp_path / "hym" / split, per_class=6)
+    cache = tmp_path / "c.h5"
+    extract_dataset(tmp_path / "hym", tiny_backbone(), cache, options=QUIET)
+    meta = fit_head(cache, head="knn").sidecar
+    assert meta["sizes"] == {"train": 12, "val": 0, "test": 12} and meta["split"]["from_folders"]
+
+
+def test_predict_reuses_cache_and_writes_topk(trained_cache, tmp_path: Path) -> None:
+    root, cache = trained_cache
+    head = fit_head(cache, head="logreg").head_path
+    backbone = tiny_backbone()
+    register_backbone("tiny", lambda weights=None, layer=None, pool="avg": backbone)
+    predictions, skipped = predict_files([root / "dark"], head, cache, top_k=2, options=QUIET)
+    assert backbone.model.images_seen == 0 and not skipped
+    assert [p.labels[0] for p in predictions] == ["dark"] * 12
+    csv_text = write_predictions(predictions, "csv", top_k=2)
+    assert csv_text.splitlines()[0] == "path,prediction,probability,label_1,probability_1,label_2,probability_2"
+    assert json.loads(write_predictions(predictions, "json", 2))[0]["prediction"] == "dark"
+    new = write_image(tmp_path / "new" / "x.png", seed=77)
+    predict_files([new], head, cache, options=QUIET)
+    assert backbone.model.images_seen == 1
+
+
+def test_predict_refuses_tampered_head_and_other_extractor(trained_cache) -> None:
+    root, cache = trained_cache
+    head = fit_head(cache, head="logreg").head_path
+    register_backbone("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone(dim=4))
+    with pytest.raises(FitError, match="trained on features"):
+        predict_files([root / "dark"], head, cache, options=QUIET)
+    head.write_bytes(head.read_bytes() + b"x")
+    with pytest.raises(FitError, match="sha256 does not match"):
+        load_head(head)
+
+
+def test_clear_errors(trained_cache, tmp_path: Path) -> None:
+    root, cache = trained_cache
+    with pytest.raises(StoreError, match="no cache here yet"):
+        fit_head(tmp_path / "none.h5", head="logreg")
+    with pytest.raises(ValueError, match="logreg"):
+        fit_head(cache, head="nope")
+    with pytest.raises(FitError, match="has no resnet50 features"):
+        fit_head(cache, head="logreg", model="resnet50")
+    one = tmp_path / "one"
+    write_image(one / "only" / "a.png", seed=1)
+    write_image(one / "only" / "b.png", seed=2)
+    extract_dataset(one, tiny_backbone(), cache, options=QUIET)
+    with pytest.raises(FitError, match="only one class"):
+        fit_head(cache, head="logreg", dataset="one")
