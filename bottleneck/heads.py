@@ -1,0 +1,379 @@
+"""Classifier heads on cached embeddings: each one a plain scikit-learn estimator.
+
+``make_head(name)`` returns ``Pipeline([("scale", StandardScaler()), ("l2", Normalizer())?,
+("clf", <classifier>)])``; ``tune=True`` wraps it in a ``GridSearchCV`` that only ever sees the
+data passed to ``fit``. Defaults are chosen for small data: tens of images per class, ~1000-d
+features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import BaseCrossValidator, GridSearchCV, StratifiedKFold
+from sklearn.model_selection import train_test_split
+from sklearn.naive_bayes import GaussianNB
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+from torch.nn import functional as F
+
+HEADS: dict[str, str] = {
+    "softmax": "linear layer + softmax trained with torch (AdamW, early stopping)",
+    "logreg": "multinomial logistic regression (L2, C=0.1)",
+    "svm": "support vector machine (RBF kernel), sigmoid-calibrated probabilities",
+    "rf": "random forest, 300 trees",
+    "knn": "k nearest neighbours (k=5, cosine distance, distance-weighted)",
+    "mlp": "Dense(64) + batch-norm + ReLU + dropout + softmax, trained with torch",
+    "nb": "Gaussian naive Bayes",
+}
+
+
+class UnknownHeadError(ValueError):
+    """A head name that is not in ``HEADS``."""
+
+
+def _check_name(name: str) -> None:
+    if name not in HEADS:
+        raise UnknownHeadError(f"unknown head {name!r}; known heads: {', '.join(HEADS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# torch heads
+
+
+@contextmanager
+def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's RNGs for one fit and restore them afterwards.
+
+    Weight init and dropout draw from torch's global generators (they take no generator
+    argument), so a fit forks them rather than moving the caller's random streams.
+    """
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch on one CPU thread, restoring the caller's setting afterwards.
+
+    These modules are tiny: more intra-op threads only add synchronisation, and under CPU
+    contention (search workers, a random forest, other processes) they made fits 10-20x slower.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class _TorchClassifier(ClassifierMixin, BaseEstimator):
+    """Shared trainer: subclasses define ``__init__`` (hyperparameters) and ``_build_module``.
+
+    Training: AdamW on cross-entropy in shuffled minibatches. Early stopping watches the loss on
+    a stratified ``validation_fraction`` of the training data, stops after ``patience`` epochs
+    without improvement and restores the best weights; when the data is too small for a split
+    with every class on both sides (or ``validation_fraction=0``) it trains ``max_epochs``.
+
+    The fitted ``module_`` lives on the CPU in eval mode and prediction runs there: the module
+    is tiny, and a head fitted on a GPU then pickles and loads anywhere. ``n_iter_`` is the
+    number of epochs run.
+    """
+
+    def _build_module(self, n_features: int, n_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    def fit(self, X: Any, y: Any) -> _TorchClassifier:
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class")
+        rng = check_random_state(self.random_state)
+        device = _resolve_device(self.device)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        with _one_torch_thread(), _seeded_rng(seed, device):
+            module = self._build_module(X.shape[1], len(self.classes_)).to(device)
+            self.n_iter_ = self._train(module, X, y_index, rng, device)
+        self.module_ = module.cpu().eval()
+        return self
+
+    def _train(
+        self,
+        module: nn.Module,
+        X: np.ndarray,
+        y: np.ndarray,
+        rng: np.random.RandomState,
+        device: torch.device,
+    ) -> int:
+        """Train in place; return the number of epochs run."""
+        X_t = torch.tensor(X, device=device)
+        y_t = torch.tensor(y, device=device)
+        train, val = self._validation_split(y, rng)
+        n_batches = math.ceil(len(train) / self.batch_size)
+        optimizer = torch.optim.AdamW(
+            module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+        best_loss, best_state, waited = math.inf, None, 0
+        for epoch in range(1, self.max_epochs + 1):
+            module.train()
+            # array_split keeps batches near-equal, so none has the single sample BatchNorm rejects
+            for batch in np.array_split(rng.permutation(train), n_batches):
+                index = torch.as_tensor(batch, device=device)
+                optimizer.zero_grad()
+                F.cross_entropy(module(X_t[index]), y_t[index]).backward()
+                optimizer.step()
+            if val is None:
+                continue
+            module.eval()
+            index = torch.as_tensor(val, device=device)
+            with torch.no_grad():
+                loss = F.cross_entropy(module(X_t[index]), y_t[index]).item()
+            if loss < best_loss:
+                best_loss, waited = loss, 0
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        return epoch
+
+    def _validation_split(
+        self, y: np.ndarray, rng: np.random.RandomState
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(train, validation) row indices; validation is None when no stratified split fits."""
+        rows = np.arange(len(y))
+        n_classes = int(y.max()) + 1
+        n_val = math.ceil(self.validation_fraction * len(y))
+        if (
+            self.validation_fraction <= 0
+            or np.bincount(y).min() < 2
+            or n_val < n_classes
+            or len(y) - n_val < n_classes
+        ):
+            return rows, None
+        train, val = train_test_split(rows, test_size=n_val, stratify=y, random_state=rng)
+        return train, val
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        with _one_torch_thread(), torch.no_grad():
+            logits = self.module_(torch.tensor(X))
+        return torch.softmax(logits.double(), dim=1).numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        proba = self.predict_proba(X)  # first: it raises NotFittedError
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+class SoftmaxClassifier(_TorchClassifier):
+    """One linear layer + softmax (the tutorials' ``Dense(n_classes, softmax)`` top)."""
+
+    def __init__(
+        self,
+        *,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-2,
+        batch_size: int = 32,
+        max_epochs: int = 200,
+        validation_fraction: float = 0.1,
+        patience: int = 10,
+        device: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.device = device
+        self.random_state = random_state
+
+    def _build_module(self, n_features: int, n_classes: int) -> nn.Module:
+        return nn.Linear(n_features, n_classes)
+
+
+class MLPHeadClassifier(_TorchClassifier):
+    """Dense(hidden_units) + BatchNorm1d + ReLU + Dropout + Dense(n_classes) + softmax."""
+
+    def __init__(
+        self,
+        *,
+        hidden_units: int = 64,
+        dropout: float = 0.5,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-2,
+        batch_size: int = 32,
+        max_epochs: int = 200,
+        validation_fraction: float = 0.1,
+        patience: int = 10,
+        device: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.device = device
+        self.random_state = random_state
+
+    def _build_module(self, n_features: int, n_classes: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(n_features, self.hidden_units),
+            nn.BatchNorm1d(self.hidden_units),
+            nn.ReLU(),
+            nn.Dropout(self.dropout),
+            nn.Linear(self.hidden_units, n_classes),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+
+
+class _StratifiedKFoldUpTo(BaseCrossValidator):
+    """Shuffled StratifiedKFold with ``min(max_splits, smallest class count)`` folds, fixed at
+    split time, so one splitter suits any training set.
+
+    Deliberately has no ``n_splits`` attribute: CalibratedClassifierCV would read it as a fixed
+    fold count.
+    """
+
+    def __init__(self, max_splits: int = 5, random_state: int | None = None) -> None:
+        self.max_splits = max_splits
+        self.random_state = random_state
+
+    def _kfold(self, y: Any) -> StratifiedKFold:
+        smallest = int(np.unique(np.asarray(y), return_counts=True)[1].min())
+        if smallest < 2:
+            raise ValueError(
+                "cross-validation needs at least 2 samples of every class; "
+                f"the smallest class has {smallest}"
+            )
+        n_splits = min(self.max_splits, smallest)
+        return StratifiedKFold(n_splits, shuffle=True, random_state=self.random_state)
+
+    def split(self, X: Any, y: Any, groups: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self._kfold(y).split(X, y)
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        # without y only the upper bound is known
+        return self.max_splits if y is None else self._kfold(y).get_n_splits()
+
+
+def _svm(random_state: int | None, params: dict[str, Any]) -> CalibratedClassifierCV:
+    # SVC(probability=True) is deprecated since scikit-learn 1.9; this is its documented
+    # replacement (Platt scaling on cross-validated decision values, one SVC fitted on all data).
+    return CalibratedClassifierCV(
+        SVC(**params), cv=_StratifiedKFoldUpTo(5, random_state), ensemble=False
+    )
+
+
+_Builder = Callable[[int | None, dict[str, Any]], BaseEstimator]
+
+_BUILDERS: dict[str, _Builder] = {
+    "softmax": lambda rs, p: SoftmaxClassifier(random_state=rs, **p),
+    "logreg": lambda rs, p: LogisticRegression(
+        **{"C": 0.1, "max_iter": 5000, "random_state": rs, **p}
+    ),
+    "svm": _svm,
+    "rf": lambda rs, p: RandomForestClassifier(
+        **{"n_estimators": 300, "n_jobs": -1, "random_state": rs, **p}
+    ),
+    # Cosine: the direction of a CNN embedding carries the class, its norm mostly image
+    # contrast/content amount, and in ~1000 dimensions euclidean distances concentrate.
+    # Distance weights: with a handful of images per class, k=5 reaches into other classes.
+    "knn": lambda rs, p: KNeighborsClassifier(
+        **{"n_neighbors": 5, "metric": "cosine", "weights": "distance", **p}
+    ),
+    "mlp": lambda rs, p: MLPHeadClassifier(random_state=rs, **p),
+    "nb": lambda rs, p: GaussianNB(**p),
+}
+
+# In the classifier's own parameter names; param_grid() adds the pipeline prefix.
+_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "softmax": {"weight_decay": [1e-4, 1e-3, 1e-2, 1e-1, 1.0]},
+    "logreg": {"C": [0.001, 0.01, 0.1, 1.0, 10.0]},
+    # gamma="scale" is 1/n_features on standardised data; the fixed values bracket it for ~1000-d.
+    "svm": {"C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale", 1e-4, 1e-3, 1e-2]},
+    "rf": {"max_depth": [None, 8, 16], "max_features": ["sqrt", "log2"]},
+    "knn": {"n_neighbors": [1, 3, 5, 7, 11, 15]},
+    "mlp": {"dropout": [0.2, 0.5], "weight_decay": [1e-3, 1e-2, 1e-1]},
+    "nb": {"var_smoothing": [1e-9, 1e-7, 1e-5, 1e-3, 1e-1]},
+}
+
+
+def param_grid(name: str, **params: Any) -> dict[str, list[Any]]:
+    """The grid ``make_head(name, tune=True, **params)`` searches, in pipeline parameter names.
+
+    ``params`` matter only where they change what is worth searching (``svm`` with
+    ``kernel="linear"`` has no gamma).
+    """
+    _check_name(name)
+    grid = {key: list(values) for key, values in _GRIDS[name].items()}
+    if name == "svm" and params.get("kernel", "rbf") == "linear":
+        del grid["gamma"]
+    prefix = "clf__estimator__" if name == "svm" else "clf__"
+    return {prefix + key: values for key, values in grid.items()}
+
+
+def make_head(
+    name: str,
+    *,
+    tune: bool = False,
+    l2_normalize: bool = False,
+    random_state: int | None = 0,
+    **params: Any,
+) -> Pipeline | GridSearchCV:
+    """A fresh, unfitted head; ``params`` go to the classifier (for ``svm``, to the SVC).
+
+    ``tune=True`` wraps the pipeline in a GridSearchCV over ``param_grid(name, **params)`` with
+    stratified k-fold (k = min(5, smallest class count), at least 2) on the data given to
+    ``fit`` alone, then refits the best candidate on all of it.
+    """
+    _check_name(name)
+    steps: list[tuple[str, BaseEstimator]] = [("scale", StandardScaler())]
+    if l2_normalize:
+        steps.append(("l2", Normalizer()))
+    steps.append(("clf", _BUILDERS[name](random_state, params)))
+    pipeline = Pipeline(steps)
+    if not tune:
+        return pipeline
+    return GridSearchCV(
+        pipeline, param_grid(name, **params), cv=_StratifiedKFoldUpTo(5, random_state)
+    )

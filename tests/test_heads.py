@@ -1,0 +1,198 @@
+"""Classifier heads: accuracy on separable embeddings, the scikit-learn contract, tuning,
+persistence, reproducibility."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import make_blobs
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from bottleneck.heads import (
+    HEADS,
+    MLPHeadClassifier,
+    SoftmaxClassifier,
+    UnknownHeadError,
+    make_head,
+    param_grid,
+)
+
+LABELS = np.array(["cat", "dog", "eel"])
+
+
+def embeddings(n_per_class: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """3 separable classes in 64-d (blobs), float32 like the store, string labels."""
+    X, y = make_blobs(
+        n_samples=3 * n_per_class, centers=3, n_features=64, cluster_std=8.0, random_state=seed
+    )
+    return X.astype(np.float32), LABELS[y]
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    X, y = embeddings()
+    return train_test_split(X, y, train_size=120, stratify=y, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(split) -> dict[str, Pipeline]:
+    X_train, _, y_train, _ = split
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # defaults must converge quietly
+        return {name: make_head(name).fit(X_train, y_train) for name in HEADS}
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_head_learns_separable_embeddings(name, split, fitted):
+    _, X_test, _, y_test = split
+    head = fitted[name]
+    assert [step for step, _ in head.steps] == ["scale", "clf"]
+    assert list(head.classes_) == list(LABELS)
+    assert head.score(X_test, y_test) >= 0.9
+    proba = head.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)  # float32 input, float32 sums
+    np.testing.assert_array_equal(head.classes_[proba.argmax(axis=1)], head.predict(X_test))
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_joblib_round_trip_predicts_identically(name, split, fitted, tmp_path: Path):
+    _, X_test, _, _ = split
+    joblib.dump(fitted[name], tmp_path / "head.joblib")
+    loaded = joblib.load(tmp_path / "head.joblib")
+    np.testing.assert_array_equal(loaded.predict(X_test), fitted[name].predict(X_test))
+    np.testing.assert_array_equal(
+        loaded.predict_proba(X_test), fitted[name].predict_proba(X_test)
+    )
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_clone_and_params_round_trip(name):
+    head = make_head(name, l2_normalize=True)
+    assert [step for step, _ in head.steps] == ["scale", "l2", "clf"]
+    copy = clone(head)
+    assert repr(copy) == repr(head)
+    key, values = next(iter(param_grid(name).items()))
+    original = head.get_params()[key]
+    copy.set_params(**{key: values[-1]})
+    assert copy.get_params()[key] == values[-1]
+    assert head.get_params()[key] == original
+    assert clone(copy).get_params()[key] == values[-1]
+    assert repr(clone(make_head(name, tune=True))) == repr(make_head(name, tune=True))
+
+
+def test_params_go_to_the_classifier():
+    assert make_head("logreg", C=3.0)[-1].C == 3.0
+    assert make_head("svm", kernel="linear", C=2.0)[-1].estimator.get_params()["C"] == 2.0
+    assert make_head("softmax", random_state=7)[-1].random_state == 7
+    with pytest.raises(TypeError):
+        make_head("nb", C=1.0)
+
+
+def test_unknown_head_lists_known_names():
+    with pytest.raises(UnknownHeadError) as info:
+        make_head("xgboost")
+    message = str(info.value)
+    assert "xgboost" in message and "\n" not in message
+    assert all(name in message for name in HEADS)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(UnknownHeadError):
+        param_grid("xgboost")
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_param_grid_names_real_pipeline_params(name):
+    grid = param_grid(name)
+    assert grid and all(values for values in grid.values())
+    assert set(grid) <= set(make_head(name).get_params())
+
+
+def test_svm_linear_grid_has_no_gamma():
+    assert set(param_grid("svm", kernel="linear")) == {"clf__estimator__C"}
+
+
+@pytest.mark.parametrize("name", ["logreg", "softmax"])
+def test_tune_searches_the_grid_with_folds_from_the_fit_data(name):
+    X, y = embeddings(n_per_class=20)
+    keep = np.r_[np.flatnonzero(y != "eel"), np.flatnonzero(y == "eel")[:3]]  # smallest class: 3
+    head = make_head(name, tune=True, **({"max_epochs": 30} if name == "softmax" else {}))
+    assert isinstance(head, GridSearchCV)
+    head.fit(X[keep], y[keep])
+    assert head.n_splits_ == 3
+    grid = param_grid(name)
+    assert head.param_grid == grid
+    for key, value in head.best_params_.items():
+        assert value in grid[key]
+    assert head.predict(X[:5]).dtype == y.dtype
+
+
+@pytest.mark.parametrize(("name", "tune"), [("svm", False), ("logreg", True)])
+def test_cross_validation_needs_two_samples_per_class(name, tune):
+    X, y = embeddings(n_per_class=1)
+    with pytest.raises(ValueError, match="at least 2 samples of every class"):
+        make_head(name, tune=tune).fit(X, y)
+
+
+def test_tune_uses_at_most_five_folds():
+    X, y = embeddings(n_per_class=20)
+    assert make_head("nb", tune=True).fit(X, y).n_splits_ == 5
+
+
+@pytest.mark.parametrize("cls", [SoftmaxClassifier, MLPHeadClassifier])
+def test_torch_head_is_reproducible_and_leaves_global_torch_state_alone(cls):
+    X, y = embeddings(n_per_class=30)
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
+    a = cls(random_state=3, max_epochs=20).fit(X, y).predict_proba(X)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.get_num_threads() == threads
+    b = cls(random_state=3, max_epochs=20).fit(X, y).predict_proba(X)
+    c = cls(random_state=4, max_epochs=20).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("cls", [SoftmaxClassifier, MLPHeadClassifier])
+def test_torch_head_fitted_attributes(cls):
+    X, y = embeddings(n_per_class=30)
+    head = cls(random_state=0, max_epochs=5).fit(X, y)
+    assert head.n_features_in_ == 64
+    assert list(head.classes_) == list(LABELS)
+    assert head.n_iter_ <= 5
+    assert not head.module_.training
+    assert all(p.device.type == "cpu" for p in head.module_.parameters())
+
+
+def test_early_stopping_stops_when_validation_loss_stalls():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(120, 64)).astype(np.float32)
+    y = LABELS[rng.randint(3, size=120)]  # noise labels: validation loss rises as it memorises
+    head = SoftmaxClassifier(max_epochs=500, patience=5, learning_rate=1e-2, random_state=0)
+    assert head.fit(X, y).n_iter_ < 500
+
+
+@pytest.mark.parametrize("cls", [SoftmaxClassifier, MLPHeadClassifier])
+def test_too_small_to_split_trains_without_early_stopping(cls):
+    X, y = embeddings(n_per_class=2)  # 6 rows: no stratified 10% validation split exists
+    head = cls(max_epochs=7, random_state=0).fit(X, y)
+    assert head.n_iter_ == 7
+    assert set(head.predict(X)) <= set(LABELS)
+
+
+# Every check applies and passes, so there is no expected_failed_checks. Small max_epochs and a
+# larger learning rate keep the ~70 fits per estimator fast while still clearing the accuracy bar.
+@parametrize_with_checks(
+    [
+        SoftmaxClassifier(max_epochs=15, learning_rate=0.05, device="cpu"),
+        MLPHeadClassifier(max_epochs=15, learning_rate=0.05, device="cpu"),
+    ]
+)
+def test_sklearn_estimator_contract(estimator, check):
+    check(estimator)
