@@ -38,3 +38,21 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def lite0_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache with photo_vs_drawing and hymenoptera extracted by EfficientNet-Lite0 (real weights), once per session."""
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
+    from bottleneck.backbones import BackboneError, load_backbone
+    from bottleneck.extract import ExtractOptions, extract_dataset
+
+    try:
+        backbone = load_backbone("efficientnet_lite0")
+    except BackboneError as exc:
+        pytest.skip(f"efficientnet_lite0 weights unavailable: {exc}")
+    cache = tmp_path_factory.mktemp("lite0") / "bottleneck.h5"
+    for name in ["photo_vs_drawing", "hymenoptera"]:
+        extract_dataset(SHARED_DATASETS / name, backbone, cache, options=ExtractOptions(progress=False))
+    return cache

@@ -1,0 +1,185 @@
+"""The `bottleneck` command: parses options, calls one stage, prints its result."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bottleneck.store import DEFAULT_CACHE
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Frozen pretrained CNN features, cached once; classical heads; honest comparisons.")
+console = Console()
+stderr = Console(stderr=True)
+
+CacheOption = typer.Option(DEFAULT_CACHE, "--cache", help="HDF5 cache file.")
+
+
+@contextlib.contextmanager
+def _user_errors(cache: Path | None = None) -> Iterator[None]:
+    """Turn the stages' user-facing errors into one red line and a non-zero exit."""
+    from bottleneck.backbones import BackboneError
+    from bottleneck.datasets import DatasetError
+    from bottleneck.extract import ExtractError
+    from bottleneck.store import StoreError
+    from bottleneck.training import FitError
+
+    try:
+        yield
+    except (BackboneError, DatasetError, StoreError, ExtractError, FitError, ValueError) as exc:
+        stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        where = f" in {cache}" if cache else ""
+        stderr.print(f"interrupted: everything computed so far is saved{where}; rerun to resume")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def extract(
+    data: Path = typer.Argument(..., help="DATA/<class>/<images> or DATA/{train,val,test}/<class>/<images>."),
+    model: str = typer.Option("efficientnet_lite0", "--model", "-m", help="See `bottleneck models`; timm:NAME for any timm model."),
+    weights: Optional[str] = typer.Option(None, help="Local state_dict file, or 'random'. Default: the model's pretrained weights."),
+    layer: Optional[str] = typer.Option(None, help="Intermediate node to read instead of the penultimate features."),
+    pool: str = typer.Option("avg", help="Spatial pooling of feature maps: avg or max."),
+    cache: Path = CacheOption,
+    name: Optional[str] = typer.Option(None, help="Dataset name in the cache (default: the folder's name)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per forward pass (default 256 on CUDA, 32 on CPU)."),
+    workers: Optional[int] = typer.Option(None, help="Decode worker processes (default: CPU count)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 (autocast; for GPUs)."),
+    dtype: str = typer.Option("float32", help="Storage dtype of the vectors: float32 or float16."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Embed every image once with a frozen pretrained network and cache the vectors."""
+    from bottleneck.backbones import load_backbone
+    from bottleneck.extract import ExtractOptions, extract_dataset
+
+    with _user_errors(cache):
+        backbone = load_backbone(model, weights=weights, layer=layer, pool=pool)
+        options = ExtractOptions(batch_size=batch_size, workers=workers, device=device, precision=precision,
+                                 dtype=dtype, progress=not quiet, compile=compile)
+        report = extract_dataset(data, backbone, cache, name=name, options=options)
+    for path, reason in report.skipped[:20]:
+        stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if len(report.skipped) > 20:
+        stderr.print(f"... and {len(report.skipped) - 20} more (see `bottleneck info --skipped`)")
+    if report.ignored:
+        stderr.print(f"[yellow]ignored[/yellow] {len(report.ignored)} images outside class folders, e.g. {report.ignored[0]}")
+    console.print(f"{report.dataset}: {report.summary()} → {cache} ({report.fingerprint})", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def models() -> None:
+    """The models you can use, and which of them work offline right now."""
+    from bottleneck.backbones import list_models, weights_cache_dir
+
+    table = Table("model", "source", "offline now", "note")
+    for info in list_models():
+        table.add_row(info.name, info.source, "yes" if info.offline else "no", info.note)
+    console.print(table)
+    console.print(f"Downloaded weights are cached in {weights_cache_dir()}. Any timm model works as timm:NAME.")
+
+
+@app.command()
+def info(cache: Path = CacheOption,
+         skipped: bool = typer.Option(False, "--skipped", help="List every skipped file.")) -> None:
+    """What the cache holds: datasets, extractors, and skipped files."""
+    from bottleneck.store import Store
+
+    with _user_errors(), Store.open(cache) as store:
+        table = Table("dataset", "root", "images", "ok", "skipped", "classes", "extractors", title=str(cache))
+        bad: list[tuple[str, str, str]] = []
+        for name in store.datasets():
+            rows = store.read_manifest(name)
+            ok = [r for r in rows if r.status == "ok"]
+            bad += [(name, r.path, r.status) for r in rows if r.status != "ok"]
+            table.add_row(name, str(store.dataset_root(name)), str(len(rows)), str(len(ok)),
+                          str(len(rows) - len(ok)), str(len({r.label for r in rows})),
+                          ", ".join(store.dataset_extractors(name)))
+        console.print(table)
+        ext = Table("extractor", "model", "weights", "dim", "dtype", "vectors", "updated")
+        for fp in store.extractors():
+            a = store.extractor_attrs(fp)
+            ext.add_row(fp, str(a.get("model")), str(a.get("weights")), str(a.get("feature_dim")),
+                        str(a.get("dtype")), str(store.count(fp)), str(a.get("updated")))
+        console.print(ext)
+        last = store.last_run()
+        if last:
+            console.print(f"last run: dataset {last[0]}, extractor {last[1]}")
+    for name, path, reason in bad if skipped else bad[:10]:
+        console.print(f"[yellow]skipped[/yellow] {escape(name)}/{escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def fit(
+    head: str = typer.Option("logreg", "--head", help="softmax, logreg, svm, rf, knn, mlp or nb."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Use this model's features (default: the last extracted)."),
+    tune: bool = typer.Option(False, "--tune", help="Search the key hyperparameter by stratified CV on the training split."),
+    test_size: float = typer.Option(0.25, help="Held-out fraction when the dataset has no split folders."),
+    seed: int = typer.Option(0, help="Seed of the content-hash split and of the head."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to save the head (default cache/heads/<data>-<head>.joblib)."),
+    cache: Path = CacheOption,
+) -> None:
+    """Train a classifier head on cached embeddings and report its held-out accuracy."""
+    from bottleneck.training import fit_head
+
+    with _user_errors():
+        result = fit_head(cache, head=head, dataset=data, model=model, tune=tune, test_size=test_size,
+                          seed=seed, out=out)
+    meta = result.sidecar
+    console.print(result.report, highlight=False, soft_wrap=True)
+    sizes = meta["sizes"]
+    console.print(
+        f"{meta['head']} on {meta['dataset']} ({meta['extractor']['model']}): test accuracy "
+        f"{meta['metrics']['test_accuracy']:.3f}, balanced {meta['metrics']['balanced_accuracy']:.3f} "
+        f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; fit {meta['fit_seconds']:.2f} s) "
+        f"→ {result.head_path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders."),
+    head: Path = typer.Option(..., "--head", help="A .joblib head written by `bottleneck fit` (its .json sidecar beside it)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Write predictions here (.csv or .json)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv or json (default: from --out's suffix, else csv)."),
+    top_k: int = typer.Option(1, "--top-k", help="Also write the k best classes and their probabilities."),
+    weights: Optional[str] = typer.Option(None, help="The --weights file the head's features were extracted with."),
+    cache: Path = CacheOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Label new images with a fitted head (images already in the cache cost nothing)."""
+    from bottleneck.extract import ExtractOptions
+    from bottleneck.training import predict_files, write_predictions
+
+    with _user_errors(cache):
+        predictions, skipped = predict_files(inputs, head, cache, top_k=top_k, weights=weights,
+                                             options=ExtractOptions(progress=not quiet))
+    for path, reason in skipped:
+        stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
+    fmt = fmt or (out_file.suffix.lstrip(".") if out_file and out_file.suffix else "csv")
+    text = write_predictions(predictions, fmt, top_k)
+    if out_file:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(text)
+    else:
+        sys.stdout.write(text)
+    counts = Counter(p.labels[0] for p in predictions)
+    summary = ", ".join(f"{label} {n}" for label, n in counts.most_common())
+    stderr.print(f"{len(predictions)} images labelled ({summary}), {len(skipped)} skipped"
+              + (f" → {out_file}" if out_file else ""), highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
