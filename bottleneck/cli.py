@@ -31,11 +31,13 @@ def _user_errors(cache: Path | None = None) -> Iterator[None]:
     from bottleneck.datasets import DatasetError
     from bottleneck.extract import ExtractError
     from bottleneck.store import StoreError
+    from bottleneck.evaluate import CompareError
     from bottleneck.training import FitError
 
     try:
         yield
-    except (BackboneError, DatasetError, StoreError, ExtractError, FitError, ValueError) as exc:
+    except (BackboneError, DatasetError, StoreError, ExtractError, FitError, CompareError,
+            ValueError) as exc:
         stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -179,6 +181,45 @@ def predict(
     summary = ", ".join(f"{label} {n}" for label, n in counts.most_common())
     stderr.print(f"{len(predictions)} images labelled ({summary}), {len(skipped)} skipped"
               + (f" → {out_file}" if out_file else ""), highlight=False, soft_wrap=True)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def compare(
+    models: Optional[str] = typer.Option(None, "--models", help="Comma list (default: the models extracted for the dataset)."),
+    heads: str = typer.Option("logreg,svm,rf", "--heads", help="Comma list of heads."),
+    per_class: Optional[str] = typer.Option(None, "--per-class", help="Training images per class, comma list (default 15,30)."),
+    cv: Optional[int] = typer.Option(None, "--cv", help="Stratified K-fold instead of --per-class draws."),
+    repeats: int = typer.Option(5, help="Random draws per N."),
+    seed: int = typer.Option(0, help="Seed of the draws."),
+    pixels: int = typer.Option(32, help="Raw-pixel baseline size (0: no baseline)."),
+    metric: str = typer.Option("accuracy", help="accuracy, balanced_accuracy or mean_class_accuracy."),
+    tune: str = typer.Option("logreg,svm", help="Heads whose key hyperparameter is tuned inside each draw ('none')."),
+    cap: bool = typer.Option(False, "--cap", help="Cap N at what each class can spare."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/<dataset>/)."),
+    jobs: int = typer.Option(1, help="Fits run in parallel."),
+    cache: Path = CacheOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Benchmark table: heads × backbones × raw pixels, N images per class, mean ± std over draws."""
+    from bottleneck.compare import run_compare
+
+    with _user_errors(cache):
+        result = run_compare(
+            cache, dataset=data, models=_csv(models), heads=_csv(heads) or [],
+            per_class=[int(n) for n in _csv(per_class)] if per_class else None, cv=cv, repeats=repeats,
+            seed=seed, pixels=pixels or None, metric=metric,
+            tune=[] if tune == "none" else _csv(tune) or [], cap=cap, out=out_dir, jobs=jobs, progress=not quiet,
+        )
+    console.print(result.table())
+    for note in result.notes:
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
+    for kind, path in result.files.items():
+        console.print(f"{kind}: {path}", highlight=False, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,245 @@
+"""`bottleneck compare`: features × heads × (N per class | K-fold) × draws, then the report.
+
+Every feature set (each backbone and the raw-pixel baseline) is extracted through the cache
+(cached images cost nothing), aligned on the images they all have, and scored on the same draws,
+so every cell of the table is measured on the same images.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sklearn.metrics import confusion_matrix
+
+from bottleneck.backbones import DEFAULT_MODEL, load_backbone
+from bottleneck.baselines import is_raw_name
+from bottleneck.evaluate import (METRICS, Cell, CellRun, CompareError, Split, draw_per_class, kfold_splits,
+                                 protocol_pool, run_cell)
+from bottleneck.extract import ExtractOptions, extract_dataset
+from bottleneck.heads import HEADS, make_head
+from bottleneck.report import GALLERY_CAP, BestRun, Mistake, rich_table, write_report
+from bottleneck.store import Features, Store, load_features
+
+__all__ = ["CompareError", "CompareResult", "run_compare"]
+
+DEFAULT_HEADS = ("logreg", "svm", "rf")
+DEFAULT_PER_CLASS = (15, 30)
+# Tuned by default: the heads whose accuracy at tens of images per class hinges on one or two
+# hyperparameters (logreg's C, the RBF SVM's C and gamma) and whose grid search stays cheap.
+# rf, knn and nb are robust at their defaults; softmax and mlp would pay 5-25 torch fits per draw.
+DEFAULT_TUNED = ("logreg", "svm")
+PIXEL_HEAD = "nb"  # raw pixels also get Gaussian naive Bayes, the classic pixel baseline
+
+
+@dataclass
+class CompareResult:
+    dataset: str
+    root: Path
+    protocol: str
+    metric: str
+    cells: list[Cell]
+    best: BestRun  # the pictures' subject: the cell with the highest mean `metric`
+    files: dict[str, Path]  # kind ("markdown", "csv", "json", "confusion", ...) → path
+    notes: list[str]
+    seconds: float
+
+    def table(self) -> Table:
+        return rich_table(self.cells, self.metric, f"{self.dataset}: {self.protocol}")
+
+
+def run_compare(
+    cache: Path,
+    *,
+    dataset: str | None = None,
+    models: Sequence[str] | None = None,
+    heads: Sequence[str] = DEFAULT_HEADS,
+    per_class: Sequence[int] | None = None,
+    cv: int | None = None,
+    repeats: int = 5,
+    seed: int = 0,
+    pixels: int | None = 32,
+    metric: str = "accuracy",
+    tune: Sequence[str] = DEFAULT_TUNED,
+    cap: bool = False,
+    out: Path | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+) -> CompareResult:
+    """Compare feature sets and heads on one cached dataset and write the report under `out`.
+
+    dataset: default the last one extracted into `cache`. models: default (None) the models already
+    extracted for it, else efficientnet_lite0; [] for the pixel baseline alone. per_class / cv: one
+    or the other (default per_class 15,30). pixels: the raw-pixel baseline raw{pixels}, None for none.
+    tune: heads whose hyperparameters are grid-searched inside each training draw.
+    cap: take min(N, what a class can spare) instead of failing on small classes.
+    """
+    start = time.perf_counter()
+    heads, per_class = _check_options(heads, per_class, cv, repeats, metric, tune)
+    name, root, cached = _find_dataset(cache, dataset)
+    if models is None:
+        models = [m for m in cached if not is_raw_name(m)] or [DEFAULT_MODEL]
+    names = list(dict.fromkeys([*models, *([f"raw{pixels}"] if pixels else [])]))
+    if not names:
+        raise CompareError("nothing to compare: no --models and no --pixels baseline")
+    notes: list[str] = []
+    paths, labels, splits, Xs = _align(_load(cache, name, root, names, progress), notes)
+    settings, protocol = _settings(labels, splits, per_class, cv, repeats, seed, cap, notes)
+    grid = [(f, h, s) for f, feature in enumerate(names) for h in _heads_for(feature, heads)
+            for s in range(len(settings))]
+    estimators = {h: make_head(h, tune=h in tune, random_state=seed) for _, h, _ in grid}
+    tuned = ", ".join(h for h in estimators if h in tune) or "none"
+    notes.insert(0, f"{len(paths)} images, {len(np.unique(labels))} classes; ± is the sample std (ddof=1) over "
+                    f"draws; hyperparameters tuned inside each training draw: {tuned}")
+    runs = _run_grid(grid, settings, estimators, Xs, labels, names, jobs, progress)
+
+    cells = []
+    for f, h, s in grid:
+        n, k, draws = settings[s]
+        cell = Cell(names[f], h, n, k)
+        for split, run in zip(draws, runs[(f, h, s)]):
+            cell.add(labels[split.test], run)
+        cells.append(cell)
+    best_index = int(np.argmax([c.mean_std(metric)[0] for c in cells]))
+    f, h, s = grid[best_index]
+    best = _best_run(cells[best_index], settings[s][2], runs[(f, h, s)], labels, paths, seed)
+    files = write_report(out or Path("reports") / name, cells, best, root=root,
+                         title=f"{name}: {protocol}", metric=metric, notes=notes)
+    return CompareResult(name, root, protocol, metric, cells, best, files, notes, time.perf_counter() - start)
+
+
+def _heads_for(features: str, heads: list[str]) -> list[str]:
+    return heads + [PIXEL_HEAD] if is_raw_name(features) and PIXEL_HEAD not in heads else heads
+
+
+def _check_options(heads: Sequence[str], per_class: Sequence[int] | None, cv: int | None, repeats: int,
+                   metric: str, tune: Sequence[str]) -> tuple[list[str], list[int] | None]:
+    for head in [*heads, *tune]:
+        if head not in HEADS:
+            raise CompareError(f"unknown head {head!r}; known heads: {', '.join(HEADS)}")
+    if not heads:
+        raise CompareError("no heads to compare; pass --heads, e.g. --heads logreg,svm")
+    if metric not in METRICS:
+        raise CompareError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    if per_class and cv:
+        raise CompareError("pass --per-class or --cv, not both")
+    if repeats < 1:
+        raise CompareError(f"--repeats {repeats}: need at least 1 draw")
+    if cv:
+        return list(dict.fromkeys(heads)), None
+    return list(dict.fromkeys(heads)), sorted(set(per_class or DEFAULT_PER_CLASS))
+
+
+def _find_dataset(cache: Path, dataset: str | None) -> tuple[str, Path, list[str]]:
+    """(name, root, models already extracted for it)."""
+    with Store.open(cache) as store:
+        if dataset is None:
+            last = store.last_run()
+            if last is None:
+                raise CompareError(
+                    f"{cache}: no dataset extracted yet; run `bottleneck extract DATA --cache {cache}` first")
+            dataset = last[0]
+        root = store.dataset_root(dataset)  # StoreError naming the cached datasets if unknown
+        models = [str(store.extractor_attrs(fp).get("model", "")) for fp in store.dataset_extractors(dataset)]
+    return dataset, root, models
+
+
+def _load(cache: Path, name: str, root: Path, models: list[str], progress: bool) -> list[Features]:
+    """Extract what the cache lacks and load each feature set; every name is checked before any work."""
+    backbones = [load_backbone(m) for m in models]
+    loaded = []
+    for backbone in backbones:
+        report = extract_dataset(root, backbone, cache, name=name, options=ExtractOptions(progress=progress))
+        loaded.append(load_features(cache, name, report.fingerprint))  # right after its own manifest
+    return loaded
+
+
+def _align(features: list[Features], notes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Keep the images every feature set has, in one row order (so draws mean the same images)."""
+    common = set(features[0].paths).intersection(*(f.paths for f in features[1:]))
+    keep = [p for p in features[0].paths if p in common]
+    dropped = len(set().union(*(f.paths for f in features))) - len(keep)
+    if dropped:
+        notes.append(f"{dropped} images lack vectors for some feature set and were left out")
+    Xs, first_rows = [], None
+    for f in features:
+        index = {p: i for i, p in enumerate(f.paths)}
+        rows = np.array([index[p] for p in keep], dtype=np.int64)
+        first_rows = rows if first_rows is None else first_rows
+        Xs.append(f.X[rows])
+    return keep, features[0].labels[first_rows], features[0].splits[first_rows], Xs
+
+
+Setting = tuple[int | None, int | None, list[Split]]  # (N per class, K folds, draws)
+
+
+def _settings(labels: np.ndarray, splits: np.ndarray, per_class: list[int] | None, cv: int | None,
+              repeats: int, seed: int, cap: bool, notes: list[str]) -> tuple[list[Setting], str]:
+    """The draws, computed once and shared by every feature set and head."""
+    if cv:
+        return [(None, cv, kfold_splits(labels, cv, seed))], f"stratified {cv}-fold cross-validation (seed {seed})"
+    pool, test = protocol_pool(splits)
+    settings: list[Setting] = []
+    for n in per_class or []:
+        draws = draw_per_class(labels, n, repeats, seed, pool=pool, test=test, cap=cap)
+        classes, counts = np.unique(labels[draws[0].train], return_counts=True)
+        short = [f"{c} ({k})" for c, k in zip(classes, counts) if k < n]
+        if short:
+            notes.append(f"N={n} capped for {len(short)} classes: {', '.join(short)}")
+        settings.append((n, None, draws))
+    tested = (f"tested on the {splits[test[0]]} split ({len(test)} images)" if test is not None
+              else "tested on all the other images")
+    return settings, f"{repeats} draws of N training images per class (seed {seed}), {tested}"
+
+
+def _fit(key: tuple[int, str, int], r: int, estimator: object, X: np.ndarray, y: np.ndarray,
+         split: Split) -> tuple[tuple[int, str, int], int, CellRun | str]:
+    """One fit in a worker; a failure comes back as its message so the grid can name the cell."""
+    try:
+        return key, r, run_cell(estimator, X, y, split)
+    except Exception as exc:  # noqa: BLE001 - any estimator error becomes a CompareError naming the cell
+        return key, r, f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimators: dict[str, object],
+              Xs: list[np.ndarray], labels: np.ndarray, names: list[str], jobs: int,
+              progress: bool) -> dict[tuple[int, str, int], list[CellRun]]:
+    """Every (feature set, head, setting, draw) fit, in parallel with `jobs` joblib workers."""
+    tasks = [(key, r, split) for key in grid for r, split in enumerate(settings[key[2]][2])]
+    done: dict[tuple[tuple[int, str, int], int], CellRun] = {}
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with tempfile.TemporaryDirectory(prefix="bottleneck-") as tmp, \
+            Progress(*columns, disable=not progress) as bar:
+        if jobs != 1:  # memory-map the features once instead of shipping (and hashing) them per fit
+            Xs = [joblib.load(joblib.dump(X, f"{tmp}/{i}.joblib")[0], mmap_mode="r") for i, X in enumerate(Xs)]
+        task = bar.add_task(f"compare: {len(tasks)} fits", total=len(tasks))
+        calls = (joblib.delayed(_fit)(key, r, estimators[key[1]], Xs[key[0]], labels, split)
+                 for key, r, split in tasks)
+        for key, r, run in joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(calls):
+            if isinstance(run, str):
+                n, k, _ = settings[key[2]]
+                where = f"{k}-fold" if k else f"N={n}"
+                raise CompareError(f"{names[key[0]]} + {key[1]} at {where}, draw {r + 1} failed: {run}")
+            done[key, r] = run
+            bar.advance(task)
+    return {key: [done[key, r] for r in range(len(settings[key[2]][2]))] for key in grid}
+
+
+def _best_run(cell: Cell, draws: list[Split], runs: list[CellRun], labels: np.ndarray, paths: list[str],
+              seed: int) -> BestRun:
+    """Confusion summed over all draws; up to GALLERY_CAP mistakes of the first draw, sampled with `seed`."""
+    classes = sorted(np.unique(labels).tolist())
+    confusion = sum(confusion_matrix(labels[d.test], run.y_pred, labels=classes) for d, run in zip(draws, runs))
+    test, pred = draws[0].test, runs[0].y_pred
+    wrong = np.flatnonzero(labels[test] != pred)
+    chosen = np.random.default_rng(seed).permutation(wrong)[:GALLERY_CAP]
+    mistakes = sorted((Mistake(paths[test[i]], str(labels[test[i]]), str(pred[i])) for i in chosen),
+                      key=lambda m: (m.true, m.path))
+    return BestRun(cell, classes, np.asarray(confusion), mistakes)

@@ -1,0 +1,130 @@
+"""`run_compare` end to end on a tiny synthetic folder with raw pixels (no weights needed), its
+errors, and an integration run on the real photo_vs_drawing set."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import bottleneck.compare as compare
+from bottleneck.backbones import BackboneError, load_backbone
+from bottleneck.compare import CompareError, run_compare
+from bottleneck.extract import ExtractOptions, extract_dataset
+from bottleneck.store import Store, StoreError
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+@pytest.fixture(scope="module")
+def colour_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 colour classes × 9 noisy images (blue has 7), extracted as raw8: raw pixels separate them."""
+    tmp = tmp_path_factory.mktemp("compare")
+    rng = np.random.default_rng(0)
+    for label, colour in COLOURS.items():
+        for i in range(7 if label == "blue" else 9):
+            pixels = np.clip(rng.normal(colour, 60, size=(40, 48, 3)), 0, 255).astype(np.uint8)
+            path = tmp / "colours" / label / f"{label}{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+    cache = tmp / "cache.h5"
+    extract_dataset(tmp / "colours", load_backbone("raw8"), cache, options=ExtractOptions(progress=False))
+    return cache
+
+
+def test_compare_end_to_end_with_raw_pixels(colour_cache: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
+    real_run_cell = compare.run_cell
+
+    def recording_run_cell(estimator, X, y, split):  # noqa: ANN001, ANN202
+        seen.append((X.shape[1], tuple(split.train), tuple(split.test)))
+        return real_run_cell(estimator, X, y, split)
+
+    monkeypatch.setattr(compare, "run_cell", recording_run_cell)
+    result = run_compare(colour_cache, models=["raw16"], heads=["logreg", "knn"], per_class=[2, 4], repeats=2,
+                         pixels=8, out=tmp_path / "out", progress=False)
+    assert result.dataset == "colours"
+    assert {(c.features, c.head, c.per_class) for c in result.cells} == {
+        (f, h, n) for f in ("raw16", "raw8") for h in ("logreg", "knn", "nb") for n in (2, 4)}
+    assert all(len(c.scores["accuracy"]) == 2 for c in result.cells)
+    assert max(c.mean_std("accuracy")[0] for c in result.cells) >= 0.9
+    # every feature set and head saw exactly the same draws
+    by_dim = {dim: sorted((train, test) for d, train, test in seen if d == dim) for dim in (3 * 8 * 8, 3 * 16 * 16)}
+    assert by_dim[192] == by_dim[768] and len(set(by_dim[192])) == 4  # 2 N × 2 draws, 3 heads each
+
+    assert {"markdown", "csv", "json", "confusion", "mistakes", "curve", "html"} <= set(result.files)
+    assert all(p.stat().st_size > 0 for p in result.files.values())
+    rows = json.loads(result.files["json"].read_text())
+    assert {r["features"] for r in rows} == {"raw8", "raw16"} and len(rows) == 12 * 3
+    assert result.best is not None and result.best.confusion.sum() > 0
+    assert "colours" in str(result.table().title)
+
+
+def test_parallel_jobs_give_the_same_numbers(colour_cache: Path, tmp_path: Path) -> None:
+    kwargs = dict(models=[], heads=["logreg"], per_class=[3], repeats=2, pixels=8, progress=False)
+    serial = run_compare(colour_cache, out=tmp_path / "a", jobs=1, **kwargs)
+    parallel = run_compare(colour_cache, out=tmp_path / "b", jobs=2, **kwargs)
+    assert [c.scores for c in serial.cells] == [c.scores for c in parallel.cells]
+
+
+def test_cv_protocol(colour_cache: Path, tmp_path: Path) -> None:
+    result = run_compare(colour_cache, models=[], heads=["knn"], cv=3, pixels=8, out=tmp_path, progress=False)
+    assert [(c.head, c.per_class, c.cv, len(c.fit_seconds)) for c in result.cells] == [("knn", None, 3, 3),
+                                                                                     ("nb", None, 3, 3)]
+    assert "curve" not in result.files
+
+
+def test_n_too_large_names_the_class(colour_cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(CompareError, match=r"--per-class 8: class 'blue' has only 7 images.*--cap"):
+        run_compare(colour_cache, models=[], heads=["knn"], per_class=[8], pixels=8, out=tmp_path, progress=False)
+    capped = run_compare(colour_cache, models=[], heads=["knn"], per_class=[8], repeats=1, pixels=8, cap=True,
+                         out=tmp_path, progress=False)
+    assert any("capped" in n and "blue (6)" in n for n in capped.notes)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(heads=["logreg", "xgboost"]), "unknown head 'xgboost'"),
+    (dict(per_class=[5], cv=3), "not both"),
+    (dict(metric="f1"), "unknown metric 'f1'"),
+    (dict(models=[], pixels=None), "nothing to compare"),
+])
+def test_option_errors(colour_cache: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(CompareError, match=message):
+        run_compare(colour_cache, progress=False, **kwargs)
+
+
+def test_unknown_model_and_dataset(colour_cache: Path) -> None:
+    with pytest.raises(BackboneError, match="unknown model 'nosuchnet'"):
+        run_compare(colour_cache, models=["nosuchnet"], progress=False)
+    with pytest.raises(StoreError, match="no dataset named 'other'"):
+        run_compare(colour_cache, dataset="other", progress=False)
+
+
+def test_empty_or_missing_cache(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no cache here yet"):
+        run_compare(tmp_path / "none.h5", progress=False)
+    with Store.open(tmp_path / "empty.h5", writable=True):
+        pass
+    with pytest.raises(CompareError, match="no dataset extracted yet"):
+        run_compare(tmp_path / "empty.h5", progress=False)
+
+
+@pytest.mark.integration
+def test_photo_vs_drawing_reference(lite0_cache: Path, tmp_path: Path) -> None:
+    """Reference (datasets README): Lite0 + logreg 0.947 / 0.957 at 30 / 60 per class; raw pixels ≤ 0.71."""
+    cache = lite0_cache
+    start = time.perf_counter()
+    result = run_compare(cache, dataset="photo_vs_drawing", models=["efficientnet_lite0"], heads=["logreg", "svm", "rf"], per_class=[30, 60],
+                         repeats=5, out=tmp_path / "report", jobs=2, progress=False)
+    print(f"\ncompare took {time.perf_counter() - start:.1f} s")
+    scores = {(c.features, c.head, c.per_class): c.mean_std("accuracy") for c in result.cells}
+    for key, (mean, std) in sorted(scores.items()):
+        print(key, f"{mean:.3f} ± {std:.3f}")
+    assert scores["efficientnet_lite0", "logreg", 30][0] >= 0.93
+    assert scores["efficientnet_lite0", "logreg", 60][0] >= 0.93
+    assert all(mean <= 0.85 for (features, _, _), (mean, _) in scores.items() if features == "raw32")

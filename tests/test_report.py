@@ -1,0 +1,99 @@
+"""Report outputs from synthetic result cells: every file written, JSON/CSV shape, figure scaling."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+
+from bottleneck.evaluate import METRICS, Cell
+from bottleneck.report import BestRun, Mistake, plot_confusion, rich_table, write_report
+from conftest import write_image
+
+
+def synthetic_cells(per_class: list[int | None], cv: int | None = None) -> list[Cell]:
+    rng = np.random.default_rng(0)
+    cells = []
+    rows = [("efficientnet_lite0", ["logreg", "svm"], 0.9), ("raw8", ["logreg", "svm", "nb"], 0.6)]
+    for features, heads, level in rows:
+        for head in heads:
+            for n in per_class:
+                cell = Cell(features, head, n, cv)
+                for _ in range(3):
+                    value = float(level + rng.normal(0, 0.02))
+                    for metric in METRICS:
+                        cell.scores[metric].append(value)
+                    cell.fit_seconds.append(0.01)
+                    cell.predict_seconds.append(0.001)
+                cells.append(cell)
+    return cells
+
+
+def synthetic_best(root: Path, cell: Cell, k: int = 3) -> BestRun:
+    classes = [f"class{i}" for i in range(k)]
+    write_image(root / "class0" / "a.jpg", seed=1)
+    write_image(root / "class1" / "b.png", seed=2)
+    mistakes = [Mistake("class0/a.jpg", "class0", "class1"), Mistake("class1/b.png", "class1", "class2"),
+                Mistake("class2/gone.jpg", "class2", "class0")]  # a missing file shows as unreadable
+    confusion = np.eye(k, dtype=int) * 8 + 1
+    return BestRun(cell, classes, confusion, mistakes)
+
+
+def test_write_report_writes_every_file(tmp_path: Path) -> None:
+    cells = synthetic_cells([2, 4])
+    best = synthetic_best(tmp_path / "data", cells[0])
+    files = write_report(tmp_path / "out", cells, best, root=tmp_path / "data", title="toy: 3 draws",
+                         metric="balanced_accuracy", notes=["a note"])
+    assert sorted(files) == ["confusion", "csv", "curve", "html", "json", "markdown", "mistakes"]
+    for path in files.values():
+        assert path.parent == tmp_path / "out" and path.stat().st_size > 0
+    for kind in ("confusion", "mistakes", "curve"):
+        assert Image.open(files[kind]).format == "PNG"
+
+    rows = json.loads(files["json"].read_text())
+    assert len(rows) == len(cells) * len(METRICS)
+    for key in ("features", "head", "per_class", "metric", "mean", "std", "fit_seconds"):
+        assert all(key in r for r in rows)
+    assert {r["features"] for r in rows} == {"efficientnet_lite0", "raw8"}
+    assert {r["per_class"] for r in rows} == {2, 4}
+    assert {r["head"] for r in rows if r["features"] == "raw8"} == {"logreg", "svm", "nb"}
+
+    with open(files["csv"]) as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+
+    md = files["markdown"].read_text()
+    assert "| features | logreg N=2 |" in md and "±" in md and "**" in md and "- a note" in md
+    assert md.count("| raw8 |") == 2  # score table and fit-time table
+    page = files["html"].read_text()
+    for name in ("confusion.png", "mistakes.png", "accuracy_vs_n.png"):
+        assert f'src="{name}"' in page
+    assert "<table>" in page and "a note" in page
+
+
+def test_cv_report_has_no_curve(tmp_path: Path) -> None:
+    cells = synthetic_cells([None], cv=5)
+    files = write_report(tmp_path, cells, None, root=tmp_path, title="cv", metric="accuracy")
+    assert "curve" not in files and "confusion" not in files
+    assert json.loads(files["json"].read_text())[0]["per_class"] is None
+    assert "5-fold" in files["markdown"].read_text()
+
+
+def test_rich_table_shows_mean_std_and_empty_cells() -> None:
+    console = Console(record=True, width=250)
+    console.print(rich_table(synthetic_cells([2, 4]), "accuracy", "toy"))
+    text = console.export_text()
+    assert "efficientnet_lite0" in text and "raw8" in text and "±" in text and "—" in text  # lite0 has no nb
+    assert "10 ms" in text
+
+
+def test_confusion_figure_scales_with_class_count(tmp_path: Path) -> None:
+    cell = synthetic_cells([2])[0]
+    sizes = []
+    for k in (3, 100):
+        plot_confusion(tmp_path / f"{k}.png", synthetic_best(tmp_path / "data", cell, k))
+        sizes.append(Image.open(tmp_path / f"{k}.png").size)
+    assert sizes[1][0] > 3 * sizes[0][0]
