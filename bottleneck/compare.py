@@ -156,7 +156,8 @@ def _load(cache: Path, name: str, root: Path, models: list[str], progress: bool)
     backbones = [load_backbone(m) for m in models]
     loaded = []
     for backbone in backbones:
-        report = extract_dataset(root, backbone, cache, name=name, options=ExtractOptions(progress=progress))
+        report = extract_dataset(root, backbone, cache, name=name, options=ExtractOptions(progress=progress),
+                                 remember=False)
         loaded.append(load_features(cache, name, report.fingerprint))  # right after its own manifest
     return loaded
 

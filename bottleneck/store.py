@@ -214,8 +214,12 @@ class Store:
             raise StoreError(f"{self.path}: no dataset named {name!r} (cached: {known}); run `bottleneck extract` on it")
         return group
 
-    def write_manifest(self, name: str, root: Path, layout: str, rows: Sequence[ManifestRow], fp: str) -> None:
-        """Replace the manifest of `name` (written beside the old one, then swapped in)."""
+    def write_manifest(self, name: str, root: Path, layout: str, rows: Sequence[ManifestRow], fp: str,
+                       remember: bool = True) -> None:
+        """Replace the manifest of `name` (written beside the old one, then swapped in).
+
+        `remember` records (name, fp) as the last run, which `fit` and `compare` default to.
+        """
         parent = self.h5.require_group("datasets")
         old = parent.get(name)
         tmp = parent.create_group(f"{name}.writing") if f"{name}.writing" not in parent else parent[f"{name}.writing"]
@@ -232,7 +236,8 @@ class Store:
         if old is not None:
             del parent[name]
         parent.move(f"{name}.writing", name)
-        self.h5.attrs.update(last_dataset=name, last_extractor=fp)
+        if remember:
+            self.h5.attrs.update(last_dataset=name, last_extractor=fp)
         self.h5.flush()
 
     def read_manifest(self, name: str) -> list[ManifestRow]:
