@@ -14,7 +14,6 @@ is given.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import math
@@ -38,6 +37,8 @@ import torchvision.models as tvm
 import torchvision.transforms.functional as TF
 from torch import nn
 from torchvision.transforms import InterpolationMode
+
+from bottleneck.images import sha256_file
 
 DEFAULT_MODEL = "efficientnet_lite0"
 POOLS = ("avg", "max")
@@ -460,7 +461,7 @@ def _read_weights(path_like: str) -> tuple[dict[str, torch.Tensor], str]:
     path = Path(path_like).expanduser()
     if not path.is_file():
         raise BackboneError(f"weights file not found: {path} (weights are None, 'random' or a state_dict file)")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     try:
         if path.suffix == ".safetensors":
             import safetensors.torch
@@ -551,16 +552,8 @@ def _url_filename(url: str) -> str:
     return Path(urlparse(url).path).name
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified_sha256(path: Path, expected: str, name: str) -> str:
-    if _sha256(path) != expected:
+    if sha256_file(path) != expected:
         raise WeightsUnavailableError(f"{name}: {path} is not the expected file (sha256 differs); reinstall it")
     return f"sha256:{expected}"
 
