@@ -197,7 +197,7 @@ def compare(
     seed: int = typer.Option(0, help="Seed of the draws."),
     pixels: int = typer.Option(32, help="Raw-pixel baseline size (0: no baseline)."),
     metric: str = typer.Option("accuracy", help="accuracy, balanced_accuracy or mean_class_accuracy."),
-    tune: str = typer.Option("logreg,svm", help="Heads whose key hyperparameter is tuned inside each draw ('none')."),
+    tune: str = typer.Option("logreg", help="Heads whose key hyperparameter is tuned inside each draw ('none')."),
     cap: bool = typer.Option(False, "--cap", help="Cap N at what each class can spare."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/<dataset>/)."),

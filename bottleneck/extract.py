@@ -7,15 +7,22 @@ extractor's fingerprint are decoded and run through the network.
 from __future__ import annotations
 
 import contextlib
+import copy
+import ctypes
+import functools
+import itertools
 import os
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+from timm.layers import BatchNormAct2d
+from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
@@ -34,6 +41,7 @@ STORAGE_DTYPES = ("float32", "float16")
 class ExtractOptions:
     batch_size: int | None = None  # None: 256 on CUDA, 32 elsewhere
     workers: int | None = None  # None: one decode worker per CPU core
+    threads: int | None = None  # torch intra-op threads while extracting; None: the torch default
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast)
     dtype: str = "float32"  # storage dtype of the vectors
@@ -98,13 +106,17 @@ def extractor_spec(backbone: Backbone, options: ExtractOptions) -> dict:
 
 def extract_dataset(
     root: Path, backbone: Backbone, cache: Path, *, name: str | None = None,
-    options: ExtractOptions | None = None,
+    options: ExtractOptions | None = None, remember: bool = True,
 ) -> ExtractReport:
-    """Embed every image of the dataset at `root` that the cache does not hold yet."""
+    """Embed every image of the dataset at `root` that the cache does not hold yet.
+
+    `remember` makes this the cache's last run, the default of `fit` and `compare`.
+    """
     options = options or ExtractOptions()
     start = time.perf_counter()
     dataset = scan_dataset(root, name)
-    paths = [dataset.root / e.path for e in dataset.entries]
+    root_dir = str(dataset.root)
+    paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
     with Store.open(cache, writable=True) as store:
         fp, dim = _prepare_extractor(store, backbone, options)
         bad = _previous_failures(store, dataset.name)
@@ -117,10 +129,10 @@ def extract_dataset(
         finally:
             rows = []
             for entry, path in zip(dataset.entries, paths):
-                sha = shas.get(str(path), "")
-                status = unreadable.get(str(path)) or _status(sha, bad, store, fp)
+                sha = shas.get(path, "")
+                status = unreadable.get(path) or _status(sha, bad, store, fp)
                 rows.append(ManifestRow(entry.path, entry.label, entry.split, sha, status))
-            store.write_manifest(dataset.name, dataset.root, dataset.layout, rows, fp)
+            store.write_manifest(dataset.name, dataset.root, dataset.layout, rows, fp, remember)
     ok = sum(r.status == "ok" for r in rows)
     report = ExtractReport(
         dataset=dataset.name, fingerprint=fp, found=len(rows), computed=computed,
@@ -136,10 +148,10 @@ def extract_files(paths: Sequence[Path], backbone: Backbone, cache: Path,
                   options: ExtractOptions | None = None) -> FileFeatures:
     """Embed loose files (for `predict`): same cache, no dataset manifest."""
     options = options or ExtractOptions()
-    paths = [Path(p).resolve() for p in paths]
+    resolved = [str(Path(p).resolve()) for p in paths]
     with Store.open(cache, writable=True) as store:
         fp, _ = _prepare_extractor(store, backbone, options)
-        shas, unreadable = _hash_files(store, paths)
+        shas, unreadable = _hash_files(store, resolved)
         bad: dict[str, str] = {}
         todo = _missing(store, fp, shas, bad)
         computed = _compute(store, fp, backbone, todo, options, resolve_device(options.device), bad)
@@ -171,16 +183,15 @@ def _previous_failures(store: Store, name: str) -> dict[str, str]:
     return {r.sha256: r.status for r in store.read_manifest(name) if r.status not in ("ok", PENDING) and r.sha256}
 
 
-def _hash_files(store: Store, paths: Sequence[Path]) -> tuple[dict[str, str], dict[str, str]]:
+def _hash_files(store: Store, paths: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
     """sha256 per path, re-reading only files whose size or mtime changed since the last run."""
     index = store.read_path_index()
     shas: dict[str, str] = {}
     stale: list[tuple[str, int, int]] = []
     unreadable: dict[str, str] = {}
-    for p in paths:
-        key = str(p)
+    for key in paths:
         try:
-            st = os.stat(p)
+            st = os.stat(key)
         except OSError as exc:
             unreadable[key] = f"cannot read file ({exc.strerror})"
             continue
@@ -243,10 +254,16 @@ class _DecodeDataset(TorchDataset):
             return i, None, str(exc)
 
 
+def _nice(worker_id: int) -> None:
+    os.nice(int(os.environ["BN_NICE"]))
+
+
 def _collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     good = [(i, t) for i, t, _ in batch if t is not None]
     bad = [(i, err) for i, t, err in batch if t is None]
-    tensor = torch.stack([t for _, t in good]) if good else None
+    # Stacked as (B, H, W, C) and viewed as NCHW: a channels_last batch, which the model wants, and a
+    # plain copy of resize_crop's (C, H, W) view of a (H, W, C) buffer.
+    tensor = torch.stack([t.permute(1, 2, 0) for _, t in good]).permute(0, 3, 1, 2) if good else None
     return [i for i, _ in good], tensor, bad
 
 
@@ -262,33 +279,194 @@ def _compute(store: Store, fp: str, backbone: Backbone, todo: list[tuple[str, st
     loader = DataLoader(
         _DecodeDataset(todo, backbone), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None,
+        worker_init_fn=_nice if os.environ.get("BN_NICE") else None,
     )
+    batches = iter(loader)  # workers start decoding while the model is prepared
     model = _prepare_model(backbone, device, options)
     autocast_dtype = PRECISIONS[options.precision]
     computed = 0
-    with _progress(len(todo), options.progress, backbone.name) as advance, torch.inference_mode():
-        for indices, batch, failed in loader:
+    # One batch stays in flight: batch k is written to HDF5 while the device runs batch k + 1, so a
+    # GPU never idles on an HDF5 flush or on the loader (on a CPU this is just a reordering).
+    pending: tuple[list[str], torch.Tensor, torch.cuda.Event | None] | None = None
+    with _progress(len(todo), options.progress, backbone.name) as advance, torch.inference_mode(), \
+            _cpu_runtime(device, options.threads):
+        for indices, batch, failed in batches:
             for i, reason in failed:
                 bad[todo[i][0]] = reason
+            queued = None
             if batch is not None:
-                x = backbone.preprocess.normalize(batch.to(device, non_blocking=True))
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    vectors = model(x)
-                store.add_vectors(fp, [todo[i][0] for i in indices], vectors.float().cpu().numpy())
-                computed += len(indices)
+                vectors = _forward(model, backbone, batch, device, autocast_dtype)
+                queued = ([todo[i][0] for i in indices], *_to_host(vectors))
+            if pending is not None:
+                computed += _write(store, fp, *pending)
+            pending = queued
             advance(len(indices) + len(failed))
+        if pending is not None:
+            computed += _write(store, fp, *pending)
     return computed
 
 
-def _prepare_model(backbone: Backbone, device: torch.device, options: ExtractOptions) -> torch.nn.Module:
-    model = backbone.model.eval().to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+def _forward(model: nn.Module, backbone: Backbone, batch: torch.Tensor, device: torch.device,
+            autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """A uint8 (B, 3, S, S) batch → (B, D) vectors on `device`, exactly as extraction runs the model."""
+    x = backbone.preprocess.normalize(batch.to(device, non_blocking=True))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        return model(x)
+
+
+def _to_host(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying `vectors` to CPU memory; on CUDA the copy is asynchronous until the event fires."""
+    if vectors.device.type != "cuda":
+        return vectors.float().cpu(), None
+    host = torch.empty(vectors.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(vectors.float(), non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
+
+
+def _write(store: Store, fp: str, shas: list[str], host: torch.Tensor, ready: torch.cuda.Event | None) -> int:
+    if ready is not None:
+        ready.synchronize()
+    store.add_vectors(fp, shas, host.numpy())
+    return len(shas)
+
+
+def _prepare_model(backbone: Backbone, device: torch.device, options: ExtractOptions) -> nn.Module:
+    """Inference-only speed-ups that keep the vectors (to float rounding): BatchNorm folded into
+    convolutions, and channels_last on every device (oneDNN and cuDNN run convolutions faster in it)."""
+    model = _fold_batchnorm(backbone.model.eval(), backbone.preprocess.input_size)
+    model = model.to(device, memory_format=torch.channels_last)
     if options.compile:
         model = torch.compile(model)
     return model
+
+
+def _fold_batchnorm(model: nn.Module, input_size: int) -> nn.Module:
+    """A copy of `model` in which every BatchNorm2d fed by a Conv2d alone is folded into that conv's
+    weights and bias (one op fewer per conv: 12-40 % more images/s on CPU), or `model` itself when
+    nothing folds or the model cannot be traced on the meta device."""
+    if not any(type(m) in _NORM_REPLACEMENTS for m in model.modules()):
+        return model
+    try:
+        pairs = _conv_norm_pairs(model, input_size)
+    except Exception:  # noqa: BLE001 -- any model that can't be traced this way just stays unfolded
+        return model
+    if not pairs:
+        return model
+    folded = copy.deepcopy(model)
+    modules = dict(folded.named_modules())
+    for conv_name, norm_name in pairs:
+        norm = modules[norm_name]
+        _fold_into(modules[conv_name], norm)
+        parent, _, attr = norm_name.rpartition(".")
+        setattr(modules[parent], attr, _NORM_REPLACEMENTS[type(norm)](norm))
+    return folded
+
+
+def _conv_norm_pairs(model: nn.Module, input_size: int) -> list[tuple[str, str]]:
+    """(conv, norm) module names where the norm is the next module called, on the conv's output,
+    and nothing else uses that output (once folded, it comes out normalised).
+
+    Read from one forward pass on the meta device (shapes only, no arithmetic): module order from
+    hooks, and the uses of each output from the autograd graph."""
+    memo: dict[int, object] = {id(t): nn.Parameter(t.to("meta"), t.requires_grad) for t in model.parameters()}
+    memo.update({id(t): t.to("meta") for t in model.buffers()})
+    meta = copy.deepcopy(model, memo)  # weights are not copied, only their shapes
+    calls: list[tuple[nn.Module, object]] = []  # (module, grad_fn of its first input), in call order
+    made_by: dict[nn.Module, object] = {}  # conv -> grad_fn of its output
+
+    def before(module: nn.Module, args: tuple) -> None:
+        calls.append((module, args[0].grad_fn if args and isinstance(args[0], torch.Tensor) else None))
+
+    hooks = [m.register_forward_pre_hook(before) for m in meta.modules()]
+    hooks += [m.register_forward_hook(lambda m, args, out: made_by.__setitem__(m, out.grad_fn))
+              for m in meta.modules() if isinstance(m, nn.Conv2d)]
+    x = torch.zeros(1, 3, input_size, input_size, device="meta", requires_grad=True)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            out = meta(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    uses = Counter(_graph_inputs(out.grad_fn))
+    called = Counter(m for m, _ in calls)
+    names = {m: name for name, m in meta.named_modules()}
+    return [(names[conv], names[norm]) for (conv, _), (norm, source) in zip(calls, calls[1:])
+            if type(norm) in _NORM_REPLACEMENTS and isinstance(conv, nn.Conv2d) and norm.running_var is not None
+            and source is not None and source is made_by.get(conv) and uses[source] == 1
+            and called[conv] == called[norm] == 1]
+
+
+def _graph_inputs(root: object) -> Iterator[object]:
+    """Each autograd node that feeds another, once per use, walking back from `root`."""
+    seen, stack = {root}, [root]
+    while stack:
+        for node, _ in stack.pop().next_functions:
+            if node is not None:
+                yield node
+                if node not in seen:
+                    seen.add(node)
+                    stack.append(node)
+
+
+def _fold_into(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    with torch.no_grad():
+        scale = norm.running_var.add(norm.eps).rsqrt()
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(shift, requires_grad=False)
+
+
+# What is left of a norm module once its affine transform lives in the conv before it.
+_NORM_REPLACEMENTS: dict[type, Callable[[nn.Module], nn.Module]] = {
+    nn.BatchNorm2d: lambda norm: nn.Identity(),
+    BatchNormAct2d: lambda norm: nn.Sequential(norm.drop, norm.act),  # timm: norm, dropout, activation
+}
+
+
+@contextlib.contextmanager
+def _cpu_runtime(device: torch.device, threads: int | None) -> Iterator[None]:
+    """Torch intra-op threads and heap-only malloc for the run; both restored afterwards."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    libc = _glibc() if device.type == "cpu" else None
+    if libc is not None:
+        # glibc serves each allocation above its mmap threshold (every layer's output) with a fresh
+        # mmap and unmaps it on free, so every batch page-faults all its activations in again: 45 %
+        # of CPU time went to the kernel. From the heap, the pages are reused: ~1.7x images/s.
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if libc is not None:
+            libc.mallopt(_M_MMAP_MAX, 65536)  # glibc's defaults
+            libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+            libc.malloc_trim(0)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None  # glibc (mallopt), not musl
 
 
 @contextlib.contextmanager

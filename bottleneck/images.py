@@ -21,16 +21,22 @@ class ImageError(Exception):
 
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return _is_image_name(path.name)
 
 
 def find_images(root: Path) -> list[Path]:
-    """All image files under `root`, sorted; hidden files and folders are skipped."""
-    found: list[Path] = []
+    """All image files under `root`, sorted as Paths sort; hidden files and folders are skipped."""
+    found: list[tuple[str, ...]] = []  # path parts: sorting these gives the Path order, much faster
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath, f) for f in filenames if is_image_file(Path(f)))
-    return sorted(found)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        parts = tuple(Path(dirpath).parts)
+        found.extend((*parts, f) for f in filenames if _is_image_name(f))
+    found.sort()
+    return [Path(*parts) for parts in found]
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def sha256_bytes(data: bytes) -> str:
