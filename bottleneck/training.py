@@ -218,7 +218,7 @@ def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -
 
 def _expand(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
-    for item in map(Path, inputs):
+    for item in (Path(i).resolve() for i in inputs):
         if item.is_dir():
             files.extend(find_images(item))
         elif item.is_file() and is_image_file(item):

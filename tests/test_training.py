@@ -77,7 +77,7 @@ def test_split_folders_are_used(tmp_path: Path) -> None:
     assert meta["sizes"] == {"train": 12, "val": 0, "test": 12} and meta["split"]["from_folders"]
 
 
-def test_predict_reuses_cache_and_writes_topk(trained_cache, tmp_path: Path) -> None:
+def test_predict_reuses_cache_and_writes_topk(trained_cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root, cache = trained_cache
     head = fit_head(cache, head="logreg").head_path
     backbone = tiny_backbone()
@@ -89,8 +89,9 @@ def test_predict_reuses_cache_and_writes_topk(trained_cache, tmp_path: Path) -> 
     assert csv_text.splitlines()[0] == "path,prediction,probability,label_1,probability_1,label_2,probability_2"
     assert json.loads(write_predictions(predictions, "json", 2))[0]["prediction"] == "dark"
     new = write_image(tmp_path / "new" / "x.png", seed=77)
-    predict_files([new], head, cache, options=QUIET)
-    assert backbone.model.images_seen == 1
+    monkeypatch.chdir(tmp_path)
+    predictions, _ = predict_files([Path("new")], head, cache, options=QUIET)  # relative paths work too
+    assert backbone.model.images_seen == 1 and predictions[0].path == str(new)
 
 
 def test_predict_refuses_tampered_head_and_other_extractor(trained_cache) -> None:
