@@ -39,7 +39,7 @@ STORAGE_DTYPES = ("float32", "float16")
 
 @dataclass
 class ExtractOptions:
-    batch_size: int | None = None  # None: 256 on CUDA, 32 elsewhere
+    batch_size: int | None = None  # None: 256 on CUDA, 16 elsewhere (see default_batch_size)
     workers: int | None = None  # None: one decode worker per CPU core
     threads: int | None = None  # torch intra-op threads while extracting; None: the torch default
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -254,10 +254,6 @@ class _DecodeDataset(TorchDataset):
             return i, None, str(exc)
 
 
-def _nice(worker_id: int) -> None:
-    os.nice(int(os.environ["BN_NICE"]))
-
-
 def _collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     good = [(i, t) for i, t, _ in batch if t is not None]
     bad = [(i, err) for i, t, err in batch if t is None]
@@ -267,21 +263,19 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[in
     return [i for i, _ in good], tensor, bad
 
 
+def default_batch_size(device: torch.device) -> int:
+    """256 on CUDA; 16 on CPU, as fast per image as 32 there (faster for efficientnet_lite0) and
+    half the wait for the first batch, which one worker decodes alone (0.5 s for 12 MP photos)."""
+    return 256 if device.type == "cuda" else 16
+
+
 def _compute(store: Store, fp: str, backbone: Backbone, todo: list[tuple[str, str]], options: ExtractOptions,
              device: torch.device, bad: dict[str, str]) -> int:
     """Run the backbone over `todo`, appending each batch to the store as soon as it is done."""
     if not todo:
         return 0
-    batch_size = options.batch_size or (256 if device.type == "cuda" else 32)
-    workers = (os.cpu_count() or 1) if options.workers is None else options.workers
-    if len(todo) <= batch_size:
-        workers = 0  # forking workers costs more than decoding one batch in-process
-    loader = DataLoader(
-        _DecodeDataset(todo, backbone), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-        pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None,
-        worker_init_fn=_nice if os.environ.get("BN_NICE") else None,
-    )
-    batches = iter(loader)  # workers start decoding while the model is prepared
+    batches = _batches(_DecodeDataset(todo, backbone), options.batch_size or default_batch_size(device),
+                       options.workers, device)
     model = _prepare_model(backbone, device, options)
     autocast_dtype = PRECISIONS[options.precision]
     computed = 0
@@ -289,7 +283,7 @@ def _compute(store: Store, fp: str, backbone: Backbone, todo: list[tuple[str, st
     # GPU never idles on an HDF5 flush or on the loader (on a CPU this is just a reordering).
     pending: tuple[list[str], torch.Tensor, torch.cuda.Event | None] | None = None
     with _progress(len(todo), options.progress, backbone.name) as advance, torch.inference_mode(), \
-            _cpu_runtime(device, options.threads):
+            _cpu_runtime(device, options.threads) as settle:
         for indices, batch, failed in batches:
             for i, reason in failed:
                 bad[todo[i][0]] = reason
@@ -300,10 +294,24 @@ def _compute(store: Store, fp: str, backbone: Backbone, todo: list[tuple[str, st
             if pending is not None:
                 computed += _write(store, fp, *pending)
             pending = queued
+            settle()
             advance(len(indices) + len(failed))
         if pending is not None:
             computed += _write(store, fp, *pending)
     return computed
+
+
+def _batches(dataset: _DecodeDataset, batch_size: int, workers: int | None,
+             device: torch.device) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+    """Decoded batches from `workers` DataLoader processes (None: one per core; 0: this process)."""
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if len(dataset) <= batch_size:
+        workers = 0  # forking workers costs more than decoding one batch in-process
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+        pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+    return iter(loader)  # workers start decoding while the model is prepared
 
 
 def _forward(model: nn.Module, backbone: Backbone, batch: torch.Tensor, device: torch.device,
@@ -433,40 +441,67 @@ _NORM_REPLACEMENTS: dict[type, Callable[[nn.Module], nn.Module]] = {
 
 
 @contextlib.contextmanager
-def _cpu_runtime(device: torch.device, threads: int | None) -> Iterator[None]:
-    """Torch intra-op threads and heap-only malloc for the run; both restored afterwards."""
+def _cpu_runtime(device: torch.device, threads: int | None) -> Iterator[Callable[[], None]]:
+    """Torch intra-op threads and heap-only malloc for the run, both restored afterwards.
+
+    glibc serves each allocation above its mmap threshold (every layer's output) with a fresh mmap
+    and unmaps it when freed, so each batch page-faults all its activations in again: 45 % of CPU
+    time went to the kernel. Served from the heap, the pages are reused (~1.7x images/s for lite0).
+    But torch's aligned allocations leave holes that the heap reuses badly, so it grows by tens of
+    MB a batch; the callable this yields, run after each batch, hands free heap pages back to the OS
+    whenever resident memory is _HEAP_SLACK above what it was after the first batch."""
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     libc = _glibc() if device.type == "cpu" else None
     if libc is not None:
-        # glibc serves each allocation above its mmap threshold (every layer's output) with a fresh
-        # mmap and unmaps it on free, so every batch page-faults all its activations in again: 45 %
-        # of CPU time went to the kernel. From the heap, the pages are reused: ~1.7x images/s.
         libc.mallopt(_M_MMAP_MAX, 0)
         libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+
+    baseline: int | None = None
+
+    def settle() -> None:
+        nonlocal baseline
+        if libc is None:
+            return
+        resident = _resident_bytes()
+        if baseline is None:
+            baseline = resident
+        elif resident > baseline + _HEAP_SLACK:
+            libc.malloc_trim(0)
+
     try:
-        yield
+        yield settle
     finally:
         torch.set_num_threads(before)
         if libc is not None:
-            libc.mallopt(_M_MMAP_MAX, 65536)  # glibc's defaults
-            libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+            # mallopt can't give glibc back its self-tuning thresholds; these are where they settle
+            # in any process that has freed a large tensor: mmap above 32 MiB, trim above 64 MiB.
+            libc.mallopt(_M_MMAP_MAX, 65536)
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+            libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
             libc.malloc_trim(0)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters, from glibc's malloc.h
+_HEAP_SLACK = 256 << 20
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """glibc (mallopt, malloc_trim), or None on other C libraries and systems."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return None
-    return libc if hasattr(libc, "gnu_get_libc_version") else None  # glibc (mallopt), not musl
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 @contextlib.contextmanager

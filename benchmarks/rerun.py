@@ -1,0 +1,84 @@
+"""Rerun speed: how long `extract` takes to decide that a cached folder has nothing to do.
+
+1. A 20,000-file folder of tiny PNGs with the cheap `raw8` backbone: the first run, then cached
+   reruns in-process (median of 3), then the same rerun through the CLI (`bottleneck extract -q`),
+   whose total includes interpreter start, imports and model build.
+2. A real case for d/a: 5,000 small JPEGs (photo_vs_drawing, repeated) with squeezenet1_1: first run
+   (a) vs cached rerun (d), in images/s.
+
+    python benchmarks/rerun.py                    # both (about 3 min on 2 cores)
+    python benchmarks/rerun.py --real 0           # only the 20,000-file part
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+from bottleneck.backbones import load_backbone
+from bottleneck.extract import ExtractOptions, extract_dataset
+
+QUIET = ExtractOptions(progress=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=20000, help="tiny files for part 1")
+    ap.add_argument("--model", default="raw8", help="backbone for part 1")
+    ap.add_argument("--real", type=int, default=5000, help="small JPEGs for part 2 (0: skip)")
+    ap.add_argument("--real-model", default="squeezenet1_1")
+    ap.add_argument("--json", type=Path, default=C.OUT / "rerun.json")
+    args = ap.parse_args()
+    machine = C.machine()  # load average at the start
+
+    result: dict = {"machine": machine}
+    with tempfile.TemporaryDirectory() as tmp:
+        root, cache = C.tiny_set(args.files), Path(tmp) / "cache.h5"
+        backbone = load_backbone(args.model)
+        first = extract_dataset(root, backbone, cache, options=QUIET)
+        reruns = [extract_dataset(root, backbone, cache, options=QUIET) for _ in range(3)]
+        assert all(r.computed == 0 and r.reused == args.files for r in reruns)
+        cli = Path(sys.executable).with_name("bottleneck")
+        start = time.perf_counter()
+        subprocess.run([str(cli), "extract", str(root), "--model", args.model, "--cache", str(cache), "-q"],
+                       check=True, capture_output=True)
+        cli_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import bottleneck.cli, bottleneck.extract, bottleneck.backbones"],
+                       check=True)
+        import_seconds = time.perf_counter() - start
+    rerun_seconds = statistics.median(r.seconds for r in reruns)
+    result["tiny"] = {"files": args.files, "model": args.model, "first_s": first.seconds,
+                      "rerun_s": [r.seconds for r in reruns], "rerun_median_s": rerun_seconds,
+                      "cli_total_s": cli_seconds, "cli_imports_s": import_seconds}
+    print(f"\n{args.files} tiny files, {args.model}: first run {first.seconds:.1f} s; cached rerun "
+          f"{rerun_seconds:.2f} s in-process (median of 3); CLI total {cli_seconds:.1f} s, of which "
+          f"~{import_seconds:.1f} s is starting Python and importing")
+
+    if args.real:
+        root = C.small_set(args.real)
+        backbone = load_backbone(args.real_model)
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = Path(tmp) / "cache.h5"
+            C.evict(root)
+            a = extract_dataset(root, backbone, cache, options=QUIET)
+            d = extract_dataset(root, backbone, cache, options=QUIET)
+        assert a.computed == args.real and d.computed == 0
+        result["real"] = {"images": args.real, "model": args.real_model, "a_s": a.seconds, "d_s": d.seconds,
+                          "a": a.images_per_second, "d": d.images_per_second,
+                          "d_over_a": d.images_per_second / a.images_per_second}
+        print(f"\n{args.real} small JPEGs, {args.real_model}")
+        C.print_table(["run", "seconds", "images/s"], [["first (a)", a.seconds, a.images_per_second],
+                                                       ["cached rerun (d)", d.seconds, d.images_per_second]])
+        print(f"d/a = {result['real']['d_over_a']:.0f}")
+    C.write_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()

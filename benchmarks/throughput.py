@@ -1,0 +1,220 @@
+"""Extraction throughput: `bottleneck extract` against a naive loop and against the model alone.
+
+For each image set and model, in one process, on the same files and the same loaded model:
+  (a) extract  `extract_dataset` in-process with default options: files -> HDF5, empty cache, image
+               files evicted from the OS page cache first; images/s = images / its wall time
+  (b) naive    the tutorial loop: PIL open -> RGB -> Resize -> CenterCrop -> ToTensor -> Normalize ->
+               model, batch by batch in the main process, no workers (files evicted first too)
+  (c) ceiling  the model alone, run as extract runs it, on already-decoded batches, same batch size
+               and threads, after one warm-up batch
+  (d) rerun    (a) again on the now-cached folder
+  (a0) before  with --before REF: (a) with bottleneck/extract.py as it was at git REF
+Start-up costs (imports, model build, BatchNorm folding, first batch's extra time) are measured
+apart, in a fresh subprocess; (a) includes the folding and first batch but not imports or build.
+
+    python benchmarks/throughput.py                          # everything (about 10 min on 2 cores)
+    python benchmarks/throughput.py --models squeezenet1_1 --sets small --small 64   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+import _common as C
+from bottleneck.backbones import Backbone, load_backbone
+from bottleneck.extract import PRECISIONS, ExtractOptions, _collate, _cpu_runtime, _forward, _prepare_model, \
+    default_batch_size, extract_dataset, resolve_device
+from bottleneck.images import decode_rgb, find_images
+
+MODELS = {"efficientnet_lite0": None, "squeezenet1_1": None, "resnet50": "random", "inception_v3": "random"}
+STARTUP = """
+import statistics, time; t0 = time.perf_counter()
+import torch
+from bottleneck.backbones import load_backbone
+from bottleneck.extract import ExtractOptions, _cpu_runtime, _forward, _prepare_model, extract_dataset, resolve_device
+t1 = time.perf_counter()
+backbone = load_backbone({name!r}, weights={weights!r})
+t2 = time.perf_counter()
+device = resolve_device("auto")
+model = _prepare_model(backbone, device, ExtractOptions())
+t3 = time.perf_counter()
+size = backbone.preprocess.input_size
+batch = torch.zeros({batch}, 3, size, size, dtype=torch.uint8)
+times = []
+with torch.inference_mode(), _cpu_runtime(device, None) as settle:
+    for _ in range(4):
+        start = time.perf_counter(); _forward(model, backbone, batch, device, None).cpu(); settle()
+        times.append(time.perf_counter() - start)
+print(t1 - t0, t2 - t1, t3 - t2, times[0] - statistics.median(times[1:]))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
+    ap.add_argument("--sets", default="small,large", help="small (~224 px JPEGs), large (12 MP photos)")
+    ap.add_argument("--small", type=int, default=434, help="small JPEGs per model")
+    ap.add_argument("--large", type=int, default=64, help="large photos per model")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: extract's own choice")
+    ap.add_argument("--precision", default="fp32", help="fp32, or bf16 / fp16 autocast on a GPU")
+    ap.add_argument("--before", metavar="REF", help="also time extract.py as of this git ref (column a0)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds per measurement; the median is reported")
+    ap.add_argument("--warm-files", action="store_true", help="do not evict image files from the page cache")
+    ap.add_argument("--json", type=Path, default=C.OUT / "throughput.json")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # the model a child process measures
+    args = ap.parse_args()
+    machine = C.machine()  # load average at the start
+
+    device = resolve_device("auto")
+    if args.one:
+        C.write_json(args.json, _measure_model(args, args.one, device))
+        return
+    results, startup = [], {}
+    for model_name in args.models.split(","):
+        # One fresh process per model: extract tunes malloc for its run, which must not leak into
+        # the next model's naive loop.
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "one.json"
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", model_name, "--json", str(out)],
+                           check=True)
+            one = json.loads(out.read_text())
+        results += one["results"]
+        startup[model_name] = one["startup"]
+
+    print(f"\nimages/s on {device}; (a) extract, (b) naive loop, (c) model alone, (d) cached rerun")
+    extra = ["a0", "a/a0"] if args.before else []
+    C.print_table(
+        ["set", "model", "images", "a", "b", "c", "d", "a/c", "a/b", "d/a", *extra],
+        [[r["set"], r["model"], r["images"], r["a"], r["b"], r["c"], r["d"], r["a"] / r["c"], r["a"] / r["b"],
+          r["d"] / r["a"], *([r["a0"], r["a"] / r["a0"]] if args.before else [])] for r in results],
+    )
+    print("\nfixed start-up cost, seconds (fresh process)")
+    C.print_table(["model", "imports", "model build", "fold + layout", "first batch extra"],
+                  [[m, *s.values()] for m, s in startup.items()])
+    C.write_json(args.json, {"machine": machine, "device": str(device), "before": args.before,
+                             "results": results, "startup": startup})
+
+
+def _measure_model(args: argparse.Namespace, model_name: str, device: torch.device) -> dict:
+    options = ExtractOptions(progress=False, batch_size=args.batch_size, precision=args.precision)
+    before = _extract_at(args.before) if args.before else None
+    sets = {"small": lambda: C.small_set(args.small), "large": lambda: C.large_set(args.large)}
+    weights = MODELS.get(model_name, "random")
+    backbone = load_backbone(model_name, weights=weights)
+    naive_model = copy.deepcopy(backbone.model)  # extract converts its model to channels_last in place
+    batch = args.batch_size or default_batch_size(device)
+    results = []
+    for set_name in args.sets.split(","):
+        root = sets[set_name]()
+        r = _measure(root, backbone, naive_model, options, device, batch, not args.warm_files, args.repeat, before)
+        r.update(set=set_name, model=model_name, weights=weights or "pretrained",
+                 mb_per_image=C.folder_bytes(root) / r["images"] / 1e6)
+        results.append(r)
+        print(f"{set_name} {model_name}: " + ", ".join(f"{k} {v:.3g}" for k, v in r.items()
+                                                     if isinstance(v, float)), flush=True)
+    return {"results": results, "startup": _startup(model_name, weights, batch)}
+
+
+def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, options: ExtractOptions,
+             device: torch.device, batch: int, evict: bool, repeat: int, before: ModuleType | None) -> dict:
+    """Seconds for (b), then (a0), (a), (d), (c) in `repeat` interleaved rounds; medians of each.
+
+    The naive loop goes first, before extract has tuned malloc in this process."""
+    files = find_images(root)
+    samples: dict[str, list[float]] = {"a": [], "d": [], "b": [], "c": [], **({"a0": []} if before else {})}
+    for _ in range(repeat):
+        if evict:
+            C.evict(root)
+        samples["b"].append(_naive(files, backbone, naive_model, device, batch))
+    for _ in range(repeat):
+        if before:  # on a pristine copy of the model: extract converts its model in place
+            old = dataclasses.replace(backbone, model=copy.deepcopy(naive_model))
+            with tempfile.TemporaryDirectory() as tmp:
+                if evict:
+                    C.evict(root)
+                report = before.extract_dataset(root, old, Path(tmp) / "cache.h5",
+                                                options=before.ExtractOptions(progress=False))
+            samples["a0"].append(report.seconds)
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = Path(tmp) / "cache.h5"
+            if evict:
+                C.evict(root)
+            first = extract_dataset(root, backbone, cache, options=options)
+            again = extract_dataset(root, backbone, cache, options=options)
+        assert first.computed == len(files) and again.computed == 0, (first.summary(), again.summary())
+        samples["a"].append(first.seconds)
+        samples["d"].append(again.seconds)
+        samples["c"].append(_ceiling(files, backbone, options, device, batch))
+    result: dict = {"images": len(files), "batch": batch, "samples_s": samples}
+    for key, seconds in samples.items():
+        result[f"{key}_seconds"] = statistics.median(seconds)
+        result[key] = len(files) / result[f"{key}_seconds"]
+    return result
+
+
+def _naive(files: list[Path], backbone: Backbone, model: torch.nn.Module, device: torch.device, batch: int) -> float:
+    """The loop the tutorials write (torchvision transforms on PIL images, fp32, default threads)."""
+    p = backbone.preprocess
+    transform = T.Compose([
+        T.Resize(p.resize_size, interpolation=T.InterpolationMode(p.interpolation)),
+        T.CenterCrop(p.input_size), T.ToTensor(), T.Normalize(p.mean, p.std),
+    ])
+    model = model.eval().to(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(files), batch):
+            x = torch.stack([transform(Image.open(f).convert("RGB")) for f in files[i:i + batch]])
+            model(x.to(device)).cpu()
+    return time.perf_counter() - start
+
+
+def _ceiling(files: list[Path], backbone: Backbone, options: ExtractOptions, device: torch.device, batch: int) -> float:
+    """The model as extract runs it, on one batch decoded beforehand, for as many images as `files`."""
+    p = backbone.preprocess
+    decoded = _collate([(i, p.resize_crop(decode_rgb(f, draft_to=p.resize_size)), "")
+                        for i, f in enumerate(files[:batch])])[1]
+    decoded = decoded.repeat(math.ceil(batch / len(decoded)), 1, 1, 1)[:batch]
+    sizes = [batch] * (len(files) // batch) + ([len(files) % batch] if len(files) % batch else [])
+    model = _prepare_model(backbone, device, options)
+    autocast = PRECISIONS[options.precision]
+    with torch.inference_mode(), _cpu_runtime(device, options.threads) as settle:
+        _forward(model, backbone, decoded, device, autocast).cpu()  # warm-up, not timed
+        start = time.perf_counter()
+        for n in sizes:
+            _forward(model, backbone, decoded[:n], device, autocast).cpu()
+            settle()
+        return time.perf_counter() - start
+
+
+def _extract_at(ref: str) -> ModuleType:
+    """bottleneck/extract.py as it was at git `ref`, loaded as a module of its own."""
+    source = subprocess.run(["git", "show", f"{ref}:bottleneck/extract.py"], cwd=C.HERE.parent, check=True,
+                            capture_output=True, text=True).stdout
+    module = sys.modules[f"extract_at_{ref}"] = ModuleType(f"extract_at_{ref}")  # dataclasses look it up
+    exec(compile(source, f"{ref}:bottleneck/extract.py", "exec"), module.__dict__)  # noqa: S102 -- our own file
+    return module
+
+
+def _startup(name: str, weights: str | None, batch: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", STARTUP.format(name=name, weights=weights, batch=batch)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return dict(zip(("imports_s", "build_s", "prepare_s", "first_batch_extra_s"), map(float, out)))
+
+
+if __name__ == "__main__":
+    main()
