@@ -218,7 +218,8 @@ class Store:
                        remember: bool = True) -> None:
         """Replace the manifest of `name` (written beside the old one, then swapped in).
 
-        `remember` records (name, fp) as the last run, which `fit` and `compare` default to.
+        `remember` records (name, fp) as the last run, and fp as this dataset's last extractor:
+        the defaults of `fit` and `compare`.
         """
         parent = self.h5.require_group("datasets")
         old = parent.get(name)
@@ -229,9 +230,10 @@ class Store:
             values = [getattr(r, field) for r in rows]
             tmp.create_dataset(field, data=np.array(values, dtype=_SHA if field == "sha256" else _STR))
         extractors = sorted(set(json.loads(old.attrs.get("extractors", "[]"))) | {fp}) if old is not None else [fp]
+        last = fp if remember or old is None else old.attrs.get("last_extractor", fp)
         tmp.attrs.update(
             root=str(root), layout=layout, images=len(rows), extractors=json.dumps(extractors),
-            created=old.attrs["created"] if old is not None else _now(), updated=_now(),
+            last_extractor=last, created=old.attrs["created"] if old is not None else _now(), updated=_now(),
         )
         if old is not None:
             del parent[name]

@@ -53,7 +53,7 @@ def select_extractor(cache: Path, dataset: str | None, model: str | None) -> tup
         dataset = dataset or last[0]
         fps = store.dataset_extractors(dataset)
         if model is None:
-            return dataset, last[1] if dataset == last[0] else fps[-1]
+            return dataset, str(store.dataset_attrs(dataset)["last_extractor"])
         matching = [fp for fp in fps if store.extractor_attrs(fp).get("model") == model]
         if not matching:
             known = sorted({str(store.extractor_attrs(fp).get("model")) for fp in fps})

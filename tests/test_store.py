@@ -62,7 +62,8 @@ def test_manifest_and_load_features(tmp_path: Path) -> None:
         assert st.read_manifest("toy") == rows
         assert st.last_run() == ("toy", fp) and st.dataset_extractors("toy") == [fp]
         st.write_manifest("pixels", tmp_path, "classes", rows, "raw8-x", remember=False)
-        assert st.last_run() == ("toy", fp)
+        st.write_manifest("toy", tmp_path, "classes", rows, "raw8-x", remember=False)
+        assert st.last_run() == ("toy", fp) and st.dataset_attrs("toy")["last_extractor"] == fp
     feats = load_features(cache, "toy", fp)
     assert feats.paths == ["a/1.jpg", "b/2.jpg"] and feats.labels.tolist() == ["a", "b"]
     np.testing.assert_array_equal(feats.X, np.eye(2))

@@ -119,3 +119,13 @@ def test_clear_errors(trained_cache, tmp_path: Path) -> None:
     extract_dataset(one, tiny_backbone(), cache, options=QUIET)
     with pytest.raises(FitError, match="only one class"):
         fit_head(cache, head="logreg", dataset="one")
+
+
+def test_fit_defaults_to_the_datasets_own_last_extract(trained_cache, tmp_path: Path) -> None:
+    from bottleneck.backbones import load_backbone
+    root, cache = trained_cache
+    extract_dataset(root, load_backbone("raw8"), cache, options=QUIET, remember=False)  # as compare does
+    other = tmp_path / "other"
+    write_image(other / "a" / "1.png", seed=1)
+    extract_dataset(other, tiny_backbone(), cache, options=QUIET)  # "shades" is no longer the last run
+    assert fit_head(cache, head="knn", dataset="shades").sidecar["extractor"]["model"] == "tiny"
