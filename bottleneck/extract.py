@@ -10,7 +10,6 @@ import contextlib
 import copy
 import ctypes
 import functools
-import itertools
 import os
 import sys
 import time
@@ -307,10 +306,10 @@ def _batches(dataset: _DecodeDataset, batch_size: int, workers: int | None,
     workers = (os.cpu_count() or 1) if workers is None else workers
     if len(dataset) <= batch_size:
         workers = 0  # forking workers costs more than decoding one batch in-process
-    loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-        pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None,
-    )
+    # torch's default of 2 batches ahead per worker: with 16 workers x 256 images that is already
+    # 1.2 GB of shared memory, more than many containers' /dev/shm.
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda")
     return iter(loader)  # workers start decoding while the model is prepared
 
 
@@ -353,7 +352,7 @@ def _prepare_model(backbone: Backbone, device: torch.device, options: ExtractOpt
 
 def _fold_batchnorm(model: nn.Module, input_size: int) -> nn.Module:
     """A copy of `model` in which every BatchNorm2d fed by a Conv2d alone is folded into that conv's
-    weights and bias (one op fewer per conv: 12-40 % more images/s on CPU), or `model` itself when
+    weights and bias (one op fewer per conv: 7-45 % more images/s on CPU), or `model` itself when
     nothing folds or the model cannot be traced on the meta device."""
     if not any(type(m) in _NORM_REPLACEMENTS for m in model.modules()):
         return model
@@ -446,7 +445,7 @@ def _cpu_runtime(device: torch.device, threads: int | None) -> Iterator[Callable
 
     glibc serves each allocation above its mmap threshold (every layer's output) with a fresh mmap
     and unmaps it when freed, so each batch page-faults all its activations in again: 45 % of CPU
-    time went to the kernel. Served from the heap, the pages are reused (~1.7x images/s for lite0).
+    time went to the kernel. Served from the heap, the pages are reused: 1.2-1.9x images/s.
     But torch's aligned allocations leave holes that the heap reuses badly, so it grows by tens of
     MB a batch; the callable this yields, run after each batch, hands free heap pages back to the OS
     whenever resident memory is _HEAP_SLACK above what it was after the first batch."""
@@ -484,7 +483,7 @@ def _cpu_runtime(device: torch.device, threads: int | None) -> Iterator[Callable
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters, from glibc's malloc.h
-_HEAP_SLACK = 256 << 20
+_HEAP_SLACK = 128 << 20
 
 
 def _resident_bytes() -> int:
