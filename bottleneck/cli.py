@@ -55,7 +55,7 @@ def extract(
     pool: str = typer.Option("avg", help="Spatial pooling of feature maps: avg or max."),
     cache: Path = CacheOption,
     name: Optional[str] = typer.Option(None, help="Dataset name in the cache (default: the folder's name)."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per forward pass (default 256 on CUDA, 32 on CPU)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per forward pass (default 256 on CUDA, 16 on CPU)."),
     workers: Optional[int] = typer.Option(None, help="Decode worker processes (default: CPU count)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 (autocast; for GPUs)."),
