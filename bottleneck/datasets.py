@@ -55,9 +55,9 @@ def scan_dataset(root: Path, name: str | None = None) -> Dataset:
     is_split = bool(top) and all(t.lower() in SPLIT_NAMES for t in top)
     entries: list[Entry] = []
     loose: list[Path] = []
+    depth = 3 if is_split else 2
     for f in files:
         parts = f.relative_to(root).parts
-        depth = 3 if is_split else 2
         if len(parts) < depth:
             loose.append(f)
             continue

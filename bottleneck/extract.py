@@ -117,7 +117,7 @@ def extract_dataset(
     root_dir = str(dataset.root)
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
     with Store.open(cache, writable=True) as store:
-        fp, dim = _prepare_extractor(store, backbone, options)
+        fp = _prepare_extractor(store, backbone, options)
         bad = _previous_failures(store, dataset.name)
         shas, unreadable = _hash_files(store, paths)
         todo = _missing(store, fp, shas, bad)
@@ -149,7 +149,7 @@ def extract_files(paths: Sequence[Path], backbone: Backbone, cache: Path,
     options = options or ExtractOptions()
     resolved = [str(Path(p).resolve()) for p in paths]
     with Store.open(cache, writable=True) as store:
-        fp, _ = _prepare_extractor(store, backbone, options)
+        fp = _prepare_extractor(store, backbone, options)
         shas, unreadable = _hash_files(store, resolved)
         bad: dict[str, str] = {}
         todo = _missing(store, fp, shas, bad)
@@ -159,7 +159,7 @@ def extract_files(paths: Sequence[Path], backbone: Backbone, cache: Path,
     return FileFeatures(fp, ok, skipped, computed)
 
 
-def _prepare_extractor(store: Store, backbone: Backbone, options: ExtractOptions) -> tuple[str, int]:
+def _prepare_extractor(store: Store, backbone: Backbone, options: ExtractOptions) -> str:
     if options.precision not in PRECISIONS:
         raise ExtractError(f"--precision {options.precision}: use one of {', '.join(PRECISIONS)}")
     if options.dtype not in STORAGE_DTYPES:
@@ -172,7 +172,7 @@ def _prepare_extractor(store: Store, backbone: Backbone, options: ExtractOptions
         "spec": spec, "bottleneck_version": __version__, "torch_version": torch.__version__,
     }
     store.ensure_extractor(fp, backbone.feature_dim, options.dtype, attrs)
-    return fp, backbone.feature_dim
+    return fp
 
 
 def _previous_failures(store: Store, name: str) -> dict[str, str]:

@@ -223,7 +223,7 @@ class Store:
         """
         parent = self.h5.require_group("datasets")
         old = parent.get(name)
-        tmp = parent.create_group(f"{name}.writing") if f"{name}.writing" not in parent else parent[f"{name}.writing"]
+        tmp = parent.require_group(f"{name}.writing")  # left over if a previous write was killed
         for field in _MANIFEST_FIELDS:
             if field in tmp:
                 del tmp[field]
