@@ -50,6 +50,11 @@ _INTERPOLATION = {
     "bicubic": InterpolationMode.BICUBIC,
     "nearest": InterpolationMode.NEAREST,
 }
+_PIL_RESAMPLE = {
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+    "nearest": PIL.Image.Resampling.NEAREST,
+}
 _LITE_SHA256 = {
     0: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     1: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
@@ -93,11 +98,34 @@ class Preprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def resize_crop(self, img: PIL.Image.Image) -> torch.Tensor:
-        """Shorter side to `resize_size` (PIL resampling, antialiased), centre crop -> uint8 (3, S, S)."""
+        """Shorter side to `resize_size` (PIL resampling, antialiased), centre crop -> uint8 (3, S, S).
+
+        The pixels of torchvision's Resize + CenterCrop, up to Pillow's float32 rounding of the crop
+        box (at most 2 grey levels, on a few % of pixels at worst), but only the crop is resampled:
+        about half the work when a small image is scaled up."""
         if img.mode != "RGB":
             img = img.convert("RGB")
-        img = TF.resize(img, self.resize_size, interpolation=_INTERPOLATION[self.interpolation], antialias=True)
-        return TF.pil_to_tensor(TF.center_crop(img, [self.input_size]))
+        size, (width, height) = self.input_size, img.size
+        # torchvision's sizes: the shorter side exactly resize_size, the longer one truncated.
+        new_w, new_h = (self.resize_size, int(self.resize_size * height / width)) if width <= height else \
+            (int(self.resize_size * width / height), self.resize_size)
+        if size > min(new_w, new_h):  # the crop needs padding: leave that to torchvision
+            img = TF.resize(img, self.resize_size, interpolation=_INTERPOLATION[self.interpolation], antialias=True)
+            return TF.pil_to_tensor(TF.center_crop(img, [size]))
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        # One pass per axis, horizontal first as in a full PIL resize (given a 2-D box, Pillow may run
+        # the vertical pass first, which rounds differently).
+        resample = _PIL_RESAMPLE[self.interpolation]
+        sx, sy = width / new_w, height / new_h
+        if new_w == width:
+            img = img.crop((left, 0, left + size, height))
+        else:
+            img = img.resize((size, height), resample, box=(left * sx, 0, (left + size) * sx, height))
+        if new_h == height:
+            img = img.crop((0, top, size, top + size))
+        else:
+            img = img.resize((size, size), resample, box=(0, top * sy, size, (top + size) * sy))
+        return TF.pil_to_tensor(img)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)

@@ -34,6 +34,7 @@ from bottleneck.store import ManifestRow, Store, fingerprint
 PENDING = "pending: the run stopped before this image was computed"
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 STORAGE_DTYPES = ("float32", "float16")
+DECODERS = ("pil", "torchvision")  # PIL in the DataLoader workers | torchvision.io on the model's device
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ExtractOptions:
     dtype: str = "float32"  # storage dtype of the vectors
     progress: bool = True
     compile: bool = False  # torch.compile the backbone (pays off on long GPU runs)
+    decode: str = "pil"  # see DECODERS and bottleneck.device_decode
 
 
 @dataclass
@@ -100,7 +102,10 @@ def resolve_device(device: str) -> torch.device:
 
 def extractor_spec(backbone: Backbone, options: ExtractOptions) -> dict:
     """Everything that changes the stored vectors; its hash names the cache group."""
-    return {**backbone.spec(), "precision": options.precision, "dtype": options.dtype}
+    spec = {**backbone.spec(), "precision": options.precision, "dtype": options.dtype}
+    if options.decode != "pil":  # other decoders and resizers give slightly different pixels
+        spec["decode"] = options.decode
+    return spec
 
 
 def extract_dataset(
@@ -164,6 +169,8 @@ def _prepare_extractor(store: Store, backbone: Backbone, options: ExtractOptions
         raise ExtractError(f"--precision {options.precision}: use one of {', '.join(PRECISIONS)}")
     if options.dtype not in STORAGE_DTYPES:
         raise ExtractError(f"--dtype {options.dtype}: use one of {', '.join(STORAGE_DTYPES)}")
+    if options.decode not in DECODERS:
+        raise ExtractError(f"--decode {options.decode}: use one of {', '.join(DECODERS)}")
     spec = extractor_spec(backbone, options)
     fp = fingerprint(spec)
     attrs = {
@@ -273,8 +280,7 @@ def _compute(store: Store, fp: str, backbone: Backbone, todo: list[tuple[str, st
     """Run the backbone over `todo`, appending each batch to the store as soon as it is done."""
     if not todo:
         return 0
-    batches = _batches(_DecodeDataset(todo, backbone), options.batch_size or default_batch_size(device),
-                       options.workers, device)
+    batches = _batches(todo, backbone, options, device)
     model = _prepare_model(backbone, device, options)
     autocast_dtype = PRECISIONS[options.precision]
     computed = 0
@@ -300,17 +306,28 @@ def _compute(store: Store, fp: str, backbone: Backbone, todo: list[tuple[str, st
     return computed
 
 
-def _batches(dataset: _DecodeDataset, batch_size: int, workers: int | None,
+def _batches(todo: list[tuple[str, str]], backbone: Backbone, options: ExtractOptions,
              device: torch.device) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
-    """Decoded batches from `workers` DataLoader processes (None: one per core; 0: this process)."""
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    """Decoded batches from `options.workers` DataLoader processes (None: one per core; 0: this
+    process), with `--decode torchvision` finished on `device`."""
+    batch_size = options.batch_size or default_batch_size(device)
+    workers = (os.cpu_count() or 1) if options.workers is None else options.workers
+    if options.decode == "torchvision":
+        from bottleneck import device_decode
+
+        dataset: TorchDataset = device_decode.JpegBytesDataset(todo, backbone)
+        collate: Callable = device_decode.collate
+    else:
+        dataset, collate = _DecodeDataset(todo, backbone), _collate
     if len(dataset) <= batch_size:
         workers = 0  # forking workers costs more than decoding one batch in-process
     # torch's default of 2 batches ahead per worker: with 16 workers x 256 images that is already
     # 1.2 GB of shared memory, more than many containers' /dev/shm.
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda")
-    return iter(loader)  # workers start decoding while the model is prepared
+    loader = iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                             pin_memory=device.type == "cuda"))  # workers start while the model is prepared
+    if options.decode == "torchvision":
+        return (device_decode.finish_batch(batch, backbone.preprocess, device) for batch in loader)
+    return loader
 
 
 def _forward(model: nn.Module, backbone: Backbone, batch: torch.Tensor, device: torch.device,

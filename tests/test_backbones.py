@@ -92,8 +92,10 @@ def test_preprocess_checks_interpolation_and_dicts_are_json() -> None:
     assert pre.std == (1.0, 1.0, 1.0)
 
 
-def test_preprocess_matches_torchvision_and_timm_transforms() -> None:
-    img = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 410, 3), dtype=np.uint8))
+@pytest.mark.parametrize("size", [(410, 300), (300, 410), (150, 120), (256, 300), (1200, 700)])
+def test_preprocess_matches_torchvision_and_timm_transforms(size: tuple[int, int], skimage_data) -> None:
+    # resize_crop resamples only the crop box, whose float rounding may move a few pixels by 1-2 levels.
+    img = PIL.Image.fromarray(skimage_data.astronaut()).resize(size, PIL.Image.Resampling.BILINEAR)
     timm_config = timm.data.resolve_model_data_config(timm.create_model("resnet18"))
     for name, reference in [
         ("mobilenet_v2", tvm.MobileNet_V2_Weights.DEFAULT.transforms()),
@@ -101,7 +103,10 @@ def test_preprocess_matches_torchvision_and_timm_transforms() -> None:
     ]:
         pre = load_backbone(name, weights="random").preprocess
         ours = pre.normalize(pre.resize_crop(img)[None])[0]
-        assert torch.allclose(ours, reference(img), atol=1e-5), name
+        level = 1 / 255 / min(pre.std)  # one grey level after normalisation
+        diff = (ours - reference(img)).abs()
+        assert diff.max() <= 2 * level + 1e-5, name
+        assert (diff > 1e-5).float().mean() < 0.03, name
 
 
 # --- torchvision and timm architectures (random weights) ---------------------------------------------
