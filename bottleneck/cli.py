@@ -57,9 +57,13 @@ def extract(
     name: Optional[str] = typer.Option(None, help="Dataset name in the cache (default: the folder's name)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per forward pass (default 256 on CUDA, 16 on CPU)."),
     workers: Optional[int] = typer.Option(None, help="Decode worker processes (default: CPU count)."),
+    threads: Optional[int] = typer.Option(None, help="torch threads for the model (default: one per core; "
+                                          "1 can be faster for light models on large photos)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 (autocast; for GPUs)."),
     dtype: str = typer.Option("float32", help="Storage dtype of the vectors: float32 or float16."),
+    decode: str = typer.Option("pil", help="pil: decode in the worker processes; torchvision: decode JPEGs "
+                               "on the model's device (nvJPEG on a GPU, when the CPU can't keep up)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -69,8 +73,9 @@ def extract(
 
     with _user_errors(cache):
         backbone = load_backbone(model, weights=weights, layer=layer, pool=pool)
-        options = ExtractOptions(batch_size=batch_size, workers=workers, device=device, precision=precision,
-                                 dtype=dtype, progress=not quiet, compile=compile)
+        options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
+                                 precision=precision, dtype=dtype, progress=not quiet, compile=compile,
+                                 decode=decode)
         report = extract_dataset(data, backbone, cache, name=name, options=options)
     for path, reason in report.skipped[:20]:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)

@@ -178,9 +178,9 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
     default_weights = "random" if extractor.get("weights") == "random" else None
     backbone = load_backbone(extractor["model"], weights=weights or default_weights,
                              layer=extractor.get("layer") or None, pool=extractor.get("pool", "avg"))
-    # The head's features fix precision and storage dtype; the caller's options fix the rest.
+    # The head's features fix precision, storage dtype and decoder; the caller's options fix the rest.
     options = dataclasses.replace(options or ExtractOptions(), precision=spec.get("precision", "fp32"),
-                                  dtype=spec.get("dtype", "float32"))
+                                  dtype=spec.get("dtype", "float32"), decode=spec.get("decode", "pil"))
     result = extract_files(files, backbone, cache, options)
     if result.fingerprint != extractor["fingerprint"]:
         raise FitError(f"{head_path}: trained on features {extractor['fingerprint']} but {extractor['model']} "

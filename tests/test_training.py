@@ -129,3 +129,29 @@ def test_fit_defaults_to_the_datasets_own_last_extract(trained_cache, tmp_path: 
     write_image(other / "a" / "1.png", seed=1)
     extract_dataset(other, tiny_backbone(), cache, options=QUIET)  # "shades" is no longer the last run
     assert fit_head(cache, head="knn", dataset="shades").sidecar["extractor"]["model"] == "tiny"
+
+
+def test_cli_extract_fit_predict_with_device_decode(tmp_path: Path) -> None:
+    """`--decode torchvision --threads 1` through the CLI; predict follows the head's decoder."""
+    from typer.testing import CliRunner
+
+    from bottleneck.cli import app
+
+    models = {}
+    register_backbone("tiny", lambda weights=None, layer=None, pool="avg": models.setdefault("m", tiny_backbone()))
+    root, cache = _separable_folder(tmp_path / "shades"), tmp_path / "cache.h5"
+    for i in range(3):  # JPEGs too, which take the device path
+        write_image(root / "dark" / f"j{i}.jpg", seed=i, size=(40, 40))
+    runner = CliRunner()
+    args = ["--cache", str(cache), "-q"]
+    result = runner.invoke(app, ["extract", str(root), "--model", "tiny", "--decode", "torchvision", "--threads", "1",
+                                 "--workers", "0", *args])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["fit", "--head", "logreg", "--cache", str(cache)]).exit_code == 0
+    seen = models["m"].model.images_seen
+    result = runner.invoke(app, ["predict", str(root / "dark"), "--head", str(cache.parent / "heads" / "shades-logreg.joblib"),
+                                 *args])
+    assert result.exit_code == 0, result.output
+    assert models["m"].model.images_seen == seen  # same extractor: every vector came from the cache
+    bad = runner.invoke(app, ["extract", str(root), "--model", "tiny", "--decode", "gpu", *args])
+    assert bad.exit_code == 1 and "--decode gpu: use one of pil, torchvision" in bad.output
