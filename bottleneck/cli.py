@@ -24,20 +24,29 @@ stderr = Console(stderr=True)
 CacheOption = typer.Option(DEFAULT_CACHE, "--cache", help="HDF5 cache file.")
 
 
+# The stages' user-facing errors, by module: looked up only in modules already imported (a module that
+# was never imported raised nothing), so that `info` or `fit` never pay for importing torchvision.
+_USER_ERRORS = {
+    "bottleneck.backbones": "BackboneError", "bottleneck.datasets": "DatasetError",
+    "bottleneck.extract": "ExtractError", "bottleneck.store": "StoreError",
+    "bottleneck.evaluate": "CompareError", "bottleneck.training": "FitError",
+}
+
+
+def _is_user_error(exc: Exception) -> bool:
+    return isinstance(exc, ValueError) or any(
+        isinstance(exc, getattr(sys.modules[module], name)) for module, name in _USER_ERRORS.items()
+        if module in sys.modules)
+
+
 @contextlib.contextmanager
 def _user_errors(cache: Path | None = None) -> Iterator[None]:
     """Turn the stages' user-facing errors into one red line and a non-zero exit."""
-    from bottleneck.backbones import BackboneError
-    from bottleneck.datasets import DatasetError
-    from bottleneck.extract import ExtractError
-    from bottleneck.store import StoreError
-    from bottleneck.evaluate import CompareError
-    from bottleneck.training import FitError
-
     try:
         yield
-    except (BackboneError, DatasetError, StoreError, ExtractError, FitError, CompareError,
-            ValueError) as exc:
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
         stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

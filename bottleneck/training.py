@@ -10,6 +10,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import joblib
 import numpy as np
@@ -19,12 +20,13 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, classificat
 from threadpoolctl import threadpool_limits
 
 from bottleneck import __version__
-from bottleneck.backbones import load_backbone
 from bottleneck.datasets import hash_split
-from bottleneck.extract import ExtractOptions, extract_files
 from bottleneck.heads import make_head
 from bottleneck.images import find_images, is_image_file, sha256_file
 from bottleneck.store import Features, Store, load_features
+
+if TYPE_CHECKING:
+    from bottleneck.extract import ExtractOptions
 
 
 class FitError(Exception):
@@ -171,6 +173,9 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
                   weights: str | None = None, options: ExtractOptions | None = None
                   ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for every image in `inputs` (files or folders) through the cache, and the skipped files."""
+    from bottleneck.backbones import load_backbone  # torch, timm, torchvision: seconds that `fit` doesn't need
+    from bottleneck.extract import ExtractOptions, extract_files
+
     estimator, meta = load_head(head_path)
     files = _expand(inputs)
     extractor = meta["extractor"]
