@@ -9,11 +9,15 @@ For each image set and model, in one process, on the same files and the same loa
                and threads, after one warm-up batch
   (d) rerun    (a) again on the now-cached folder
   (a0) before  with --before REF: (a) with bottleneck/extract.py as it was at git REF
+  (aT) device decode  with --device-decode: (a) with `--decode torchvision`, JPEGs decoded on the
+               model's device (nvJPEG on CUDA; torchvision's libjpeg-turbo in the main process on CPU)
 Start-up costs (imports, model build, BatchNorm folding, first batch's extra time) are measured
 apart, in a fresh subprocess; (a) includes the folding and first batch but not imports or build.
 
     python benchmarks/throughput.py                          # everything (about 10 min on 2 cores)
     python benchmarks/throughput.py --models squeezenet1_1 --sets small --small 64   # quick check
+    python benchmarks/throughput.py --models resnet50 --sets small,large --small 20000 --large 2000 \
+        --precision bf16 --device-decode      # on a GPU
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: extract's own choice")
     ap.add_argument("--precision", default="fp32", help="fp32, or bf16 / fp16 autocast on a GPU")
     ap.add_argument("--before", metavar="REF", help="also time extract.py as of this git ref (column a0)")
+    ap.add_argument("--device-decode", action="store_true", help="also time (a) with --decode torchvision (column aT)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds per measurement; the median is reported")
     ap.add_argument("--warm-files", action="store_true", help="do not evict image files from the page cache")
     ap.add_argument("--json", type=Path, default=C.OUT / "throughput.json")
@@ -97,11 +102,12 @@ def main() -> None:
         startup[model_name] = one["startup"]
 
     print(f"\nimages/s on {device}; (a) extract, (b) naive loop, (c) model alone, (d) cached rerun")
-    extra = ["a0", "a/a0"] if args.before else []
+    extra = (["a0", "a/a0"] if args.before else []) + (["aT", "aT/c"] if args.device_decode else [])
     C.print_table(
         ["set", "model", "images", "a", "b", "c", "d", "a/c", "a/b", "d/a", *extra],
         [[r["set"], r["model"], r["images"], r["a"], r["b"], r["c"], r["d"], r["a"] / r["c"], r["a"] / r["b"],
-          r["d"] / r["a"], *([r["a0"], r["a"] / r["a0"]] if args.before else [])] for r in results],
+          r["d"] / r["a"], *([r["a0"], r["a"] / r["a0"]] if args.before else []),
+          *([r["aT"], r["aT"] / r["c"]] if args.device_decode else [])] for r in results],
     )
     print("\nfixed start-up cost, seconds (fresh process)")
     C.print_table(["model", "imports", "model build", "fold + layout", "first batch extra"],
@@ -121,7 +127,8 @@ def _measure_model(args: argparse.Namespace, model_name: str, device: torch.devi
     results = []
     for set_name in args.sets.split(","):
         root = sets[set_name]()
-        r = _measure(root, backbone, naive_model, options, device, batch, not args.warm_files, args.repeat, before)
+        r = _measure(root, backbone, naive_model, options, device, batch, not args.warm_files, args.repeat, before,
+                     args.device_decode)
         r.update(set=set_name, model=model_name, weights=weights or "pretrained",
                  mb_per_image=C.folder_bytes(root) / r["images"] / 1e6)
         results.append(r)
@@ -131,12 +138,14 @@ def _measure_model(args: argparse.Namespace, model_name: str, device: torch.devi
 
 
 def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, options: ExtractOptions,
-             device: torch.device, batch: int, evict: bool, repeat: int, before: ModuleType | None) -> dict:
-    """Seconds for (b), then (a0), (a), (d), (c) in `repeat` interleaved rounds; medians of each.
+             device: torch.device, batch: int, evict: bool, repeat: int, before: ModuleType | None,
+             device_decode: bool) -> dict:
+    """Seconds for (b), then (a0), (a), (d), (aT), (c) in `repeat` interleaved rounds; medians of each.
 
     The naive loop goes first, before extract has tuned malloc in this process."""
     files = find_images(root)
-    samples: dict[str, list[float]] = {"a": [], "d": [], "b": [], "c": [], **({"a0": []} if before else {})}
+    samples: dict[str, list[float]] = {"a": [], "d": [], "b": [], "c": [], **({"a0": []} if before else {}),
+                                       **({"aT": []} if device_decode else {})}
     for _ in range(repeat):
         if evict:
             C.evict(root)
@@ -159,6 +168,14 @@ def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, optio
         assert first.computed == len(files) and again.computed == 0, (first.summary(), again.summary())
         samples["a"].append(first.seconds)
         samples["d"].append(again.seconds)
+        if device_decode:
+            with tempfile.TemporaryDirectory() as tmp:
+                if evict:
+                    C.evict(root)
+                report = extract_dataset(root, backbone, Path(tmp) / "cache.h5",
+                                         options=dataclasses.replace(options, decode="torchvision"))
+            assert report.computed == len(files), report.summary()
+            samples["aT"].append(report.seconds)
         samples["c"].append(_ceiling(files, backbone, options, device, batch))
     result: dict = {"images": len(files), "batch": batch, "samples_s": samples}
     for key, seconds in samples.items():
