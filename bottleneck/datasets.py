@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bottleneck.images import find_images
+from bottleneck.images import find_image_parts
 
 # Folder names the tutorials use for splits, mapped to one canonical name each.
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -48,28 +48,27 @@ def scan_dataset(root: Path, name: str | None = None) -> Dataset:
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; pass a folder with one sub-folder per class")
     root = root.resolve()
-    files = find_images(root)
+    files = find_image_parts(root)
     if not files:
         raise DatasetError(f"{root}: no images found (looked for .jpg .jpeg .png .bmp .gif .webp .tif .tiff)")
-    top = {f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}
+    top = {parts[0] for parts in files if len(parts) > 1}
     is_split = bool(top) and all(t.lower() in SPLIT_NAMES for t in top)
     entries: list[Entry] = []
-    loose: list[Path] = []
+    loose: list[str] = []
     depth = 3 if is_split else 2
-    for f in files:
-        parts = f.relative_to(root).parts
+    for parts in files:
         if len(parts) < depth:
-            loose.append(f)
+            loose.append("/".join(parts))
             continue
         split = SPLIT_NAMES[parts[0].lower()] if is_split else ""
         label = parts[1] if is_split else parts[0]
-        entries.append(Entry(f.relative_to(root).as_posix(), label, split))
+        entries.append(Entry("/".join(parts), label, split))
     if not entries:
         where = f"{root}/<split>/<class>/" if is_split else f"{root}/<class>/"
         raise DatasetError(
             f"{root}: {len(loose)} images but no class folders; put each class's images in {where}"
         )
-    ignored = tuple(f.relative_to(root).as_posix() for f in loose)
+    ignored = tuple(loose)
     layout = "splits" if is_split else "classes"
     return Dataset(root, name or dataset_name(root), layout, entries, ignored)
 

@@ -26,13 +26,21 @@ def is_image_file(path: Path) -> bool:
 
 def find_images(root: Path) -> list[Path]:
     """All image files under `root`, sorted as Paths sort; hidden files and folders are skipped."""
-    found: list[tuple[str, ...]] = []  # path parts: sorting these gives the Path order, much faster
+    return [Path(root, *parts) for parts in find_image_parts(root)]
+
+
+def find_image_parts(root: Path) -> list[tuple[str, ...]]:
+    """`find_images` as path parts relative to `root`: no Path objects, which cost seconds per
+    100,000 files. Sorting the parts gives the order Paths sort in."""
+    root = os.fspath(root)
+    found: list[tuple[str, ...]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        parts = tuple(Path(dirpath).parts)
+        relative = os.path.relpath(dirpath, root)
+        parts = () if relative == os.curdir else tuple(relative.split(os.sep))
         found.extend((*parts, f) for f in filenames if _is_image_name(f))
     found.sort()
-    return [Path(*parts) for parts in found]
+    return found
 
 
 def _is_image_name(name: str) -> bool:
