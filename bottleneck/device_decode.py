@@ -64,7 +64,7 @@ class JpegBytesDataset(TorchDataset):
 
 def is_plain_jpeg(data: bytes) -> bool:
     """A baseline RGB or greyscale JPEG, upright and within Pillow's decompression-bomb limit: what
-    every nvJPEG backend decodes to the same pixels as PIL would (header only, nothing decoded)."""
+    nvJPEG's batched decoder handles, and needs no EXIF rotation (reads the header only)."""
     if not data.startswith(b"\xff\xd8"):
         return False
     try:
@@ -86,7 +86,8 @@ def collate(batch: list[Item]) -> Batch:
     return [i for i, _ in decoded], pixels, [i for i, _ in jpegs], [b for _, b in jpegs], failed
 
 
-def finish_batch(batch: Batch, preprocess: Preprocess, device: torch.device) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+def finish_batch(batch: Batch, preprocess: Preprocess,
+                 device: torch.device) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     """Decode the batch's JPEGs on `device` and join them to the pixels the workers decoded:
     (indices, uint8 (B, 3, S, S) on `device`, failures), as the PIL path's loader yields them."""
     indices, pixels, jpeg_indices, jpegs, failed = batch

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset as TorchDataset
 from bottleneck import __version__
 from bottleneck.backbones import Backbone
 from bottleneck.datasets import scan_dataset
-from bottleneck.images import ImageError, decode_rgb, sha256_file
+from bottleneck.images import ImageError, decode_rgb, read_bytes, sha256_file
 from bottleneck.store import ManifestRow, Store, fingerprint
 
 PENDING = "pending: the run stopped before this image was computed"
@@ -40,7 +40,7 @@ DECODERS = ("pil", "torchvision")  # PIL in the DataLoader workers | torchvision
 @dataclass
 class ExtractOptions:
     batch_size: int | None = None  # None: 256 on CUDA, 16 elsewhere (see default_batch_size)
-    workers: int | None = None  # None: one decode worker per CPU core
+    workers: int | None = None  # decode workers (see _batches); None: one per CPU core
     threads: int | None = None  # torch intra-op threads while extracting; None: the torch default
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast)
@@ -253,9 +253,19 @@ class _DecodeDataset(TorchDataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        return self.decode(i, self.read(i))
+
+    def read(self, i: int) -> bytes | ImageError:
         try:
-            image = decode_rgb(Path(self.items[i][1]), draft_to=self.preprocess.resize_size)
-            return i, self.preprocess.resize_crop(image), ""
+            return read_bytes(Path(self.items[i][1]))
+        except ImageError as exc:
+            return exc
+
+    def decode(self, i: int, data: bytes | ImageError) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            if isinstance(data, ImageError):
+                raise data
+            return i, self.preprocess.resize_crop(decode_rgb(data, draft_to=self.preprocess.resize_size)), ""
         except ImageError as exc:
             return i, None, str(exc)
 
@@ -308,26 +318,58 @@ def _compute(store: Store, fp: str, backbone: Backbone, todo: list[tuple[str, st
 
 def _batches(todo: list[tuple[str, str]], backbone: Backbone, options: ExtractOptions,
              device: torch.device) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
-    """Decoded batches from `options.workers` DataLoader processes (None: one per core; 0: this
-    process), with `--decode torchvision` finished on `device`."""
+    """Decoded batches from `options.workers` decode workers (None: one per core; 0: none, this thread):
+    DataLoader processes that run ahead of a GPU, or, on a CPU, threads that take turns with the model.
+
+    `--decode torchvision` batches are finished on `device`."""
     batch_size = options.batch_size or default_batch_size(device)
     workers = (os.cpu_count() or 1) if options.workers is None else options.workers
     if options.decode == "torchvision":
         from bottleneck import device_decode
 
-        dataset: TorchDataset = device_decode.JpegBytesDataset(todo, backbone)
-        collate: Callable = device_decode.collate
-    else:
-        dataset, collate = _DecodeDataset(todo, backbone), _collate
+        loader = _loader_batches(device_decode.JpegBytesDataset(todo, backbone), device_decode.collate,
+                                 batch_size, workers, device)
+        return (device_decode.finish_batch(batch, backbone.preprocess, device) for batch in loader)
+    if device.type == "cpu":
+        return _alternating_batches(_DecodeDataset(todo, backbone), batch_size, workers)
+    return _loader_batches(_DecodeDataset(todo, backbone), _collate, batch_size, workers, device)
+
+
+def _loader_batches(dataset: TorchDataset, collate: Callable, batch_size: int, workers: int,
+                    device: torch.device) -> Iterator:
+    """Batches from DataLoader worker processes, which start decoding at once, while the model is prepared."""
     if len(dataset) <= batch_size:
         workers = 0  # forking workers costs more than decoding one batch in-process
     # torch's default of 2 batches ahead per worker: with 16 workers x 256 images that is already
     # 1.2 GB of shared memory, more than many containers' /dev/shm.
-    loader = iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
-                             pin_memory=device.type == "cuda"))  # workers start while the model is prepared
-    if options.decode == "torchvision":
-        return (device_decode.finish_batch(batch, backbone.preprocess, device) for batch in loader)
-    return loader
+    return iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                           pin_memory=device.type == "cuda"))
+
+
+def _alternating_batches(dataset: _DecodeDataset, batch_size: int,
+                         threads: int) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+    """CPU: each batch is decoded by `threads` threads while the model waits, and the model then runs
+    on every core while they wait; only the next batch's files are read meanwhile.
+
+    Decode workers running beside the model take cores from its threads, which wait for each other
+    after every op, so each stolen millisecond stalls them all. Taking turns is 1.1-1.3x faster on 12 MP
+    photos and as fast on small JPEGs (benchmarks/RESULTS.md)."""
+    starts = range(0, len(dataset), batch_size)
+
+    def read(start: int) -> list[bytes | ImageError]:
+        return [dataset.read(i) for i in range(start, min(start + batch_size, len(dataset)))]
+
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(max(threads, 1)) as decoders:
+        ahead = reader.submit(read, starts[0])
+        for k, start in enumerate(starts):
+            data = ahead.result()
+            if k + 1 < len(starts):
+                ahead = reader.submit(read, starts[k + 1])
+            indices = range(start, start + len(data))
+            if threads:
+                yield _collate(list(decoders.map(dataset.decode, indices, data)))
+            else:
+                yield _collate([dataset.decode(i, d) for i, d in zip(indices, data)])
 
 
 def _forward(model: nn.Module, backbone: Backbone, batch: torch.Tensor, device: torch.device,

@@ -67,7 +67,7 @@ def decode_rgb(source: Path | bytes, draft_to: int | None = None) -> Image.Image
     still at least `draft_to` pixels: a 12 MP photo bound for 224 px decodes several times faster.
     Transparent images are flattened on white; greyscale, CMYK, palette and 16-bit become RGB.
     """
-    data = source if isinstance(source, bytes) else _read(source)
+    data = source if isinstance(source, bytes) else read_bytes(source)
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -87,7 +87,7 @@ def decode_rgb(source: Path | bytes, draft_to: int | None = None) -> Image.Image
         raise ImageError(f"unreadable or truncated image ({exc})") from None
 
 
-def _read(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:

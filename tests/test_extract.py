@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from bottleneck import extract
 from bottleneck.extract import ExtractError, ExtractOptions, extract_dataset, extract_files
+from bottleneck.images import find_images
 from bottleneck.store import Store, load_features
 from conftest import write_image
 from tiny_backbone import tiny_backbone
@@ -73,13 +76,14 @@ def test_different_extractor_never_returns_stale_vectors(image_folder: Path, tmp
     assert f16.fingerprint != first.fingerprint and seen == 18
 
 
-def test_broken_files_are_skipped_and_reported(image_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_broken_files_are_skipped_and_reported(image_folder: Path, tmp_path: Path, workers: int) -> None:
     cache = tmp_path / "cache.h5"
     (image_folder / "cat" / "empty.jpg").write_bytes(b"")
     (image_folder / "dog" / "text.png").write_text("hello, not a picture")
     good = (image_folder / "owl" / "owl1.jpg").read_bytes()
     (image_folder / "owl" / "truncated.jpg").write_bytes(good[: len(good) // 3])
-    report, seen = _run(image_folder, cache)
+    report, seen = _run(image_folder, cache, options=ExtractOptions(progress=False, workers=workers, batch_size=4))
     reasons = dict(report.skipped)
     assert set(reasons) == {"cat/empty.jpg", "dog/text.png", "owl/truncated.jpg"}
     assert "empty" in reasons["cat/empty.jpg"] and "not an image" in reasons["dog/text.png"]
@@ -100,6 +104,20 @@ def test_workers_give_the_same_vectors(image_folder: Path, tmp_path: Path) -> No
     b, _ = _run(image_folder, tmp_path / "b.h5", options=ExtractOptions(progress=False, workers=2, batch_size=4))
     fa, fb = load_features(tmp_path / "a.h5", "data", a.fingerprint), load_features(tmp_path / "b.h5", "data", b.fingerprint)
     np.testing.assert_allclose(fa.X, fb.X, rtol=1e-6)
+
+
+def test_gpu_loader_and_cpu_decode_threads_give_the_same_batches(image_folder: Path) -> None:
+    """The DataLoader processes that feed a GPU and the threads that take turns with a CPU model."""
+    (image_folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    todo = [(str(i), str(p)) for i, p in enumerate(find_images(image_folder))]
+    dataset = extract._DecodeDataset(todo, tiny_backbone())
+    processes = list(extract._loader_batches(dataset, extract._collate, 4, 2, torch.device("cpu")))
+    for threads in (0, 2):
+        batches = list(extract._alternating_batches(dataset, 4, threads))
+        assert len(batches) == len(processes) == 5
+        for (i, x, bad), (j, y, worse) in zip(batches, processes):
+            assert i == j and bad == worse and torch.equal(x, y)
+            assert x.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_extract_files_for_prediction(image_folder: Path, tmp_path: Path) -> None:
