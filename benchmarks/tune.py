@@ -1,8 +1,8 @@
 """Where does extraction time go, and which decode workers x torch threads x batch size is best here?
 
 Runs `extract_dataset` (cold HDF5 cache) for each combination and splits its wall time into model
-forward (with input normalisation), HDF5 writes, and the rest (waiting for decoded batches,
-hashing, scanning, start-up).
+forward (with input normalisation), HDF5 writes, and the rest (decoding, which on a CPU takes turns
+with the model, or waiting for decoded batches; hashing, scanning, start-up).
 
     python benchmarks/tune.py --model efficientnet_lite0 --set small --count 256 --workers 0,1,2 --threads 1,2
 """
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--set", choices=("small", "large"), default="small")
     ap.add_argument("--count", type=int, default=256)
-    ap.add_argument("--workers", default="auto,0,1,2", help="decode processes; auto: extract's default")
+    ap.add_argument("--workers", default="auto,0,1,2", help="decode workers (threads taking turns with the model on a CPU); auto: extract's default")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--batch-sizes", default="32")
     ap.add_argument("--json", type=Path, default=C.OUT / "tune.json")

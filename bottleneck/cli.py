@@ -65,7 +65,8 @@ def extract(
     cache: Path = CacheOption,
     name: Optional[str] = typer.Option(None, help="Dataset name in the cache (default: the folder's name)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per forward pass (default 256 on CUDA, 16 on CPU)."),
-    workers: Optional[int] = typer.Option(None, help="Decode worker processes (default: CPU count)."),
+    workers: Optional[int] = typer.Option(None, help="Decoders (default: CPU count): processes ahead of a GPU, "
+                                          "threads taking turns with the model on a CPU; 0: none."),
     threads: Optional[int] = typer.Option(None, help="torch threads for the model (default: one per core; "
                                           "1 can be faster for light models on large photos)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
