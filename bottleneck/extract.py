@@ -34,7 +34,7 @@ from bottleneck.store import ManifestRow, Store, fingerprint
 PENDING = "pending: the run stopped before this image was computed"
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 STORAGE_DTYPES = ("float32", "float16")
-DECODERS = ("pil", "torchvision")  # PIL in the DataLoader workers | torchvision.io on the model's device
+DECODERS = ("pil", "torchvision")  # PIL in the decode workers | torchvision.io on the model's device
 
 
 @dataclass
@@ -352,8 +352,8 @@ def _alternating_batches(dataset: _DecodeDataset, batch_size: int,
     on every core while they wait; only the next batch's files are read meanwhile.
 
     Decode workers running beside the model take cores from its threads, which wait for each other
-    after every op, so each stolen millisecond stalls them all. Taking turns is 1.1-1.3x faster on 12 MP
-    photos and as fast on small JPEGs (benchmarks/RESULTS.md)."""
+    after every op, so each stolen millisecond stalls them all. Taking turns was 1.1-1.2x faster on 2
+    cores, on small JPEGs and 12 MP photos alike (benchmarks/RESULTS.md, section 2)."""
     starts = range(0, len(dataset), batch_size)
 
     def read(start: int) -> list[bytes | ImageError]:
