@@ -299,20 +299,22 @@ def _compute(store: Store, fp: str, backbone: Backbone, todo: list[tuple[str, st
     pending: tuple[list[str], torch.Tensor, torch.cuda.Event | None] | None = None
     with _progress(len(todo), options.progress, backbone.name) as advance, torch.inference_mode(), \
             _cpu_runtime(device, options.threads) as settle:
-        for indices, batch, failed in batches:
-            for i, reason in failed:
-                bad[todo[i][0]] = reason
-            queued = None
-            if batch is not None:
-                vectors = _forward(model, backbone, batch, device, autocast_dtype)
-                queued = ([todo[i][0] for i in indices], *_to_host(vectors))
+        try:
+            for indices, batch, failed in batches:
+                for i, reason in failed:
+                    bad[todo[i][0]] = reason
+                queued = None
+                if batch is not None:
+                    vectors = _forward(model, backbone, batch, device, autocast_dtype)
+                    queued = ([todo[i][0] for i in indices], *_to_host(vectors))
+                written, pending = pending, queued
+                if written is not None:
+                    computed += _write(store, fp, *written)
+                settle()
+                advance(len(indices) + len(failed))
+        finally:  # also on Ctrl-C or a failure: a computed batch is kept
             if pending is not None:
                 computed += _write(store, fp, *pending)
-            pending = queued
-            settle()
-            advance(len(indices) + len(failed))
-        if pending is not None:
-            computed += _write(store, fp, *pending)
     return computed
 
 

@@ -169,3 +169,40 @@ def test_sigkill_mid_run_loses_nothing_written(tmp_path: Path) -> None:
     fresh = load_features(tmp_path / "clean.h5", "data", clean.fingerprint)
     assert resumed.paths == fresh.paths
     np.testing.assert_allclose(resumed.X, fresh.X, rtol=1e-6)
+
+
+_CTRL_C_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from tiny_backbone import tiny_backbone
+from bottleneck.backbones import register_backbone
+from bottleneck.cli import app
+register_backbone("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone(delay={delay}, log=Path({log!r})))
+sys.argv = ["bottleneck", "extract", {root!r}, "--model", "tiny", "--cache", {cache!r}, "-q", "--workers", "2",
+            "--batch-size", "2"]
+app()
+"""
+
+
+def test_ctrl_c_exits_130_and_keeps_what_was_computed(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for i in range(40):
+        write_image(root / ("a" if i % 2 else "b") / f"{i}.jpg", seed=i, fmt="JPEG")
+    cache, log = tmp_path / "interrupted.h5", tmp_path / "seen.txt"
+    script = _CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent), delay=0.15, log=str(log),
+                                   root=str(root), cache=str(cache))
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log.exists() or int(log.read_text() or 0) < 12):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted: everything computed so far is saved" in err
+    with Store.open(cache) as st:
+        fp = st.extractors()[0]
+        saved = st.count(fp)
+    # Every batch the model finished is saved; only one cut off mid-forward (2 images) can be lost.
+    assert 10 <= int(log.read_text()) - 2 <= saved < 40
+    report, seen = _run(root, cache)
+    assert report.fingerprint == fp and (report.computed, seen) == (40 - saved, 40 - saved)
