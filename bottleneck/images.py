@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 
 # Pillow's own bomb limit (~179 MP raises, ~89 MP warns); we treat the warning as fatal too.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+_OPEN_LOCK = threading.Lock()
 
 
 class ImageError(Exception):
@@ -71,14 +73,16 @@ def decode_rgb(source: Path | bytes, draft_to: int | None = None) -> Image.Image
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        # Pillow checks the size in open(), with a warning below twice its limit. catch_warnings
+        # changes process-wide state, so threads that decode at once must take turns here.
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            if draft_to and img.format == "JPEG":
-                _draft(img, draft_to)
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+        if draft_to and img.format == "JPEG":
+            _draft(img, draft_to)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"decompression bomb refused ({exc})") from None
     except UnidentifiedImageError:

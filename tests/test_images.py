@@ -1,8 +1,10 @@
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from bottleneck.images import ImageError, decode_rgb, find_images, sha256_file
@@ -79,6 +81,30 @@ def test_decompression_bomb_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageError, match="decompression bomb"):
         decode_rgb(_encode(Image.new("RGB", (100, 100)), "PNG"))
+
+
+def test_decompression_bomb_warning_range_refused_from_many_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between Pillow's limit and twice it, Pillow only warns; extract decodes in threads, and every
+    one of them must still refuse such an image while the others decode ordinary ones."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)
+    bomb, fine = _encode(Image.new("RGB", (100, 100)), "PNG"), _encode(Image.new("RGB", (50, 50)), "JPEG")
+
+    def decode(k: int) -> str:
+        try:
+            decode_rgb(bomb if k % 2 else fine)
+            return "decoded"
+        except ImageError as exc:
+            return str(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to expose races
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(decode, range(2000)))
+    finally:
+        sys.setswitchinterval(interval)
+    assert all("decompression bomb" in r for r in results[1::2])
+    assert set(results[::2]) == {"decoded"}
 
 
 def test_sha256_file_matches_content(tmp_path: Path) -> None:
