@@ -145,22 +145,31 @@ extract_dataset(Path({root!r}), backbone, Path({cache!r}), options=ExtractOption
 """
 
 
-def test_sigkill_mid_run_loses_nothing_written(tmp_path: Path) -> None:
+def _start_slow_run(script: str, tmp_path: Path, **popen) -> tuple[subprocess.Popen, Path, Path, Path]:
+    """Run `script` on 40 JPEGs with a slow tiny model in a subprocess; return once it has seen 12 images."""
     root = tmp_path / "data"
     for i in range(40):
         write_image(root / ("a" if i % 2 else "b") / f"{i}.jpg", seed=i, fmt="JPEG")
-    cache, log = tmp_path / "killed.h5", tmp_path / "seen.txt"
-    script = _KILL_SCRIPT.format(tests=str(Path(__file__).parent), delay=0.15, log=str(log),
-                                 root=str(root), cache=str(cache))
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    cache, log = tmp_path / "interrupted.h5", tmp_path / "seen.txt"
+    script = script.format(tests=str(Path(__file__).parent), delay=0.15, log=str(log), root=str(root), cache=str(cache))
+    proc = subprocess.Popen([sys.executable, "-c", script], **popen)
     deadline = time.time() + 60
     while time.time() < deadline and (not log.exists() or int(log.read_text() or 0) < 12):
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    return proc, root, cache, log
+
+
+def _saved(cache: Path) -> tuple[str, int]:
     with Store.open(cache) as st:
         fp = st.extractors()[0]
-        saved = st.count(fp)
+        return fp, st.count(fp)
+
+
+def test_sigkill_mid_run_loses_nothing_written(tmp_path: Path) -> None:
+    proc, root, cache, _ = _start_slow_run(_KILL_SCRIPT, tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    fp, saved = _saved(cache)
     assert 8 <= saved < 40
     report, seen = _run(root, cache)
     assert report.fingerprint == fp and (report.computed, seen) == (40 - saved, 40 - saved)
@@ -186,22 +195,11 @@ app()
 
 
 def test_ctrl_c_exits_130_and_keeps_what_was_computed(tmp_path: Path) -> None:
-    root = tmp_path / "data"
-    for i in range(40):
-        write_image(root / ("a" if i % 2 else "b") / f"{i}.jpg", seed=i, fmt="JPEG")
-    cache, log = tmp_path / "interrupted.h5", tmp_path / "seen.txt"
-    script = _CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent), delay=0.15, log=str(log),
-                                   root=str(root), cache=str(cache))
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not log.exists() or int(log.read_text() or 0) < 12):
-        time.sleep(0.02)
+    proc, root, cache, log = _start_slow_run(_CTRL_C_SCRIPT, tmp_path, stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted: everything computed so far is saved" in err
-    with Store.open(cache) as st:
-        fp = st.extractors()[0]
-        saved = st.count(fp)
+    fp, saved = _saved(cache)
     # Every batch the model finished is saved; only one cut off mid-forward (2 images) can be lost.
     assert 10 <= int(log.read_text()) - 2 <= saved < 40
     report, seen = _run(root, cache)
