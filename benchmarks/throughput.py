@@ -16,7 +16,7 @@ apart, in a fresh subprocess; (a) includes the folding and first batch but not i
 
     python benchmarks/throughput.py                          # everything (about 10 min on 2 cores)
     python benchmarks/throughput.py --models squeezenet1_1 --sets small --small 64   # quick check
-    python benchmarks/throughput.py --models resnet50 --sets small,large --small 20000 --large 2000 \
+    python benchmarks/throughput.py --models resnet50 --sets small,large --small 20000 --large 512 \
         --precision bf16 --device-decode      # on a GPU
 """
 
