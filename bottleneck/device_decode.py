@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
 
 import PIL.Image
 import torch
-from torch.utils.data import Dataset as TorchDataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from bottleneck.backbones import Backbone, Preprocess
+from bottleneck.backbones import Preprocess
+from bottleneck.extract import DecodeDataset
 from bottleneck.images import ImageError, decode_rgb
 
 # Images decoded per decode_jpeg call: 32 12-MP photos are 1.2 GB of device memory before resizing.
@@ -38,28 +36,15 @@ Item = tuple[int, torch.Tensor | None, torch.Tensor | None, str]
 Batch = tuple[list[int], torch.Tensor | None, list[int], list[torch.Tensor], list[tuple[int, str]]]
 
 
-class JpegBytesDataset(TorchDataset):
+class JpegBytesDataset(DecodeDataset):
     """Worker side: a plain JPEG's bytes, or anything else decoded, resized and cropped with PIL."""
 
-    def __init__(self, items: Sequence[tuple[str, str]], backbone: Backbone) -> None:
-        self.items = items
-        self.preprocess = backbone.preprocess
-
-    def __len__(self) -> int:
-        return len(self.items)
-
     def __getitem__(self, i: int) -> Item:
-        path = Path(self.items[i][1])
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            return i, None, None, f"cannot read file ({exc.strerror or exc})"
-        if is_plain_jpeg(data):
+        data = self.read(i)
+        if isinstance(data, bytes) and is_plain_jpeg(data):
             return i, None, torch.frombuffer(bytearray(data), dtype=torch.uint8), ""
-        try:
-            return i, self.preprocess.resize_crop(decode_rgb(data, draft_to=self.preprocess.resize_size)), None, ""
-        except ImageError as exc:
-            return i, None, None, str(exc)
+        _, pixels, error = self.decode(i, data)
+        return i, pixels, None, error
 
 
 def is_plain_jpeg(data: bytes) -> bool:

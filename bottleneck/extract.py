@@ -242,8 +242,9 @@ def _status(sha: str, bad: dict[str, str], store: Store, fp: str) -> str:
     return PENDING
 
 
-class _DecodeDataset(TorchDataset):
-    """Reads, decodes and resizes one image in a worker; returns uint8 so the copy stays small."""
+class DecodeDataset(TorchDataset):
+    """Reads, decodes and resizes one image in a worker process or decode thread; returns uint8 so
+    the copy stays small."""
 
     def __init__(self, items: Sequence[tuple[str, str]], backbone: Backbone) -> None:
         self.items = items
@@ -281,7 +282,7 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[in
 
 def default_batch_size(device: torch.device) -> int:
     """256 on CUDA; 16 on CPU, as fast per image as 32 there (faster for efficientnet_lite0) and
-    half the wait for the first batch, which one worker decodes alone (0.5 s for 12 MP photos)."""
+    half the wait for the first batch."""
     return 256 if device.type == "cuda" else 16
 
 
@@ -333,8 +334,8 @@ def _batches(todo: list[tuple[str, str]], backbone: Backbone, options: ExtractOp
                                  batch_size, workers, device)
         return (device_decode.finish_batch(batch, backbone.preprocess, device) for batch in loader)
     if device.type == "cpu":
-        return _alternating_batches(_DecodeDataset(todo, backbone), batch_size, workers)
-    return _loader_batches(_DecodeDataset(todo, backbone), _collate, batch_size, workers, device)
+        return _alternating_batches(DecodeDataset(todo, backbone), batch_size, workers)
+    return _loader_batches(DecodeDataset(todo, backbone), _collate, batch_size, workers, device)
 
 
 def _loader_batches(dataset: TorchDataset, collate: Callable, batch_size: int, workers: int,
@@ -348,7 +349,7 @@ def _loader_batches(dataset: TorchDataset, collate: Callable, batch_size: int, w
                            pin_memory=device.type == "cuda"))
 
 
-def _alternating_batches(dataset: _DecodeDataset, batch_size: int,
+def _alternating_batches(dataset: DecodeDataset, batch_size: int,
                          threads: int) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
     """CPU: each batch is decoded by `threads` threads while the model waits, and the model then runs
     on every core while they wait; only the next batch's files are read meanwhile.

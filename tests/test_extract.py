@@ -110,7 +110,7 @@ def test_gpu_loader_and_cpu_decode_threads_give_the_same_batches(image_folder: P
     """The DataLoader processes that feed a GPU and the threads that take turns with a CPU model."""
     (image_folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     todo = [(str(i), str(p)) for i, p in enumerate(find_images(image_folder))]
-    dataset = extract._DecodeDataset(todo, tiny_backbone())
+    dataset = extract.DecodeDataset(todo, tiny_backbone())
     processes = list(extract._loader_batches(dataset, extract._collate, 4, 2, torch.device("cpu")))
     for threads in (0, 2):
         batches = list(extract._alternating_batches(dataset, 4, threads))
