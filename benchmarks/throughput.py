@@ -153,12 +153,8 @@ def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, optio
     for _ in range(repeat):
         if before:  # on a pristine copy of the model: extract converts its model in place
             old = dataclasses.replace(backbone, model=copy.deepcopy(naive_model))
-            with tempfile.TemporaryDirectory() as tmp:
-                if evict:
-                    C.evict(root)
-                report = before.extract_dataset(root, old, Path(tmp) / "cache.h5",
-                                                options=before.ExtractOptions(progress=False))
-            samples["a0"].append(report.seconds)
+            samples["a0"].append(_cold_run(before.extract_dataset, root, old, before.ExtractOptions(progress=False),
+                                           evict))
         with tempfile.TemporaryDirectory() as tmp:
             cache = Path(tmp) / "cache.h5"
             if evict:
@@ -169,19 +165,24 @@ def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, optio
         samples["a"].append(first.seconds)
         samples["d"].append(again.seconds)
         if device_decode:
-            with tempfile.TemporaryDirectory() as tmp:
-                if evict:
-                    C.evict(root)
-                report = extract_dataset(root, backbone, Path(tmp) / "cache.h5",
-                                         options=dataclasses.replace(options, decode="torchvision"))
-            assert report.computed == len(files), report.summary()
-            samples["aT"].append(report.seconds)
+            samples["aT"].append(_cold_run(extract_dataset, root, backbone,
+                                           dataclasses.replace(options, decode="torchvision"), evict))
         samples["c"].append(_ceiling(files, backbone, options, device, batch))
     result: dict = {"images": len(files), "batch": batch, "samples_s": samples}
     for key, seconds in samples.items():
         result[f"{key}_seconds"] = statistics.median(seconds)
         result[key] = len(files) / result[f"{key}_seconds"]
     return result
+
+
+def _cold_run(extract_dataset_fn, root: Path, backbone: Backbone, options, evict: bool) -> float:
+    """Seconds of one `extract_dataset` into an empty cache, with the files evicted first if asked."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if evict:
+            C.evict(root)
+        report = extract_dataset_fn(root, backbone, Path(tmp) / "cache.h5", options=options)
+    assert report.computed == report.found, report.summary()
+    return report.seconds
 
 
 def _naive(files: list[Path], backbone: Backbone, model: torch.nn.Module, device: torch.device, batch: int) -> float:
