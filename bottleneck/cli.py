@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bottleneck.errors import BottleneckError
+from bottleneck.progress import Progress
 from bottleneck.store import DEFAULT_CACHE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,35 +27,42 @@ stderr = Console(stderr=True)
 CacheOption = typer.Option(DEFAULT_CACHE, "--cache", help="HDF5 cache file.")
 
 
-# The stages' user-facing errors, by module: looked up only in modules already imported (a module that
-# was never imported raised nothing), so that `info` or `fit` never pay for importing torchvision.
-_USER_ERRORS = {
-    "bottleneck.backbones": "BackboneError", "bottleneck.datasets": "DatasetError",
-    "bottleneck.extract": "ExtractError", "bottleneck.store": "StoreError",
-    "bottleneck.evaluate": "CompareError", "bottleneck.training": "FitError",
-}
-
-
-def _is_user_error(exc: Exception) -> bool:
-    return isinstance(exc, ValueError) or any(
-        isinstance(exc, getattr(sys.modules[module], name)) for module, name in _USER_ERRORS.items()
-        if module in sys.modules)
-
-
 @contextlib.contextmanager
 def _user_errors(cache: Path | None = None) -> Iterator[None]:
-    """Turn the stages' user-facing errors into one red line and a non-zero exit."""
+    """A BottleneckError becomes one red line and exit 1; anything else is a bug and keeps its traceback."""
     try:
         yield
-    except Exception as exc:
-        if not _is_user_error(exc):
-            raise
+    except BottleneckError as exc:
         stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         where = f" in {cache}" if cache else ""
         stderr.print(f"interrupted: everything computed so far is saved{where}; rerun to resume")
         raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[Progress | None]:
+    """The library's progress reports drawn as rich bars on stderr, one per task, with rate and ETA."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bars
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Bars(*columns, console=stderr) as bars:
+        tasks: dict[str, tuple[int, float]] = {}
+
+        def report(task: str, done: int, total: int) -> None:
+            if task not in tasks:  # a task's name is data (a label such as resnet50[layer3,max]), not markup
+                tasks[task] = bars.add_task(escape(task), total=total, rate=""), time.perf_counter()
+            bar, start = tasks[task]
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            bars.update(bar, completed=done, total=total, rate=f"{rate:7.1f}/s" if done else "")
+
+        yield report
 
 
 @app.command()
@@ -78,15 +88,15 @@ def extract(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Embed every image once with a frozen pretrained network and cache the vectors."""
-    from bottleneck.backbones import load_backbone
     from bottleneck.extract import ExtractOptions, extract_dataset
+    from bottleneck.sources import resolve_spec
 
-    with _user_errors(cache):
-        backbone = load_backbone(model, weights=weights, layer=layer, pool=pool)
+    with _user_errors(cache), _progress_bars(not quiet) as progress:
+        spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
+                            decode=decode)
         options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
-                                 precision=precision, dtype=dtype, progress=not quiet, compile=compile,
-                                 decode=decode)
-        report = extract_dataset(data, backbone, cache, name=name, options=options)
+                                 progress=progress, compile=compile)
+        report = extract_dataset(data, spec, cache, name=name, options=options)
     for path, reason in report.skipped[:20]:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if len(report.skipped) > 20:
@@ -99,7 +109,7 @@ def extract(
 @app.command()
 def models() -> None:
     """The models you can use, and which of them work offline right now."""
-    from bottleneck.backbones import list_models, weights_cache_dir
+    from bottleneck.sources import list_models, weights_cache_dir
 
     table = Table("model", "source", "offline now", "note")
     for info in list_models():
@@ -125,11 +135,11 @@ def info(cache: Path = CacheOption,
                           str(len(rows) - len(ok)), str(len({r.label for r in rows})),
                           ", ".join(store.dataset_extractors(name)))
         console.print(table)
-        ext = Table("extractor", "model", "weights", "dim", "dtype", "vectors", "updated")
+        ext = Table("extractor", "label", "weights", "dim", "vectors", "updated")
         for fp in store.extractors():
-            a = store.extractor_attrs(fp)
-            ext.add_row(fp, str(a.get("model")), str(a.get("weights")), str(a.get("feature_dim")),
-                        str(a.get("dtype")), str(store.count(fp)), str(a.get("updated")))
+            a, spec = store.extractor_attrs(fp), store.extractor_spec(fp)
+            ext.add_row(fp, escape(spec.label()), spec.weights, str(spec.feature_dim), str(store.count(fp)),
+                        str(a.get("updated")))
         console.print(ext)
         last = store.last_run()
         if last:
@@ -142,7 +152,8 @@ def info(cache: Path = CacheOption,
 def fit(
     head: str = typer.Option("logreg", "--head", help="softmax, logreg, svm, rf, knn, mlp or nb."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Use this model's features (default: the last extracted)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Use these features: a model name, a label "
+                                        "such as resnet50[layer3,max], or a fingerprint (default: the last extracted)."),
     tune: bool = typer.Option(False, "--tune", help="Search the key hyperparameter by stratified CV on the training split."),
     test_size: float = typer.Option(0.25, help="Held-out fraction when the dataset has no split folders."),
     seed: int = typer.Option(0, help="Seed of the content-hash split and of the head."),
@@ -158,11 +169,11 @@ def fit(
     meta = result.sidecar
     console.print(result.report, highlight=False, soft_wrap=True)
     sizes = meta["sizes"]
-    console.print(
-        f"{meta['head']} on {meta['dataset']} ({meta['extractor']['model']}): test accuracy "
+    console.print(escape(
+        f"{meta['head']} on {meta['dataset']} ({meta['extractor']['label']}): test accuracy "
         f"{meta['metrics']['test_accuracy']:.3f}, balanced {meta['metrics']['balanced_accuracy']:.3f} "
         f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; fit {meta['fit_seconds']:.2f} s) "
-        f"→ {result.head_path}", highlight=False, soft_wrap=True)
+        f"→ {result.head_path}"), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -180,9 +191,9 @@ def predict(
     from bottleneck.extract import ExtractOptions
     from bottleneck.training import predict_files, write_predictions
 
-    with _user_errors(cache):
+    with _user_errors(cache), _progress_bars(not quiet) as progress:
         predictions, skipped = predict_files(inputs, head, cache, top_k=top_k, weights=weights,
-                                             options=ExtractOptions(progress=not quiet))
+                                             options=ExtractOptions(progress=progress))
     for path, reason in skipped:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     fmt = fmt or (out_file.suffix.lstrip(".") if out_file and out_file.suffix else "csv")
@@ -202,9 +213,18 @@ def _csv(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _ints(value: str | None, option: str) -> list[int] | None:
+    try:
+        return None if value is None else [int(v) for v in _csv(value) or []]
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: give whole numbers separated by commas, e.g. 15,30",
+                                 param_hint=option) from None
+
+
 @app.command()
 def compare(
-    models: Optional[str] = typer.Option(None, "--models", help="Comma list (default: the models extracted for the dataset)."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma list of model names, labels such as "
+                                         "resnet50[layer3,max], or fingerprints (default: every extraction of the dataset)."),
     heads: str = typer.Option("logreg,svm,rf", "--heads", help="Comma list of heads."),
     per_class: Optional[str] = typer.Option(None, "--per-class", help="Training images per class, comma list (default 15,30)."),
     cv: Optional[int] = typer.Option(None, "--cv", help="Stratified K-fold instead of --per-class draws."),
@@ -223,12 +243,12 @@ def compare(
     """Benchmark table: heads × backbones × raw pixels, N images per class, mean ± std over draws."""
     from bottleneck.compare import run_compare
 
-    with _user_errors(cache):
+    counts = _ints(per_class, "--per-class")
+    with _user_errors(cache), _progress_bars(not quiet) as progress:
         result = run_compare(
-            cache, dataset=data, models=_csv(models), heads=_csv(heads) or [],
-            per_class=[int(n) for n in _csv(per_class)] if per_class else None, cv=cv, repeats=repeats,
-            seed=seed, pixels=pixels or None, metric=metric,
-            tune=[] if tune == "none" else _csv(tune) or [], cap=cap, out=out_dir, jobs=jobs, progress=not quiet,
+            cache, dataset=data, models=_csv(models), heads=_csv(heads) or [], per_class=counts, cv=cv,
+            repeats=repeats, seed=seed, pixels=pixels or None, metric=metric,
+            tune=[] if tune == "none" else _csv(tune) or [], cap=cap, out=out_dir, jobs=jobs, progress=progress,
         )
     console.print(result.table())
     for note in result.notes:

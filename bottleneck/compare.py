@@ -1,8 +1,9 @@
 """`bottleneck compare`: features × heads × (N per class | K-fold) × draws, then the report.
 
-Every feature set (each backbone and the raw-pixel baseline) is extracted through the cache
-(cached images cost nothing), aligned on the images they all have, and scored on the same draws,
-so every cell of the table is measured on the same images.
+Rows are extractions named by their spec: by default every extraction of the dataset (with its
+layer, pooling, weights, precision...) plus the raw-pixel baseline. Each is brought up to date
+through the cache (cached images cost nothing and build no model), aligned on the images they all
+have, and scored on the same draws, so every cell of the table is measured on the same images.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sklearn.metrics import confusion_matrix
 
-from bottleneck.backbones import DEFAULT_MODEL, load_backbone
-from bottleneck.baselines import is_raw_name
-from bottleneck.evaluate import (METRICS, Cell, CellRun, CompareError, Split, draw_per_class, kfold_splits,
-                                 protocol_pool, run_cell)
+from bottleneck.errors import CompareError
+from bottleneck.evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
 from bottleneck.extract import ExtractOptions, extract_dataset
 from bottleneck.heads import HEADS, make_head
+from bottleneck.progress import Progress, no_progress
 from bottleneck.report import GALLERY_CAP, BestRun, Mistake, rich_table, write_report
+from bottleneck.sources import DEFAULT_MODEL, is_raw_name, resolve_spec
+from bottleneck.spec import ExtractorSpec
 from bottleneck.store import Features, Store, load_features
 
 __all__ = ["CompareError", "CompareResult", "run_compare"]
@@ -71,28 +72,27 @@ def run_compare(
     cap: bool = False,
     out: Path | None = None,
     jobs: int = 1,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> CompareResult:
     """Compare feature sets and heads on one cached dataset and write the report under `out`.
 
-    dataset: default the last one extracted into `cache`. models: default (None) the models already
-    extracted for it, else efficientnet_lite0; [] for the pixel baseline alone. per_class / cv: one
+    dataset: default the last one extracted into `cache`. models: default (None) every extraction of
+    it (raw pixels aside), else efficientnet_lite0; each entry of a list is a model name, a label
+    such as `resnet50[layer3,max]` or a fingerprint; [] for the pixel baseline alone. per_class / cv: one
     or the other (default per_class 15,30). pixels: the raw-pixel baseline raw{pixels}, None for none.
     tune: heads whose hyperparameters are grid-searched inside each training draw.
     cap: take min(N, what a class can spare) instead of failing on small classes.
     """
     start = time.perf_counter()
     heads, per_class = _check_options(heads, per_class, cv, repeats, metric, tune)
-    name, root, cached = _find_dataset(cache, dataset)
-    if models is None:
-        models = [m for m in cached if not is_raw_name(m)] or [DEFAULT_MODEL]
-    names = list(dict.fromkeys([*models, *([f"raw{pixels}"] if pixels else [])]))
-    if not names:
+    name, root, specs = _choose_features(cache, dataset, models, pixels)
+    if not specs:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
+    names = _row_names(specs)
     notes: list[str] = []
-    paths, labels, splits, Xs = _align(_load(cache, name, root, names, progress), notes)
+    paths, labels, splits, Xs = _align(_load(cache, name, root, specs, progress, notes), notes)
     settings, protocol = _settings(labels, splits, per_class, cv, repeats, seed, cap, notes)
-    grid = [(f, h, s) for f, feature in enumerate(names) for h in _heads_for(feature, heads)
+    grid = [(f, h, s) for f, spec in enumerate(specs) for h in _heads_for(spec.model, heads)
             for s in range(len(settings))]
     estimators = {h: make_head(h, tune=h in tune, random_state=seed) for _, h, _ in grid}
     tuned = ", ".join(h for h in estimators if h in tune) or "none"
@@ -137,8 +137,9 @@ def _check_options(heads: Sequence[str], per_class: Sequence[int] | None, cv: in
     return list(dict.fromkeys(heads)), sorted(set(per_class or DEFAULT_PER_CLASS))
 
 
-def _find_dataset(cache: Path, dataset: str | None) -> tuple[str, Path, list[str]]:
-    """(name, root, models already extracted for it)."""
+def _choose_features(cache: Path, dataset: str | None, models: Sequence[str] | None,
+                     pixels: int | None) -> tuple[str, Path, list[ExtractorSpec]]:
+    """(dataset name, root, the specs of its rows): every query is resolved before any work."""
     with Store.open(cache) as store:
         if dataset is None:
             last = store.last_run()
@@ -147,18 +148,47 @@ def _find_dataset(cache: Path, dataset: str | None) -> tuple[str, Path, list[str
                     f"{cache}: no dataset extracted yet; run `bottleneck extract DATA --cache {cache}` first")
             dataset = last[0]
         root = store.dataset_root(dataset)  # StoreError naming the cached datasets if unknown
-        models = [str(store.extractor_attrs(fp).get("model", "")) for fp in store.dataset_extractors(dataset)]
-    return dataset, root, models
+        extracted = {fp: store.extractor_spec(fp) for fp in store.dataset_extractors(dataset)}
+        if models is None:
+            specs = [s for s in extracted.values() if not is_raw_name(s.model)] or [resolve_spec(DEFAULT_MODEL)]
+        else:
+            specs = []
+            for query in models:
+                fps = store.match_extractors(dataset, query)
+                if len(fps) > 1:
+                    several = ", ".join(f"{extracted[fp].label()} ({fp})" for fp in fps)
+                    raise CompareError(f"--models {query}: dataset {dataset!r} has {len(fps)} extractions of it: "
+                                       f"{several}; name one by its label or fingerprint")
+                specs.append(extracted[fps[0]] if fps else resolve_spec(query))
+    if pixels:
+        raw = resolve_spec(f"raw{pixels}")
+        specs += [] if raw in specs else [raw]
+    return dataset, root, list(dict.fromkeys(specs))
 
 
-def _load(cache: Path, name: str, root: Path, models: list[str], progress: bool) -> list[Features]:
-    """Extract what the cache lacks and load each feature set; every name is checked before any work."""
-    backbones = [load_backbone(m) for m in models]
+def _row_names(specs: list[ExtractorSpec]) -> list[str]:
+    """Each spec's label; labels two specs share get their fingerprint's hash appended."""
+    labels = [s.label() for s in specs]
+    return [f"{label}~{s.fingerprint()[-6:]}" if labels.count(label) > 1 and s.feature_dim else label
+            for label, s in zip(labels, specs)]
+
+
+def _load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], progress: Progress | None,
+          notes: list[str]) -> list[Features]:
+    """Each feature set, brought up to date through the cache first while the dataset's folder is
+    there (only images it lacks are computed; a model is built only then). Without the folder, the
+    cached manifest is compared as it is."""
+    if not root.is_dir():
+        notes.append(f"{root} is gone: compared the images cached when it was last extracted")
     loaded = []
-    for backbone in backbones:
-        report = extract_dataset(root, backbone, cache, name=name, options=ExtractOptions(progress=progress),
-                                 remember=False)
-        loaded.append(load_features(cache, name, report.fingerprint))  # right after its own manifest
+    for spec in specs:
+        if root.is_dir() or spec.feature_dim is None:
+            report = extract_dataset(root, spec, cache, name=name, options=ExtractOptions(progress=progress),
+                                     remember=False)
+            fp = report.fingerprint
+        else:
+            fp = spec.fingerprint()
+        loaded.append(load_features(cache, name, fp))  # right after its own manifest
     return loaded
 
 
@@ -211,16 +241,15 @@ def _fit(key: tuple[int, str, int], r: int, estimator: object, X: np.ndarray, y:
 
 def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimators: dict[str, object],
               Xs: list[np.ndarray], labels: np.ndarray, names: list[str], jobs: int,
-              progress: bool) -> dict[tuple[int, str, int], list[CellRun]]:
+              progress: Progress | None) -> dict[tuple[int, str, int], list[CellRun]]:
     """Every (feature set, head, setting, draw) fit, in parallel with `jobs` joblib workers."""
     tasks = [(key, r, split) for key in grid for r, split in enumerate(settings[key[2]][2])]
     done: dict[tuple[tuple[int, str, int], int], CellRun] = {}
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with tempfile.TemporaryDirectory(prefix="bottleneck-") as tmp, \
-            Progress(*columns, disable=not progress) as bar:
+    report = progress or no_progress
+    with tempfile.TemporaryDirectory(prefix="bottleneck-") as tmp:
         if jobs != 1:  # memory-map the features once instead of shipping (and hashing) them per fit
             Xs = [joblib.load(joblib.dump(X, f"{tmp}/{i}.joblib")[0], mmap_mode="r") for i, X in enumerate(Xs)]
-        task = bar.add_task(f"compare: {len(tasks)} fits", total=len(tasks))
+        report("fits", 0, len(tasks))
         calls = (joblib.delayed(_fit)(key, r, estimators[key[1]], Xs[key[0]], labels, split)
                  for key, r, split in tasks)
         for key, r, run in joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(calls):
@@ -229,7 +258,7 @@ def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimat
                 where = f"{k}-fold" if k else f"N={n}"
                 raise CompareError(f"{names[key[0]]} + {key[1]} at {where}, draw {r + 1} failed: {run}")
             done[key, r] = run
-            bar.advance(task)
+            report("fits", len(done), len(tasks))
     return {key: [done[key, r] for r in range(len(settings[key[2]][2]))] for key in grid}
 
 

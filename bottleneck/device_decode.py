@@ -21,9 +21,10 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from bottleneck.backbones import Preprocess
-from bottleneck.extract import DecodeDataset
+from bottleneck import decode
+from bottleneck.decode import DecodeDataset
 from bottleneck.images import ImageError, decode_rgb
+from bottleneck.spec import Preprocess
 
 # Images decoded per decode_jpeg call: 32 12-MP photos are 1.2 GB of device memory before resizing.
 DECODE_CHUNK = 32
@@ -120,4 +121,4 @@ def _decode_all(chunk: list[torch.Tensor], device: torch.device) -> list[torch.T
 def _pil_fallback(data: torch.Tensor, preprocess: Preprocess, device: torch.device) -> torch.Tensor:
     """What the PIL path makes of a JPEG the device decoder rejected (or the ImageError it raises)."""
     image = decode_rgb(data.numpy().tobytes(), draft_to=preprocess.resize_size)
-    return preprocess.resize_crop(image).to(device)
+    return decode.resize_crop(image, preprocess).to(device)

@@ -1,53 +1,55 @@
-"""Files → decoded batches (DataLoader workers) → frozen backbone → the HDF5 cache.
+"""Extraction, orchestrated: scan → hash → what the cache lacks → decode → model → store.
 
 Every image is identified by the sha256 of its bytes; only keys missing from the cache under the
-extractor's fingerprint are decoded and run through the network.
+spec's fingerprint are decoded and run through the network, and the network is only built when
+something is missing: a rerun on a cached folder builds nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import ctypes
-import functools
 import os
-import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from timm.layers import BatchNormAct2d
 from torch import nn
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
-from bottleneck import __version__
-from bottleneck.backbones import Backbone
 from bottleneck.datasets import scan_dataset
-from bottleneck.images import ImageError, decode_rgb, read_bytes, sha256_file
-from bottleneck.store import ManifestRow, Store, fingerprint
+from bottleneck.decode import DecodeDataset, alternating_batches, collate, loader_batches, normalize
+from bottleneck.errors import ExtractError
+from bottleneck.fold import fold_batchnorm
+from bottleneck.images import sha256_file
+from bottleneck.progress import Progress, no_progress
+from bottleneck.runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
+from bottleneck.sources import Backbone, build
+from bottleneck.spec import ExtractorSpec, Preprocess
+from bottleneck.store import ManifestRow, Store
 
 PENDING = "pending: the run stopped before this image was computed"
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-STORAGE_DTYPES = ("float32", "float16")
-DECODERS = ("pil", "torchvision")  # PIL in the decode workers | torchvision.io on the model's device
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
 class ExtractOptions:
-    batch_size: int | None = None  # None: 256 on CUDA, 16 elsewhere (see default_batch_size)
+    """How to run, not what to compute (that is the ExtractorSpec): none of these changes a vector."""
+
+    batch_size: int | None = None  # None: 256 on CUDA, 16 elsewhere (see runtime.default_batch_size)
     workers: int | None = None  # decode workers (see _batches); None: one per CPU core
     threads: int | None = None  # torch intra-op threads while extracting; None: the torch default
     device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast)
-    dtype: str = "float32"  # storage dtype of the vectors
-    progress: bool = True
+    progress: Progress | None = None  # called as images are done; None: silent
     compile: bool = False  # torch.compile the backbone (pays off on long GPU runs)
-    decode: str = "pil"  # see DECODERS and bottleneck.device_decode
+
+    def __post_init__(self) -> None:
+        for option, value, least in (("batch-size", self.batch_size, 1), ("workers", self.workers, 0),
+                                     ("threads", self.threads, 1)):
+            if value is not None and value < least:
+                raise ExtractError(f"--{option} {value}: must be at least {least}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ExtractError(f"--device {self.device}: use one of {', '.join(DEVICES)} (or cuda:N)")
 
 
 @dataclass
@@ -84,35 +86,12 @@ class FileFeatures:
     computed: int
 
 
-class ExtractError(Exception):
-    """The run cannot go on (e.g. no image could be used); the message says why."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("--device cuda: no CUDA GPU visible to torch; use --device auto or cpu")
-    return torch.device(device)
-
-
-def extractor_spec(backbone: Backbone, options: ExtractOptions) -> dict:
-    """Everything that changes the stored vectors; its hash names the cache group."""
-    spec = {**backbone.spec(), "precision": options.precision, "dtype": options.dtype}
-    if options.decode != "pil":  # other decoders and resizers give slightly different pixels
-        spec["decode"] = options.decode
-    return spec
-
-
 def extract_dataset(
-    root: Path, backbone: Backbone, cache: Path, *, name: str | None = None,
+    root: Path, extractor: ExtractorSpec | Backbone, cache: Path, *, name: str | None = None,
     options: ExtractOptions | None = None, remember: bool = True,
 ) -> ExtractReport:
-    """Embed every image of the dataset at `root` that the cache does not hold yet.
+    """Embed every image of the dataset at `root` that the cache does not hold yet under `extractor`
+    (a spec, built only if something is missing, or a network already built).
 
     `remember` makes this the cache's last run, the default of `fit` and `compare`.
     """
@@ -122,14 +101,16 @@ def extract_dataset(
     root_dir = str(dataset.root)
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
     with Store.open(cache, writable=True) as store:
-        fp = _prepare_extractor(store, backbone, options)
+        spec, backbone = _complete(store, extractor)
+        fp = spec.fingerprint()
+        store.ensure_extractor(fp, spec)
         bad = _previous_failures(store, dataset.name)
         shas, unreadable = _hash_files(store, paths)
         todo = _missing(store, fp, shas, bad)
         device = resolve_device(options.device)
         computed = 0
         try:
-            computed = _compute(store, fp, backbone, todo, options, device, bad)
+            computed = _compute(store, spec, backbone, todo, options, device, bad)
         finally:
             rows = []
             for entry, path in zip(dataset.entries, paths):
@@ -148,38 +129,36 @@ def extract_dataset(
     return report
 
 
-def extract_files(paths: Sequence[Path], backbone: Backbone, cache: Path,
-                  options: ExtractOptions | None = None) -> FileFeatures:
-    """Embed loose files (for `predict`): same cache, no dataset manifest."""
+def extract_files(paths: Sequence[Path], extractor: ExtractorSpec | Backbone, cache: Path,
+                  options: ExtractOptions | None = None, weights_file: str | None = None) -> FileFeatures:
+    """Embed loose files (for `predict`): same cache, no dataset manifest. `weights_file` is where
+    the spec's weights file is now, if it moved."""
     options = options or ExtractOptions()
     resolved = [str(Path(p).resolve()) for p in paths]
     with Store.open(cache, writable=True) as store:
-        fp = _prepare_extractor(store, backbone, options)
+        spec, backbone = _complete(store, extractor, weights_file)
+        fp = spec.fingerprint()
+        store.ensure_extractor(fp, spec)
         shas, unreadable = _hash_files(store, resolved)
         bad: dict[str, str] = {}
         todo = _missing(store, fp, shas, bad)
-        computed = _compute(store, fp, backbone, todo, options, resolve_device(options.device), bad)
+        computed = _compute(store, spec, backbone, todo, options, resolve_device(options.device), bad)
         ok = {p: s for p, s in shas.items() if store.has(fp, s)}
     skipped = sorted(unreadable.items()) + [(p, bad[s]) for p, s in sorted(shas.items()) if s in bad]
     return FileFeatures(fp, ok, skipped, computed)
 
 
-def _prepare_extractor(store: Store, backbone: Backbone, options: ExtractOptions) -> str:
-    if options.precision not in PRECISIONS:
-        raise ExtractError(f"--precision {options.precision}: use one of {', '.join(PRECISIONS)}")
-    if options.dtype not in STORAGE_DTYPES:
-        raise ExtractError(f"--dtype {options.dtype}: use one of {', '.join(STORAGE_DTYPES)}")
-    if options.decode not in DECODERS:
-        raise ExtractError(f"--decode {options.decode}: use one of {', '.join(DECODERS)}")
-    spec = extractor_spec(backbone, options)
-    fp = fingerprint(spec)
-    attrs = {
-        "model": backbone.name, "weights": backbone.weights_id, "layer": backbone.layer or "",
-        "pool": backbone.pool, "preprocess": backbone.preprocess.to_dict(), "precision": options.precision,
-        "spec": spec, "bottleneck_version": __version__, "torch_version": torch.__version__,
-    }
-    store.ensure_extractor(fp, backbone.feature_dim, options.dtype, attrs)
-    return fp
+def _complete(store: Store, extractor: ExtractorSpec | Backbone,
+              weights_file: str | None = None) -> tuple[ExtractorSpec, Backbone | Callable[[], Backbone]]:
+    """(the spec with its feature width, the network or how to build it when needed). A spec whose
+    width only a build can tell (a `layer`) takes it from a matching group already in the cache."""
+    if isinstance(extractor, Backbone):
+        return extractor.spec, extractor
+    spec = extractor if extractor.feature_dim is not None else store.find_extractor(extractor)
+    if spec is None:
+        backbone = build(extractor, weights_file)
+        return backbone.spec, backbone
+    return spec, lambda: build(spec, weights_file)
 
 
 def _previous_failures(store: Store, name: str) -> dict[str, str]:
@@ -242,84 +221,46 @@ def _status(sha: str, bad: dict[str, str], store: Store, fp: str) -> str:
     return PENDING
 
 
-class DecodeDataset(TorchDataset):
-    """Reads, decodes and resizes one image in a worker process or decode thread; returns uint8 so
-    the copy stays small."""
-
-    def __init__(self, items: Sequence[tuple[str, str]], backbone: Backbone) -> None:
-        self.items = items
-        self.preprocess = backbone.preprocess
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
-        return self.decode(i, self.read(i))
-
-    def read(self, i: int) -> bytes | ImageError:
-        try:
-            return read_bytes(Path(self.items[i][1]))
-        except ImageError as exc:
-            return exc
-
-    def decode(self, i: int, data: bytes | ImageError) -> tuple[int, torch.Tensor | None, str]:
-        try:
-            if isinstance(data, ImageError):
-                raise data
-            return i, self.preprocess.resize_crop(decode_rgb(data, draft_to=self.preprocess.resize_size)), ""
-        except ImageError as exc:
-            return i, None, str(exc)
-
-
-def _collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    good = [(i, t) for i, t, _ in batch if t is not None]
-    bad = [(i, err) for i, t, err in batch if t is None]
-    # Stacked as (B, H, W, C) and viewed as NCHW: a channels_last batch, which the model wants, and a
-    # plain copy of resize_crop's (C, H, W) view of a (H, W, C) buffer.
-    tensor = torch.stack([t.permute(1, 2, 0) for _, t in good]).permute(0, 3, 1, 2) if good else None
-    return [i for i, _ in good], tensor, bad
-
-
-def default_batch_size(device: torch.device) -> int:
-    """256 on CUDA; 16 on CPU, as fast per image as 32 there (faster for efficientnet_lite0) and
-    half the wait for the first batch."""
-    return 256 if device.type == "cuda" else 16
-
-
-def _compute(store: Store, fp: str, backbone: Backbone, todo: list[tuple[str, str]], options: ExtractOptions,
-             device: torch.device, bad: dict[str, str]) -> int:
+def _compute(store: Store, spec: ExtractorSpec, backbone: Backbone | Callable[[], Backbone],
+             todo: list[tuple[str, str]], options: ExtractOptions, device: torch.device, bad: dict[str, str]) -> int:
     """Run the backbone over `todo`, appending each batch to the store as soon as it is done."""
     if not todo:
         return 0
-    batches = _batches(todo, backbone, options, device)
+    fp = spec.fingerprint()
+    batches = _batches(todo, spec, options, device)  # first: GPU decode workers start while the model is built
+    if not isinstance(backbone, Backbone):
+        backbone = backbone()
     model = _prepare_model(backbone, device, options)
-    autocast_dtype = PRECISIONS[options.precision]
+    autocast_dtype = AUTOCAST[spec.precision]
+    progress = options.progress or no_progress
+    task, done = f"extract {spec.label()}", 0
     computed = 0
     # One batch stays in flight: batch k is written to HDF5 while the device runs batch k + 1, so a
     # GPU never idles on an HDF5 flush or on the loader (on a CPU this is just a reordering).
     pending: tuple[list[str], torch.Tensor, torch.cuda.Event | None] | None = None
-    with _progress(len(todo), options.progress, backbone.name) as advance, torch.inference_mode(), \
-            _cpu_runtime(device, options.threads) as settle:
+    progress(task, 0, len(todo))
+    with torch.inference_mode(), cpu_runtime(device, options.threads) as settle:
         try:
             for indices, batch, failed in batches:
                 for i, reason in failed:
                     bad[todo[i][0]] = reason
                 queued = None
                 if batch is not None:
-                    vectors = _forward(model, backbone, batch, device, autocast_dtype)
+                    vectors = _forward(model, backbone.preprocess, batch, device, autocast_dtype)
                     queued = ([todo[i][0] for i in indices], *_to_host(vectors))
                 written, pending = pending, queued
                 if written is not None:
                     computed += _write(store, fp, *written)
                 settle()
-                advance(len(indices) + len(failed))
+                done += len(indices) + len(failed)
+                progress(task, done, len(todo))
         finally:  # also on Ctrl-C or a failure: a computed batch is kept
             if pending is not None:
                 computed += _write(store, fp, *pending)
     return computed
 
 
-def _batches(todo: list[tuple[str, str]], backbone: Backbone, options: ExtractOptions,
+def _batches(todo: list[tuple[str, str]], spec: ExtractorSpec, options: ExtractOptions,
              device: torch.device) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
     """Decoded batches from `options.workers` decode workers (None: one per core; 0: none, this thread):
     DataLoader processes that run ahead of a GPU, or, on a CPU, threads that take turns with the model.
@@ -327,58 +268,21 @@ def _batches(todo: list[tuple[str, str]], backbone: Backbone, options: ExtractOp
     `--decode torchvision` batches are finished on `device`."""
     batch_size = options.batch_size or default_batch_size(device)
     workers = (os.cpu_count() or 1) if options.workers is None else options.workers
-    if options.decode == "torchvision":
+    if spec.decode == "torchvision":
         from bottleneck import device_decode
 
-        loader = _loader_batches(device_decode.JpegBytesDataset(todo, backbone), device_decode.collate,
-                                 batch_size, workers, device)
-        return (device_decode.finish_batch(batch, backbone.preprocess, device) for batch in loader)
+        loader = loader_batches(device_decode.JpegBytesDataset(todo, spec.preprocess), device_decode.collate,
+                                batch_size, workers, device)
+        return (device_decode.finish_batch(batch, spec.preprocess, device) for batch in loader)
     if device.type == "cpu":
-        return _alternating_batches(DecodeDataset(todo, backbone), batch_size, workers)
-    return _loader_batches(DecodeDataset(todo, backbone), _collate, batch_size, workers, device)
+        return alternating_batches(DecodeDataset(todo, spec.preprocess), batch_size, workers)
+    return loader_batches(DecodeDataset(todo, spec.preprocess), collate, batch_size, workers, device)
 
 
-def _loader_batches(dataset: TorchDataset, collate: Callable, batch_size: int, workers: int,
-                    device: torch.device) -> Iterator:
-    """Batches from DataLoader worker processes, which start decoding at once, while the model is prepared."""
-    if len(dataset) <= batch_size:
-        workers = 0  # forking workers costs more than decoding one batch in-process
-    # torch's default of 2 batches ahead per worker: with 16 workers x 256 images that is already
-    # 1.2 GB of shared memory, more than many containers' /dev/shm.
-    return iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
-                           pin_memory=device.type == "cuda"))
-
-
-def _alternating_batches(dataset: DecodeDataset, batch_size: int,
-                         threads: int) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
-    """CPU: each batch is decoded by `threads` threads while the model waits, and the model then runs
-    on every core while they wait; only the next batch's files are read meanwhile.
-
-    Decode workers running beside the model take cores from its threads, which wait for each other
-    after every op, so each stolen millisecond stalls them all. Taking turns was 1.1-1.2x faster on 2
-    cores, on small JPEGs and 12 MP photos alike (benchmarks/RESULTS.md, section 2)."""
-    starts = range(0, len(dataset), batch_size)
-
-    def read(start: int) -> list[bytes | ImageError]:
-        return [dataset.read(i) for i in range(start, min(start + batch_size, len(dataset)))]
-
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(max(threads, 1)) as decoders:
-        ahead = reader.submit(read, starts[0])
-        for k, start in enumerate(starts):
-            data = ahead.result()
-            if k + 1 < len(starts):
-                ahead = reader.submit(read, starts[k + 1])
-            indices = range(start, start + len(data))
-            if threads:
-                yield _collate(list(decoders.map(dataset.decode, indices, data)))
-            else:
-                yield _collate([dataset.decode(i, d) for i, d in zip(indices, data)])
-
-
-def _forward(model: nn.Module, backbone: Backbone, batch: torch.Tensor, device: torch.device,
-            autocast_dtype: torch.dtype | None) -> torch.Tensor:
+def _forward(model: nn.Module, preprocess: Preprocess, batch: torch.Tensor, device: torch.device,
+             autocast_dtype: torch.dtype | None) -> torch.Tensor:
     """A uint8 (B, 3, S, S) batch → (B, D) vectors on `device`, exactly as extraction runs the model."""
-    x = backbone.preprocess.normalize(batch.to(device, non_blocking=True))
+    x = normalize(batch.to(device, non_blocking=True), preprocess)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         return model(x)
@@ -405,187 +309,8 @@ def _write(store: Store, fp: str, shas: list[str], host: torch.Tensor, ready: to
 def _prepare_model(backbone: Backbone, device: torch.device, options: ExtractOptions) -> nn.Module:
     """Inference-only speed-ups that keep the vectors (to float rounding): BatchNorm folded into
     convolutions, and channels_last on every device (oneDNN and cuDNN run convolutions faster in it)."""
-    model = _fold_batchnorm(backbone.model.eval(), backbone.preprocess.input_size)
+    model = fold_batchnorm(backbone.model.eval(), backbone.preprocess.input_size)
     model = model.to(device, memory_format=torch.channels_last)
     if options.compile:
         model = torch.compile(model)
     return model
-
-
-def _fold_batchnorm(model: nn.Module, input_size: int) -> nn.Module:
-    """A copy of `model` in which every BatchNorm2d fed by a Conv2d alone is folded into that conv's
-    weights and bias (one op fewer per conv: 7-45 % more images/s on CPU), or `model` itself when
-    nothing folds or the model cannot be traced on the meta device."""
-    if not any(type(m) in _NORM_REPLACEMENTS for m in model.modules()):
-        return model
-    try:
-        pairs = _conv_norm_pairs(model, input_size)
-    except Exception:  # noqa: BLE001 -- any model that can't be traced this way just stays unfolded
-        return model
-    if not pairs:
-        return model
-    folded = copy.deepcopy(model)
-    modules = dict(folded.named_modules())
-    for conv_name, norm_name in pairs:
-        norm = modules[norm_name]
-        _fold_into(modules[conv_name], norm)
-        parent, _, attr = norm_name.rpartition(".")
-        setattr(modules[parent], attr, _NORM_REPLACEMENTS[type(norm)](norm))
-    return folded
-
-
-def _conv_norm_pairs(model: nn.Module, input_size: int) -> list[tuple[str, str]]:
-    """(conv, norm) module names where the norm is the next module called, on the conv's output,
-    and nothing else uses that output (once folded, it comes out normalised).
-
-    Read from one forward pass on the meta device (shapes only, no arithmetic): module order from
-    hooks, and the uses of each output from the autograd graph."""
-    memo: dict[int, object] = {id(t): nn.Parameter(t.to("meta"), t.requires_grad) for t in model.parameters()}
-    memo.update({id(t): t.to("meta") for t in model.buffers()})
-    meta = copy.deepcopy(model, memo)  # weights are not copied, only their shapes
-    calls: list[tuple[nn.Module, object]] = []  # (module, grad_fn of its first input), in call order
-    made_by: dict[nn.Module, object] = {}  # conv -> grad_fn of its output
-
-    def before(module: nn.Module, args: tuple) -> None:
-        calls.append((module, args[0].grad_fn if args and isinstance(args[0], torch.Tensor) else None))
-
-    hooks = [m.register_forward_pre_hook(before) for m in meta.modules()]
-    hooks += [m.register_forward_hook(lambda m, args, out: made_by.__setitem__(m, out.grad_fn))
-              for m in meta.modules() if isinstance(m, nn.Conv2d)]
-    x = torch.zeros(1, 3, input_size, input_size, device="meta", requires_grad=True)
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            out = meta(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    uses = Counter(_graph_inputs(out.grad_fn))
-    called = Counter(m for m, _ in calls)
-    names = {m: name for name, m in meta.named_modules()}
-    return [(names[conv], names[norm]) for (conv, _), (norm, source) in zip(calls, calls[1:])
-            if type(norm) in _NORM_REPLACEMENTS and isinstance(conv, nn.Conv2d) and norm.running_var is not None
-            and source is not None and source is made_by.get(conv) and uses[source] == 1
-            and called[conv] == called[norm] == 1]
-
-
-def _graph_inputs(root: object) -> Iterator[object]:
-    """Each autograd node that feeds another, once per use, walking back from `root`."""
-    seen, stack = {root}, [root]
-    while stack:
-        for node, _ in stack.pop().next_functions:
-            if node is not None:
-                yield node
-                if node not in seen:
-                    seen.add(node)
-                    stack.append(node)
-
-
-def _fold_into(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
-    with torch.no_grad():
-        scale = norm.running_var.add(norm.eps).rsqrt()
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        conv.weight.mul_(scale.view(-1, 1, 1, 1))
-        conv.bias = nn.Parameter(shift, requires_grad=False)
-
-
-# What is left of a norm module once its affine transform lives in the conv before it.
-_NORM_REPLACEMENTS: dict[type, Callable[[nn.Module], nn.Module]] = {
-    nn.BatchNorm2d: lambda norm: nn.Identity(),
-    BatchNormAct2d: lambda norm: nn.Sequential(norm.drop, norm.act),  # timm: norm, dropout, activation
-}
-
-
-@contextlib.contextmanager
-def _cpu_runtime(device: torch.device, threads: int | None) -> Iterator[Callable[[], None]]:
-    """Torch intra-op threads and heap-only malloc for the run, both restored afterwards.
-
-    glibc serves each allocation above its mmap threshold (every layer's output) with a fresh mmap
-    and unmaps it when freed, so each batch page-faults all its activations in again: 45 % of CPU
-    time went to the kernel. Served from the heap, the pages are reused: 1.2-1.9x images/s.
-    But torch's aligned allocations leave holes that the heap reuses badly, so it grows by tens of
-    MB a batch; the callable this yields, run after each batch, hands free heap pages back to the OS
-    whenever resident memory is _HEAP_SLACK above what it was after the first batch."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    libc = _glibc() if device.type == "cpu" else None
-    if libc is not None:
-        libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-
-    baseline: int | None = None
-
-    def settle() -> None:
-        nonlocal baseline
-        if libc is None:
-            return
-        resident = _resident_bytes()
-        if baseline is None:
-            baseline = resident
-        elif resident > baseline + _HEAP_SLACK:
-            libc.malloc_trim(0)
-
-    try:
-        yield settle
-    finally:
-        torch.set_num_threads(before)
-        if libc is not None:
-            # mallopt can't give glibc back its self-tuning thresholds; these are where they settle
-            # in any process that has freed a large tensor: mmap above 32 MiB, trim above 64 MiB.
-            libc.mallopt(_M_MMAP_MAX, 65536)
-            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-            libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-            libc.malloc_trim(0)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters, from glibc's malloc.h
-_HEAP_SLACK = 128 << 20
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    """glibc (mallopt, malloc_trim), or None on other C libraries and systems."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-
-
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool, label: str) -> Iterator:
-    """A rich progress bar with images/s and ETA, or a no-op."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(f"extract {label}", total=total, rate="")
-        start = time.perf_counter()
-        done = 0
-
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            progress.update(task, advance=n, rate=f"{rate:6.1f} img/s")
-
-        yield advance

@@ -32,6 +32,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from torch.nn import functional as F
 
+from bottleneck.errors import BottleneckError
+
 HEADS: dict[str, str] = {
     "softmax": "linear layer + softmax trained with torch (AdamW, early stopping)",
     "logreg": "multinomial logistic regression (L2, C=0.1)",
@@ -43,7 +45,7 @@ HEADS: dict[str, str] = {
 }
 
 
-class UnknownHeadError(ValueError):
+class UnknownHeadError(BottleneckError, ValueError):
     """A head name that is not in ``HEADS``."""
 
 

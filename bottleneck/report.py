@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from rich.markup import escape
 from rich.table import Table
 
 from bottleneck.evaluate import METRICS, Cell
@@ -102,14 +103,14 @@ def _text_tables(cells: Sequence[Cell], metric: str) -> tuple[list[str], list[li
 def rich_table(cells: Sequence[Cell], metric: str, title: str) -> Table:
     """Mean ± std of `metric` over draws, mean fit time per draw underneath; best per column in bold."""
     header, scores, times = _text_tables(cells, metric)
-    table = Table(title=title, caption=f"{metric}: mean ± std over draws; fit time per draw")
-    table.add_column(header[0])
-    for name in header[1:]:
-        table.add_column(name.replace(" ", "\n", 1), justify="right")
+    table = Table(title=escape(title), caption=f"{metric}: mean ± std over draws; fit time per draw")
+    table.add_column(escape(header[0]))
+    for name in header[1:]:  # names are data (labels such as resnet50[layer3,max]), never markup
+        table.add_column(escape(name).replace(" ", "\n", 1), justify="right")
     for score_row, time_row in zip(scores, times):
         texts = [re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/bold]", score) + ("" if t == "—" else f"\n[dim]{t}[/dim]")
                  for score, t in zip(score_row[1:], time_row[1:])]
-        table.add_row(score_row[0], *texts)
+        table.add_row(escape(score_row[0]), *texts)
     return table
 
 

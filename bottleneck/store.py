@@ -9,10 +9,8 @@ not re-read unchanged files.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +21,8 @@ import h5py
 import numpy as np
 
 from bottleneck import __version__
+from bottleneck.errors import BottleneckError, CacheBusyError, StoreError
+from bottleneck.spec import ExtractorSpec
 
 FORMAT = "bottleneck-cache"
 FORMAT_VERSION = 1
@@ -30,14 +30,6 @@ DEFAULT_CACHE = Path("cache/bottleneck.h5")
 _STR = h5py.string_dtype()
 _SHA = "S64"
 _MANIFEST_FIELDS = ("path", "label", "split", "sha256", "status")
-
-
-class StoreError(Exception):
-    """A cache that cannot be used as asked; the message names the file and the fix."""
-
-
-class CacheBusyError(StoreError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -59,13 +51,6 @@ class Features:
     splits: np.ndarray
     shas: list[str]
     X: np.ndarray
-
-
-def fingerprint(spec: dict) -> str:
-    """A readable, collision-safe name for everything that determines the vectors."""
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
-    name = re.sub(r"[^\w.\-]+", "_", str(spec.get("name", "extractor")))
-    return f"{name}-{digest[:16]}"
 
 
 def _attr(value: object) -> object:
@@ -91,6 +76,7 @@ class Store:
         self.h5 = h5
         self.path = path
         self._keys: dict[str, dict[str, int]] = {}
+        self._specs: dict[str, ExtractorSpec] = {}
 
     @classmethod
     @contextmanager
@@ -135,17 +121,55 @@ class Store:
             raise StoreError(f"{self.path}: no extractor {fp}; see `bottleneck info`")
         return dict(self.h5["extractors"][fp].attrs)
 
-    def ensure_extractor(self, fp: str, dim: int, dtype: str, attrs: dict) -> None:
-        """Create the group for `fp` once; its attributes describe how the vectors were made."""
+    def ensure_extractor(self, fp: str, spec: ExtractorSpec, **attrs: object) -> None:
+        """Create the group for `fp` once; its attributes hold the spec and describe the vectors."""
         group = self.h5.require_group("extractors")
         if fp in group:
             return
+        dim, dtype = spec.feature_dim, spec.dtype
+        assert dim is not None
         g = group.create_group(fp)
-        g.attrs.update({k: _attr(v) for k, v in attrs.items()})
+        described = {"model": spec.model, "weights": spec.weights, "layer": spec.layer or "", "pool": spec.pool,
+                     "preprocess": spec.preprocess.to_dict(), "precision": spec.precision, "decode": spec.decode,
+                     "label": spec.label(), "spec": spec.to_dict(), "bottleneck_version": __version__, **attrs}
+        g.attrs.update({k: _attr(v) for k, v in described.items()})
         g.attrs.update(feature_dim=dim, dtype=dtype, created=_now(), updated=_now())
         chunk = _chunk_rows(dim, np.dtype(dtype).itemsize)
         g.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=_SHA, chunks=(4096,))
         g.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk, dim))
+
+    def extractor_spec(self, fp: str) -> ExtractorSpec:
+        """The spec the vectors under `fp` were made with (also from caches of the first release)."""
+        if fp not in self._specs:
+            text = self.extractor_attrs(fp).get("spec")
+            try:
+                if text is None:
+                    raise BottleneckError("no spec attribute")
+                self._specs[fp] = ExtractorSpec.from_dict(str(text))
+            except (BottleneckError, ValueError) as exc:
+                raise StoreError(f"{self.path}: extractor {fp} has no readable spec ({exc}); delete the cache "
+                                 "(or pass another --cache) and rerun extract") from None
+        return self._specs[fp]
+
+    def find_extractor(self, spec: ExtractorSpec) -> ExtractorSpec | None:
+        """The stored spec that equals `spec` but for the feature width (which only a build can
+        tell), keeping `spec`'s weights file; None if there is none."""
+        wanted = spec.replace(feature_dim=None)
+        for fp in self.extractors():
+            stored = self.extractor_spec(fp)
+            if stored.replace(feature_dim=None) == wanted:
+                return stored.replace(weights_file=spec.weights_file or stored.weights_file)
+        return None
+
+    def match_extractors(self, dataset: str, query: str) -> list[str]:
+        """The fingerprints of `dataset`'s extractions that `query` names: a fingerprint, a label
+        (`resnet50[layer3,max]`) or a model name."""
+        fps = self.dataset_extractors(dataset)
+        for by in (lambda fp: fp, lambda fp: self.extractor_spec(fp).label(), lambda fp: self.extractor_spec(fp).model):
+            found = [fp for fp in fps if by(fp) == query]
+            if found:
+                return found
+        return []
 
     def _key_index(self, fp: str) -> dict[str, int]:
         if fp not in self._keys:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import platform
@@ -21,16 +20,14 @@ from threadpoolctl import threadpool_limits
 
 from bottleneck import __version__
 from bottleneck.datasets import hash_split
+from bottleneck.errors import FitError, SpecError
 from bottleneck.heads import make_head
 from bottleneck.images import find_images, is_image_file, sha256_file
+from bottleneck.spec import ExtractorSpec
 from bottleneck.store import Features, Store, load_features
 
 if TYPE_CHECKING:
     from bottleneck.extract import ExtractOptions
-
-
-class FitError(Exception):
-    """Data a head cannot be trained or used on; the message says why and what to do."""
 
 
 @dataclass
@@ -48,21 +45,25 @@ class Prediction:
 
 
 def select_extractor(cache: Path, dataset: str | None, model: str | None) -> tuple[str, str]:
-    """(dataset, fingerprint): the last extract, or the newest extractor of `model` on `dataset`."""
+    """(dataset, fingerprint): the dataset's last extraction, or the one `model` names (a model name,
+    a label such as `resnet50[layer3,max]`, or a fingerprint)."""
     with Store.open(cache) as store:
         last = store.last_run()
         if last is None:
             raise FitError(f"{cache}: no dataset extracted yet; run `bottleneck extract DATA` first")
         dataset = dataset or last[0]
-        fps = store.dataset_extractors(dataset)
         if model is None:
             return dataset, str(store.dataset_attrs(dataset)["last_extractor"])
-        matching = [fp for fp in fps if store.extractor_attrs(fp).get("model") == model]
+        matching = store.match_extractors(dataset, model)
+        described = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in store.dataset_extractors(dataset)]
         if not matching:
-            known = sorted({str(store.extractor_attrs(fp).get("model")) for fp in fps})
-            raise FitError(f"dataset {dataset!r} has no {model} features (it has: {', '.join(known)}); "
+            raise FitError(f"dataset {dataset!r} has no {model} features (it has: {', '.join(described)}); "
                            f"run `bottleneck extract {store.dataset_root(dataset)} --model {model}`")
-        return dataset, max(matching, key=lambda fp: str(store.extractor_attrs(fp).get("updated")))
+        if len(matching) > 1:
+            several = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in matching]
+            raise FitError(f"dataset {dataset!r} has {len(matching)} extractions of {model}: {', '.join(several)}; "
+                           "pass one of those labels or fingerprints to --model")
+        return dataset, matching[0]
 
 
 def split_indices(features: Features, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,7 +102,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     dataset, fp = select_extractor(cache, dataset, model)
     features = load_features(cache, dataset, fp)
     with Store.open(cache) as store:
-        extractor = store.extractor_attrs(fp)
+        spec = store.extractor_spec(fp)
     train, val, test = split_indices(features, test_size, seed)
     _check_trainable(features.labels[train], dataset)
     if len(test) == 0:
@@ -128,7 +129,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
         "classes": [str(c) for c in estimator.classes_],
         "dataset": dataset,
         "dataset_root": str(features.root),
-        "extractor": {"fingerprint": fp, **{k: _jsonable(v) for k, v in extractor.items()}},
+        "extractor": {"fingerprint": fp, "label": spec.label(), "spec": spec.to_dict()},
         "sizes": {"train": int(len(train)), "val": int(len(val)), "test": int(len(test))},
         "split": {"test_size": test_size, "seed": seed, "from_folders": bool((features.splits != "").any())},
         "metrics": {
@@ -163,7 +164,10 @@ def load_head(head_path: Path) -> tuple[object, dict]:
         raise FitError(f"{head_path}: no such head file; train one with `bottleneck fit`")
     if not meta_path.is_file():
         raise FitError(f"{meta_path}: sidecar missing; a head is only loaded with the sidecar `bottleneck fit` wrote")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FitError(f"{meta_path}: not a JSON sidecar ({exc}); refit with `bottleneck fit`") from None
     if sha256_file(head_path) != meta.get("sha256"):
         raise FitError(f"{head_path}: sha256 does not match {meta_path.name}; refusing to load it (joblib runs code on load)")
     return joblib.load(head_path), meta
@@ -173,23 +177,16 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
                   weights: str | None = None, options: ExtractOptions | None = None
                   ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for every image in `inputs` (files or folders) through the cache, and the skipped files."""
-    from bottleneck.backbones import load_backbone  # torch, timm, torchvision: seconds that `fit` doesn't need
-    from bottleneck.extract import ExtractOptions, extract_files
+    from bottleneck.extract import extract_files  # torch: seconds that `fit` doesn't need
 
     estimator, meta = load_head(head_path)
+    spec, fp = head_spec(meta, sidecar_path(head_path))
     files = _expand(inputs)
-    extractor = meta["extractor"]
-    spec = json.loads(extractor["spec"]) if isinstance(extractor.get("spec"), str) else extractor.get("spec", {})
-    default_weights = "random" if extractor.get("weights") == "random" else None
-    backbone = load_backbone(extractor["model"], weights=weights or default_weights,
-                             layer=extractor.get("layer") or None, pool=extractor.get("pool", "avg"))
-    # The head's features fix precision, storage dtype and decoder; the caller's options fix the rest.
-    options = dataclasses.replace(options or ExtractOptions(), precision=spec.get("precision", "fp32"),
-                                  dtype=spec.get("dtype", "float32"), decode=spec.get("decode", "pil"))
-    result = extract_files(files, backbone, cache, options)
-    if result.fingerprint != extractor["fingerprint"]:
-        raise FitError(f"{head_path}: trained on features {extractor['fingerprint']} but {extractor['model']} "
-                       f"now gives {result.fingerprint}; pass the --weights it was trained with, or refit")
+    # The spec fixes every vector; the caller's options only how fast they are made.
+    result = extract_files(files, spec, cache, options, weights_file=weights)
+    if result.fingerprint != fp:
+        raise FitError(f"{head_path}: trained on features {fp} but {spec.label()} now gives {result.fingerprint}; "
+                       "pass the --weights it was trained with, or refit")
     paths = [p for p in map(str, files) if p in result.shas]
     with Store.open(cache) as store:
         X = store.get_vectors(result.fingerprint, [result.shas[p] for p in paths])
@@ -201,6 +198,21 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
             order = np.argsort(-row)[: max(1, top_k)]
             predictions.append(Prediction(path, [str(classes[i]) for i in order], [float(row[i]) for i in order]))
     return predictions, result.skipped
+
+
+def head_spec(meta: dict, meta_path: Path) -> tuple[ExtractorSpec, str]:
+    """The extractor a head's features came from, and their fingerprint, from its sidecar."""
+    extractor = meta.get("extractor") or {}
+    if extractor.get("spec") is None or "fingerprint" not in extractor:
+        raise FitError(f"{meta_path}: no extractor spec in this sidecar (an older release?); refit the head "
+                       "with `bottleneck fit`")
+    try:
+        spec = ExtractorSpec.from_dict(extractor["spec"])
+        if spec.fingerprint() != extractor["fingerprint"]:
+            raise SpecError("its spec does not give its fingerprint")
+    except (SpecError, ValueError) as exc:
+        raise FitError(f"{meta_path}: unreadable extractor spec ({exc}); refit the head with `bottleneck fit`") from None
+    return spec, extractor["fingerprint"]
 
 
 def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -> str:

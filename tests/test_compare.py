@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import bottleneck.compare as compare
-from bottleneck.backbones import BackboneError, load_backbone
+from bottleneck.errors import BackboneError
+from bottleneck.sources import load_backbone
 from bottleneck.compare import CompareError, run_compare
 from bottleneck.extract import ExtractOptions, extract_dataset
 from bottleneck.store import Store, StoreError
@@ -32,7 +33,7 @@ def colour_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(path)
     cache = tmp / "cache.h5"
-    extract_dataset(tmp / "colours", load_backbone("raw8"), cache, options=ExtractOptions(progress=False))
+    extract_dataset(tmp / "colours", load_backbone("raw8"), cache, options=ExtractOptions())
     return cache
 
 

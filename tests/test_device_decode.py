@@ -9,14 +9,19 @@ import PIL.Image
 import pytest
 import torch
 
-from bottleneck import device_decode
+from bottleneck import decode, device_decode
 from bottleneck.device_decode import is_plain_jpeg, resize_crop
-from bottleneck.extract import ExtractError, ExtractOptions, extract_dataset
+from bottleneck.errors import SpecError
+from bottleneck.extract import ExtractOptions, extract_dataset
+from bottleneck.registry import Backbone
 from bottleneck.store import load_features
 from tiny_backbone import tiny_backbone
 
-PIL_DECODE = ExtractOptions(progress=False, workers=0, batch_size=4)
-DEVICE_DECODE = ExtractOptions(progress=False, workers=0, batch_size=4, decode="torchvision")
+OPTIONS = ExtractOptions(workers=0, batch_size=4)
+
+
+def device_decoding(backbone: Backbone) -> Backbone:
+    return backbone.using(decode="torchvision")
 
 
 def smooth_image(seed: int, size: tuple[int, int] = (96, 72)) -> PIL.Image.Image:
@@ -59,7 +64,7 @@ def test_tensor_resize_crop_matches_pil(size: tuple[int, int]) -> None:
     img = smooth_image(1, size)
     ours = resize_crop(torch.from_numpy(np.array(img)).permute(2, 0, 1), pre)
     assert ours.shape == (3, pre.input_size, pre.input_size) and ours.dtype == torch.uint8
-    diff = (ours.int() - pre.resize_crop(img).int()).abs()
+    diff = (ours.int() - decode.resize_crop(img, pre).int()).abs()
     assert diff.float().mean() < 0.5 and diff.max() <= 3
 
 
@@ -90,10 +95,10 @@ def test_device_decode_extracts_what_pil_does(tmp_path: Path, workers: int, monk
         return decode_jpeg(data, **kwargs)
 
     monkeypatch.setattr(device_decode, "decode_jpeg", spy)
-    pil = extract_dataset(root, tiny_backbone(), tmp_path / "pil.h5", options=PIL_DECODE)
+    pil = extract_dataset(root, tiny_backbone(), tmp_path / "pil.h5", options=OPTIONS)
     backbone = tiny_backbone()
-    options = ExtractOptions(progress=False, workers=workers, batch_size=4, decode="torchvision")
-    device = extract_dataset(root, backbone, tmp_path / "dev.h5", options=options)
+    options = ExtractOptions(workers=workers, batch_size=4)
+    device = extract_dataset(root, device_decoding(backbone), tmp_path / "dev.h5", options=options)
     assert device.computed == pil.computed == backbone.model.images_seen == 14
     assert dict(device.skipped).keys() == dict(pil.skipped).keys() == {"a/truncated.jpg", "a/empty.jpg", "b/text.jpg"}
     assert "truncated" in dict(device.skipped)["a/truncated.jpg"]
@@ -108,9 +113,9 @@ def test_device_decode_extracts_what_pil_does(tmp_path: Path, workers: int, monk
 def test_device_decode_is_its_own_extractor(tmp_path: Path) -> None:
     root = _mixed_folder(tmp_path / "data")
     cache = tmp_path / "cache.h5"
-    first = extract_dataset(root, tiny_backbone(), cache, options=PIL_DECODE)
+    first = extract_dataset(root, tiny_backbone(), cache, options=OPTIONS)
     backbone = tiny_backbone()
-    second = extract_dataset(root, backbone, cache, options=DEVICE_DECODE)
+    second = extract_dataset(root, device_decoding(backbone), cache, options=OPTIONS)
     assert second.fingerprint != first.fingerprint and backbone.model.images_seen == 14
-    with pytest.raises(ExtractError, match="--decode nvjpeg: use one of pil, torchvision"):
-        extract_dataset(root, tiny_backbone(), cache, options=ExtractOptions(progress=False, decode="nvjpeg"))
+    with pytest.raises(SpecError, match="--decode nvjpeg: use one of pil, torchvision"):
+        tiny_backbone().using(decode="nvjpeg")

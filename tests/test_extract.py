@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from bottleneck import extract
+from bottleneck import decode
 from bottleneck.extract import ExtractError, ExtractOptions, extract_dataset, extract_files
 from bottleneck.images import find_images
 from bottleneck.store import Store, load_features
 from conftest import write_image
 from tiny_backbone import tiny_backbone
 
-QUIET = ExtractOptions(progress=False, workers=0, batch_size=4)
+QUIET = ExtractOptions(workers=0, batch_size=4)
 
 
 def _run(root: Path, cache: Path, backbone=None, **kw):
@@ -68,11 +68,9 @@ def test_datasets_sharing_images_share_embeddings(image_folder: Path, tmp_path: 
 def test_different_extractor_never_returns_stale_vectors(image_folder: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache.h5"
     first, _ = _run(image_folder, cache)
-    other = tiny_backbone()
-    other.pool = "max"
-    second, seen = _run(image_folder, cache, other)
+    second, seen = _run(image_folder, cache, tiny_backbone().using(pool="max"))
     assert second.fingerprint != first.fingerprint and seen == 18
-    f16, seen = _run(image_folder, cache, options=ExtractOptions(progress=False, workers=0, dtype="float16"))
+    f16, seen = _run(image_folder, cache, tiny_backbone().using(dtype="float16"))
     assert f16.fingerprint != first.fingerprint and seen == 18
 
 
@@ -83,7 +81,7 @@ def test_broken_files_are_skipped_and_reported(image_folder: Path, tmp_path: Pat
     (image_folder / "dog" / "text.png").write_text("hello, not a picture")
     good = (image_folder / "owl" / "owl1.jpg").read_bytes()
     (image_folder / "owl" / "truncated.jpg").write_bytes(good[: len(good) // 3])
-    report, seen = _run(image_folder, cache, options=ExtractOptions(progress=False, workers=workers, batch_size=4))
+    report, seen = _run(image_folder, cache, options=ExtractOptions(workers=workers, batch_size=4))
     reasons = dict(report.skipped)
     assert set(reasons) == {"cat/empty.jpg", "dog/text.png", "owl/truncated.jpg"}
     assert "empty" in reasons["cat/empty.jpg"] and "not an image" in reasons["dog/text.png"]
@@ -101,7 +99,7 @@ def test_no_usable_image_is_an_error(tmp_path: Path) -> None:
 
 def test_workers_give_the_same_vectors(image_folder: Path, tmp_path: Path) -> None:
     a, _ = _run(image_folder, tmp_path / "a.h5")
-    b, _ = _run(image_folder, tmp_path / "b.h5", options=ExtractOptions(progress=False, workers=2, batch_size=4))
+    b, _ = _run(image_folder, tmp_path / "b.h5", options=ExtractOptions(workers=2, batch_size=4))
     fa, fb = load_features(tmp_path / "a.h5", "data", a.fingerprint), load_features(tmp_path / "b.h5", "data", b.fingerprint)
     np.testing.assert_allclose(fa.X, fb.X, rtol=1e-6)
 
@@ -110,10 +108,10 @@ def test_gpu_loader_and_cpu_decode_threads_give_the_same_batches(image_folder: P
     """The DataLoader processes that feed a GPU and the threads that take turns with a CPU model."""
     (image_folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     todo = [(str(i), str(p)) for i, p in enumerate(find_images(image_folder))]
-    dataset = extract.DecodeDataset(todo, tiny_backbone())
-    processes = list(extract._loader_batches(dataset, extract._collate, 4, 2, torch.device("cpu")))
+    dataset = decode.DecodeDataset(todo, tiny_backbone().preprocess)
+    processes = list(decode.loader_batches(dataset, decode.collate, 4, 2, torch.device("cpu")))
     for threads in (0, 2):
-        batches = list(extract._alternating_batches(dataset, 4, threads))
+        batches = list(decode.alternating_batches(dataset, 4, threads))
         assert len(batches) == len(processes) == 5
         for (i, x, bad), (j, y, worse) in zip(batches, processes):
             assert i == j and bad == worse and torch.equal(x, y)
@@ -141,7 +139,7 @@ sys.path.insert(0, {tests!r})
 from bottleneck.extract import ExtractOptions, extract_dataset
 from tiny_backbone import tiny_backbone
 backbone = tiny_backbone(delay={delay}, log=Path({log!r}))
-extract_dataset(Path({root!r}), backbone, Path({cache!r}), options=ExtractOptions(progress=False, workers=0, batch_size=2))
+extract_dataset(Path({root!r}), backbone, Path({cache!r}), options=ExtractOptions(workers=0, batch_size=2))
 """
 
 
@@ -185,9 +183,9 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from tiny_backbone import tiny_backbone
-from bottleneck.backbones import register_backbone
+from bottleneck.sources import register_model
 from bottleneck.cli import app
-register_backbone("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone(delay={delay}, log=Path({log!r})))
+register_model("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone(delay={delay}, log=Path({log!r})))
 sys.argv = ["bottleneck", "extract", {root!r}, "--model", "tiny", "--cache", {cache!r}, "-q", "--workers", "2",
             "--batch-size", "2"]
 app()

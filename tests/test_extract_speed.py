@@ -7,7 +7,9 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from bottleneck.extract import _collate, _cpu_runtime, _fold_batchnorm
+from bottleneck.decode import collate
+from bottleneck.fold import fold_batchnorm
+from bottleneck.runtime import cpu_runtime
 from bottleneck.images import find_images
 from conftest import write_image
 
@@ -34,7 +36,7 @@ class ConvNorm(nn.Module):
 @pytest.mark.parametrize("norm", [nn.BatchNorm2d(4), BatchNormAct2d(4, act_layer=nn.ReLU6)])
 def test_batchnorm_folds_into_conv_with_same_output(norm: nn.Module) -> None:
     model = ConvNorm(norm).eval()
-    folded = _fold_batchnorm(model, 16)
+    folded = fold_batchnorm(model, 16)
     assert folded is not model and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert isinstance(model.norm, type(norm))  # the original is left alone
     x = torch.randn(5, 3, 16, 16)
@@ -44,14 +46,14 @@ def test_batchnorm_folds_into_conv_with_same_output(norm: nn.Module) -> None:
 
 def test_no_fold_when_the_conv_output_is_used_elsewhere_or_there_is_no_norm() -> None:
     for tricky in (ConvNorm(nn.BatchNorm2d(4), reuse=True).eval(), ConvNorm(nn.BatchNorm2d(4), inplace=True).eval()):
-        assert _fold_batchnorm(tricky, 16) is tricky
+        assert fold_batchnorm(tricky, 16) is tricky
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
-    assert _fold_batchnorm(plain, 16) is plain
+    assert fold_batchnorm(plain, 16) is plain
 
 
 def test_collate_gives_a_channels_last_batch() -> None:
     images = [torch.randint(0, 255, (6, 5, 3), dtype=torch.uint8).permute(2, 0, 1) for _ in range(3)]
-    indices, batch, bad = _collate([(0, images[0], ""), (1, None, "broken"), (2, images[2], "")])
+    indices, batch, bad = collate([(0, images[0], ""), (1, None, "broken"), (2, images[2], "")])
     assert indices == [0, 2] and bad == [(1, "broken")]
     assert batch.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(batch, torch.stack([images[0], images[2]]))
@@ -59,7 +61,7 @@ def test_collate_gives_a_channels_last_batch() -> None:
 
 def test_cpu_runtime_restores_threads() -> None:
     before = torch.get_num_threads()
-    with _cpu_runtime(torch.device("cpu"), 1):
+    with cpu_runtime(torch.device("cpu"), 1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 

@@ -5,9 +5,14 @@ import h5py
 import numpy as np
 import pytest
 
-from bottleneck.store import CacheBusyError, ManifestRow, Store, StoreError, fingerprint, load_features
+from bottleneck.spec import ExtractorSpec, Preprocess
+from bottleneck.store import CacheBusyError, ManifestRow, Store, StoreError, load_features
 
-SPEC = {"name": "tiny", "weights_id": "random", "layer": None, "pool": "avg"}
+PRE = Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.5,) * 3)
+
+
+def spec(dim: int = 4, **changes) -> ExtractorSpec:
+    return ExtractorSpec("tiny", "random", PRE, dim).replace(**changes)
 
 
 def _sha(i: int) -> str:
@@ -15,33 +20,34 @@ def _sha(i: int) -> str:
 
 
 def test_fingerprint_changes_with_anything_that_changes_vectors() -> None:
-    fp = fingerprint(SPEC)
-    assert fp.startswith("tiny-") and fp == fingerprint(dict(SPEC))
-    for key, value in [("pool", "max"), ("layer", "layer3"), ("weights_id", "sha256:ab")]:
-        assert fingerprint({**SPEC, key: value}) != fp
+    fp = spec().fingerprint()
+    assert fp.startswith("tiny-") and fp == spec().fingerprint() == spec(weights_file="/elsewhere").fingerprint()
+    for key, value in [("pool", "max"), ("layer", "layer3"), ("weights", "sha256:ab"), ("precision", "bf16"),
+                       ("dtype", "float16"), ("decode", "torchvision"), ("feature_dim", 5)]:
+        assert spec(**{key: value}).fingerprint() != fp
 
 
 def test_vectors_round_trip_in_requested_order(tmp_path: Path) -> None:
     cache = tmp_path / "c.h5"
-    fp = fingerprint(SPEC)
+    fp = spec().fingerprint()
     vectors = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
     with Store.open(cache, writable=True) as st:
-        st.ensure_extractor(fp, 4, "float32", {"model": "tiny", "preprocess": {"size": 32}})
+        st.ensure_extractor(fp, spec())
         st.add_vectors(fp, [_sha(i) for i in range(6)], vectors[:6])
         st.add_vectors(fp, [_sha(i) for i in range(4, 10)], vectors[4:])  # 4, 5 already there
         assert st.count(fp) == 10
     with Store.open(cache) as st:
         order = [9, 0, 5, 5, 2]
         np.testing.assert_array_equal(st.get_vectors(fp, [_sha(i) for i in order]), vectors[order])
-        assert st.extractor_attrs(fp)["model"] == "tiny"
+        assert st.extractor_attrs(fp)["model"] == "tiny" and st.extractor_spec(fp) == spec()
         with pytest.raises(StoreError, match="no vectors"):
             st.get_vectors(fp, [_sha(99)])
 
 
 def test_float16_storage(tmp_path: Path) -> None:
-    fp = fingerprint({**SPEC, "dtype": "float16"})
+    fp = spec(3, dtype="float16").fingerprint()
     with Store.open(tmp_path / "c.h5", writable=True) as st:
-        st.ensure_extractor(fp, 3, "float16", {})
+        st.ensure_extractor(fp, spec(3, dtype="float16"))
         st.add_vectors(fp, [_sha(1)], np.array([[0.1, 0.2, 0.3]], np.float32))
         out = st.get_vectors(fp, [_sha(1)])
     assert out.dtype == np.float32 and np.allclose(out, [[0.1, 0.2, 0.3]], atol=1e-3)
@@ -51,11 +57,11 @@ def test_float16_storage(tmp_path: Path) -> None:
 
 def test_manifest_and_load_features(tmp_path: Path) -> None:
     cache = tmp_path / "c.h5"
-    fp = fingerprint(SPEC)
+    fp = spec(2).fingerprint()
     rows = [ManifestRow("a/1.jpg", "a", "", _sha(1), "ok"), ManifestRow("b/2.jpg", "b", "", _sha(2), "ok"),
             ManifestRow("b/bad.jpg", "b", "", _sha(3), "not an image Pillow can read")]
     with Store.open(cache, writable=True) as st:
-        st.ensure_extractor(fp, 2, "float32", {})
+        st.ensure_extractor(fp, spec(2))
         st.add_vectors(fp, [_sha(1), _sha(2)], np.eye(2, dtype=np.float32))
         st.write_manifest("toy", tmp_path, "classes", rows, fp)
         st.write_manifest("toy", tmp_path, "classes", rows, fp)  # rewriting replaces

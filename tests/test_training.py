@@ -4,14 +4,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bottleneck.backbones import register_backbone
+from bottleneck.errors import BackboneError
+from bottleneck.sources import register_model
 from bottleneck.extract import ExtractOptions, extract_dataset
 from bottleneck.training import FitError, fit_head, load_head, predict_files, split_indices, write_predictions
 from bottleneck.store import StoreError, load_features
 from conftest import write_image
 from tiny_backbone import tiny_backbone
 
-QUIET = ExtractOptions(progress=False, workers=0)
+QUIET = ExtractOptions(workers=0)
 
 
 def _separable_folder(root: Path, per_class: int = 12) -> Path:
@@ -29,7 +30,7 @@ def _separable_folder(root: Path, per_class: int = 12) -> Path:
 @pytest.fixture
 def trained_cache(tmp_path: Path) -> tuple[Path, Path]:
     models = {}
-    register_backbone("tiny", lambda weights=None, layer=None, pool="avg": models.setdefault("m", tiny_backbone()))
+    register_model("tiny", lambda weights=None, layer=None, pool="avg": models.setdefault("m", tiny_backbone()))
     root = _separable_folder(tmp_path / "shades")
     cache = tmp_path / "cache.h5"
     extract_dataset(root, tiny_backbone(), cache, options=QUIET)
@@ -81,7 +82,7 @@ def test_predict_reuses_cache_and_writes_topk(trained_cache, tmp_path: Path, mon
     root, cache = trained_cache
     head = fit_head(cache, head="logreg").head_path
     backbone = tiny_backbone()
-    register_backbone("tiny", lambda weights=None, layer=None, pool="avg": backbone)
+    register_model("tiny", lambda weights=None, layer=None, pool="avg": backbone)
     predictions, skipped = predict_files([root / "dark"], head, cache, top_k=2, options=QUIET)
     assert backbone.model.images_seen == 0 and not skipped
     assert [p.labels[0] for p in predictions] == ["dark"] * 12
@@ -94,12 +95,14 @@ def test_predict_reuses_cache_and_writes_topk(trained_cache, tmp_path: Path, mon
     assert backbone.model.images_seen == 1 and predictions[0].path == str(new)
 
 
-def test_predict_refuses_tampered_head_and_other_extractor(trained_cache) -> None:
+def test_predict_refuses_tampered_head_and_other_extractor(trained_cache, tmp_path: Path) -> None:
     root, cache = trained_cache
     head = fit_head(cache, head="logreg").head_path
-    register_backbone("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone(dim=4))
-    with pytest.raises(FitError, match="trained on features"):
-        predict_files([root / "dark"], head, cache, options=QUIET)
+    register_model("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone(dim=4))
+    predict_files([root / "dark"], head, cache, options=QUIET)  # cached: the head's spec needs no model
+    new = write_image(tmp_path / "new" / "x.png", seed=77)
+    with pytest.raises(BackboneError, match="differs from the one its vectors were made with"):
+        predict_files([new], head, cache, options=QUIET)
     head.write_bytes(head.read_bytes() + b"x")
     with pytest.raises(FitError, match="sha256 does not match"):
         load_head(head)
@@ -122,13 +125,13 @@ def test_clear_errors(trained_cache, tmp_path: Path) -> None:
 
 
 def test_fit_defaults_to_the_datasets_own_last_extract(trained_cache, tmp_path: Path) -> None:
-    from bottleneck.backbones import load_backbone
+    from bottleneck.sources import load_backbone
     root, cache = trained_cache
     extract_dataset(root, load_backbone("raw8"), cache, options=QUIET, remember=False)  # as compare does
     other = tmp_path / "other"
     write_image(other / "a" / "1.png", seed=1)
     extract_dataset(other, tiny_backbone(), cache, options=QUIET)  # "shades" is no longer the last run
-    assert fit_head(cache, head="knn", dataset="shades").sidecar["extractor"]["model"] == "tiny"
+    assert fit_head(cache, head="knn", dataset="shades").sidecar["extractor"]["spec"]["model"] == "tiny"
 
 
 def test_cli_extract_fit_predict_with_device_decode(tmp_path: Path) -> None:
@@ -138,7 +141,7 @@ def test_cli_extract_fit_predict_with_device_decode(tmp_path: Path) -> None:
     from bottleneck.cli import app
 
     models = {}
-    register_backbone("tiny", lambda weights=None, layer=None, pool="avg": models.setdefault("m", tiny_backbone()))
+    register_model("tiny", lambda weights=None, layer=None, pool="avg": models.setdefault("m", tiny_backbone()))
     root, cache = _separable_folder(tmp_path / "shades"), tmp_path / "cache.h5"
     for i in range(3):  # JPEGs too, which take the device path
         write_image(root / "dark" / f"j{i}.jpg", seed=i, size=(40, 40))

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bottleneck.backbones import Backbone, Preprocess
+from bottleneck.registry import Backbone
+from bottleneck.spec import ExtractorSpec, Preprocess
 
 
 class CountingNet(nn.Module):
@@ -31,8 +32,9 @@ class CountingNet(nn.Module):
         return torch.relu(self.conv(x)).mean(dim=(2, 3))
 
 
+PREPROCESS = Preprocess(input_size=32, resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5),
+                        std=(0.25, 0.25, 0.25))
+
+
 def tiny_backbone(dim: int = 8, delay: float = 0.0, name: str = "tiny", log: Path | None = None) -> Backbone:
-    preprocess = Preprocess(input_size=32, resize_size=36, interpolation="bilinear",
-                            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    return Backbone(name=name, model=CountingNet(dim, delay, log).eval(), preprocess=preprocess,
-                    feature_dim=dim, weights_id="random-seed0", layer=None, pool="avg")
+    return Backbone(CountingNet(dim, delay, log).eval(), ExtractorSpec(name, "random-seed0", PREPROCESS, dim))

@@ -3,18 +3,20 @@ import PIL.Image
 import pytest
 import torch
 
-from bottleneck.backbones import BackboneError, UnknownModelError, list_models, load_backbone
+from bottleneck.decode import normalize, resize_crop
+from bottleneck.errors import BackboneError, UnknownModelError
+from bottleneck.sources import list_models, load_backbone
 
 
 def test_raw32_is_pixels_over_255() -> None:
     backbone = load_backbone("raw32")
-    assert backbone.feature_dim == 3072 and backbone.weights_id == "none"
+    assert backbone.feature_dim == 3072 and backbone.spec.weights == "none"
     pre = backbone.preprocess
     assert (pre.input_size, pre.resize_size, pre.mean, pre.std) == (32, 32, (0.0,) * 3, (1.0,) * 3)
     img = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
-    pixels = pre.resize_crop(img)[None]
+    pixels = resize_crop(img, pre)[None]
     with torch.inference_mode():
-        out = backbone.model(pre.normalize(pixels))
+        out = backbone.model(normalize(pixels, pre))
     assert out.shape == (1, 3072)
     assert torch.allclose(out, pixels.float().flatten(1) / 255)
 

@@ -1,0 +1,46 @@
+"""The exceptions a user can cause and fix. The CLI prints these as one line; anything else is a bug
+and keeps its traceback. No imports: every module can raise these without pulling in torch."""
+
+
+class BottleneckError(Exception):
+    """Base of every user-facing error; the message is one line that names the input and the fix."""
+
+
+class SpecError(BottleneckError):
+    """An option value an extractor cannot take (pool, precision, storage dtype, decoder...)."""
+
+
+class BackboneError(BottleneckError):
+    """A model can't be resolved or built as asked."""
+
+
+class UnknownModelError(BackboneError):
+    pass
+
+
+class WeightsUnavailableError(BackboneError):
+    pass
+
+
+class DatasetError(BottleneckError):
+    """A folder that cannot be used as a dataset."""
+
+
+class StoreError(BottleneckError):
+    """A cache that cannot be used as asked."""
+
+
+class CacheBusyError(StoreError):
+    pass
+
+
+class ExtractError(BottleneckError):
+    """An extraction that cannot go on (e.g. no image could be used)."""
+
+
+class FitError(BottleneckError):
+    """Data a head cannot be trained or used on."""
+
+
+class CompareError(BottleneckError):
+    """A comparison that cannot run as asked."""
