@@ -136,6 +136,7 @@ def info(cache: Path = CacheOption,
                           ", ".join(store.dataset_extractors(name)))
         console.print(table)
         ext = Table("extractor", "label", "weights", "dim", "vectors", "updated")
+        ext.columns[1].overflow = "fold"
         for fp in store.extractors():
             a, spec = store.extractor_attrs(fp), store.extractor_spec(fp)
             ext.add_row(fp, escape(spec.label()), spec.weights, str(spec.feature_dim), str(store.count(fp)),

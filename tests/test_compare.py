@@ -48,7 +48,7 @@ def test_compare_end_to_end_with_raw_pixels(colour_cache: Path, tmp_path: Path,
 
     monkeypatch.setattr(compare, "run_cell", recording_run_cell)
     result = run_compare(colour_cache, models=["raw16"], heads=["logreg", "knn"], per_class=[2, 4], repeats=2,
-                         pixels=8, out=tmp_path / "out", progress=False)
+                         pixels=8, out=tmp_path / "out")
     assert result.dataset == "colours"
     assert {(c.features, c.head, c.per_class) for c in result.cells} == {
         (f, h, n) for f in ("raw16", "raw8") for h in ("logreg", "knn", "nb") for n in (2, 4)}
@@ -67,14 +67,14 @@ def test_compare_end_to_end_with_raw_pixels(colour_cache: Path, tmp_path: Path,
 
 
 def test_parallel_jobs_give_the_same_numbers(colour_cache: Path, tmp_path: Path) -> None:
-    kwargs = dict(models=[], heads=["logreg"], per_class=[3], repeats=2, pixels=8, progress=False)
+    kwargs = dict(models=[], heads=["logreg"], per_class=[3], repeats=2, pixels=8)
     serial = run_compare(colour_cache, out=tmp_path / "a", jobs=1, **kwargs)
     parallel = run_compare(colour_cache, out=tmp_path / "b", jobs=2, **kwargs)
     assert [c.scores for c in serial.cells] == [c.scores for c in parallel.cells]
 
 
 def test_cv_protocol(colour_cache: Path, tmp_path: Path) -> None:
-    result = run_compare(colour_cache, models=[], heads=["knn"], cv=3, pixels=8, out=tmp_path, progress=False)
+    result = run_compare(colour_cache, models=[], heads=["knn"], cv=3, pixels=8, out=tmp_path)
     assert [(c.head, c.per_class, c.cv, len(c.fit_seconds)) for c in result.cells] == [("knn", None, 3, 3),
                                                                                      ("nb", None, 3, 3)]
     assert "curve" not in result.files
@@ -82,9 +82,9 @@ def test_cv_protocol(colour_cache: Path, tmp_path: Path) -> None:
 
 def test_n_too_large_names_the_class(colour_cache: Path, tmp_path: Path) -> None:
     with pytest.raises(CompareError, match=r"--per-class 8: class 'blue' has only 7 images.*--cap"):
-        run_compare(colour_cache, models=[], heads=["knn"], per_class=[8], pixels=8, out=tmp_path, progress=False)
+        run_compare(colour_cache, models=[], heads=["knn"], per_class=[8], pixels=8, out=tmp_path)
     capped = run_compare(colour_cache, models=[], heads=["knn"], per_class=[8], repeats=1, pixels=8, cap=True,
-                         out=tmp_path, progress=False)
+                         out=tmp_path)
     assert any("capped" in n and "blue (6)" in n for n in capped.notes)
 
 
@@ -96,23 +96,23 @@ def test_n_too_large_names_the_class(colour_cache: Path, tmp_path: Path) -> None
 ])
 def test_option_errors(colour_cache: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(CompareError, match=message):
-        run_compare(colour_cache, progress=False, **kwargs)
+        run_compare(colour_cache, **kwargs)
 
 
 def test_unknown_model_and_dataset(colour_cache: Path) -> None:
     with pytest.raises(BackboneError, match="unknown model 'nosuchnet'"):
-        run_compare(colour_cache, models=["nosuchnet"], progress=False)
+        run_compare(colour_cache, models=["nosuchnet"])
     with pytest.raises(StoreError, match="no dataset named 'other'"):
-        run_compare(colour_cache, dataset="other", progress=False)
+        run_compare(colour_cache, dataset="other")
 
 
 def test_empty_or_missing_cache(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no cache here yet"):
-        run_compare(tmp_path / "none.h5", progress=False)
+        run_compare(tmp_path / "none.h5")
     with Store.open(tmp_path / "empty.h5", writable=True):
         pass
     with pytest.raises(CompareError, match="no dataset extracted yet"):
-        run_compare(tmp_path / "empty.h5", progress=False)
+        run_compare(tmp_path / "empty.h5")
 
 
 @pytest.mark.integration
@@ -121,7 +121,7 @@ def test_photo_vs_drawing_reference(lite0_cache: Path, tmp_path: Path) -> None:
     cache = lite0_cache
     start = time.perf_counter()
     result = run_compare(cache, dataset="photo_vs_drawing", models=["efficientnet_lite0"], heads=["logreg", "svm", "rf"], per_class=[30, 60],
-                         repeats=5, out=tmp_path / "report", jobs=2, progress=False)
+                         repeats=5, out=tmp_path / "report", jobs=2)
     print(f"\ncompare took {time.perf_counter() - start:.1f} s")
     scores = {(c.features, c.head, c.per_class): c.mean_std("accuracy") for c in result.cells}
     for key, (mean, std) in sorted(scores.items()):
