@@ -15,8 +15,9 @@ from torch import nn
 
 from bottleneck.errors import BackboneError, WeightsUnavailableError
 from bottleneck.registry import Backbone, ModelConfig, ModelInfo, Source
-from bottleneck.sources import timm_models, torchvision_models
 from bottleneck.sources._common import Net, finish, load_strict, read_weights, verified_sha256
+from bottleneck.sources.timm_models import load_net as timm_net
+from bottleneck.sources.torchvision_models import load_net as torchvision_net
 from bottleneck.spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 _LITE_SHA256 = {
@@ -74,7 +75,7 @@ def _lite_net(n: int, weights: str | None) -> Net:
     input/(input+32) (224/256, 240/272, 260/292), mean = std = 0.5.
     """
     name = f"efficientnet_lite{n}"
-    net = timm_models.load_net(f"tf_efficientnet_lite{n}", "random")
+    net = timm_net(f"tf_efficientnet_lite{n}", "random")
     if weights == "random":
         return net
     if weights is None:
@@ -117,7 +118,7 @@ def _from_lukemelas(state: dict, model: nn.Module) -> dict:
 
 def _squeezenet_net(weights: str | None) -> Net:
     """torchvision squeezenet1_1; default weights: the original Caffe model shipped in the `ndf` package."""
-    net = torchvision_models.load_net("squeezenet1_1", weights or "random")
+    net = torchvision_net("squeezenet1_1", weights or "random")
     if weights is None:
         net.model.load_state_dict(_caffe_squeezenet_state_dict())
         net.weights_id = f"sha256:{_NDF_SQUEEZENET_SHA256}"
