@@ -47,13 +47,13 @@ def _progress_bars(enabled: bool) -> Iterator[Progress | None]:
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeRemainingColumn
     from rich.progress import Progress as Bars
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
     with Bars(*columns, console=stderr) as bars:
-        tasks: dict[str, tuple[int, float]] = {}
+        tasks: dict[str, tuple[TaskID, float]] = {}
 
         def report(task: str, done: int, total: int) -> None:
             if task not in tasks:  # a task's name is data (a label such as resnet50[layer3,max]), not markup
@@ -184,7 +184,8 @@ def predict(
     out_file: Optional[Path] = typer.Option(None, "--out", help="Write predictions here (.csv or .json)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv or json (default: from --out's suffix, else csv)."),
     top_k: int = typer.Option(1, "--top-k", help="Also write the k best classes and their probabilities."),
-    weights: Optional[str] = typer.Option(None, help="The --weights file the head's features were extracted with."),
+    weights: Optional[str] = typer.Option(None, help="The weights file the head's features were made with, if it "
+                                          "has moved since (checked by sha256)."),
     cache: Path = CacheOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

@@ -107,7 +107,7 @@ def collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int
     return [i for i, _ in good], tensor, bad
 
 
-def loader_batches(dataset: TorchDataset, collate: Callable, batch_size: int, workers: int,
+def loader_batches(dataset: DecodeDataset, collate: Callable, batch_size: int, workers: int,
                     device: torch.device) -> Iterator:
     """Batches from DataLoader worker processes, which start decoding at once, while the model is prepared."""
     if len(dataset) <= batch_size:

@@ -40,7 +40,7 @@ Batch = tuple[list[int], torch.Tensor | None, list[int], list[torch.Tensor], lis
 class JpegBytesDataset(DecodeDataset):
     """Worker side: a plain JPEG's bytes, or anything else decoded, resized and cropped with PIL."""
 
-    def __getitem__(self, i: int) -> Item:
+    def __getitem__(self, i: int) -> Item:  # type: ignore[override]  # its own item, read by its own collate
         data = self.read(i)
         if isinstance(data, bytes) and is_plain_jpeg(data):
             return i, None, torch.frombuffer(bytearray(data), dtype=torch.uint8), ""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -310,7 +311,7 @@ def _prepare_model(backbone: Backbone, device: torch.device, options: ExtractOpt
     """Inference-only speed-ups that keep the vectors (to float rounding): BatchNorm folded into
     convolutions, and channels_last on every device (oneDNN and cuDNN run convolutions faster in it)."""
     model = fold_batchnorm(backbone.model.eval(), backbone.preprocess.input_size)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
     if options.compile:
-        model = torch.compile(model)
+        model = cast(nn.Module, torch.compile(model))
     return model

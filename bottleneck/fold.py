@@ -7,6 +7,7 @@ import copy
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,7 +71,7 @@ def _conv_norm_pairs(model: nn.Module, input_size: int, norms: tuple[type, ...])
             and called[conv] == called[norm] == 1]
 
 
-def _graph_inputs(root: object) -> Iterator[object]:
+def _graph_inputs(root: Any) -> Iterator[Any]:
     """Each autograd node that feeds another, once per use, walking back from `root`."""
     seen, stack = {root}, [root]
     while stack:
@@ -83,6 +84,7 @@ def _graph_inputs(root: object) -> Iterator[object]:
 
 
 def _fold_into(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    assert norm.running_mean is not None and norm.running_var is not None  # pairs have running stats
     conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
                                                   norm.eps, norm.weight, norm.bias)
     conv.requires_grad_(False)
@@ -95,5 +97,8 @@ def _norm_replacements() -> dict[type, Callable[[nn.Module], nn.Module]]:
     if "timm.layers" in sys.modules:
         from timm.layers import BatchNormAct2d
 
-        replacements[BatchNormAct2d] = lambda norm: nn.Sequential(norm.drop, norm.act)  # norm, dropout, activation
+        def drop_and_act(norm: Any) -> nn.Module:  # BatchNormAct2d: norm, dropout, activation
+            return nn.Sequential(norm.drop, norm.act)
+
+        replacements[BatchNormAct2d] = drop_and_act
     return replacements

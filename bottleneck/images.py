@@ -34,11 +34,11 @@ def find_images(root: Path) -> list[Path]:
 def find_image_parts(root: Path) -> list[tuple[str, ...]]:
     """`find_images` as path parts relative to `root`: no Path objects, which cost seconds per
     100,000 files. Sorting the parts gives the order Paths sort in."""
-    root = os.fspath(root)
+    top = os.fspath(root)
     found: list[tuple[str, ...]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        relative = os.path.relpath(dirpath, root)
+        relative = os.path.relpath(dirpath, top)
         parts = () if relative == os.curdir else tuple(relative.split(os.sep))
         found.extend((*parts, f) for f in filenames if _is_image_name(f))
     found.sort()
@@ -77,7 +77,7 @@ def decode_rgb(source: Path | bytes, draft_to: int | None = None) -> Image.Image
         # changes process-wide state, so threads that decode at once must take turns here.
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
         if draft_to and img.format == "JPEG":
             _draft(img, draft_to)
         img.load()
@@ -123,6 +123,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def _int_to_l(img: Image.Image) -> Image.Image:
     """16/32-bit greyscale to 8 bits, scaled rather than clipped at 255."""
     img = img.convert("I")
-    if img.getextrema()[1] > 255:
+    if int(img.getextrema()[1]) > 255:  # type: ignore[arg-type]  # one band, so (min, max)
         img = img.point(lambda v: v * (1 / 256))
     return img.convert("L")

@@ -203,10 +203,11 @@ def plot_curve(path: Path, cells: Sequence[Cell], metric: str) -> None:
     ax = fig.add_subplot()
     lines: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
-        lines.setdefault((c.features, c.head), []).append(c)
+        if c.per_class is not None:
+            lines.setdefault((c.features, c.head), []).append(c)
     for (features, head), group in lines.items():
-        group = sorted(group, key=lambda c: c.per_class)
-        x = [c.per_class for c in group]
+        group = sorted(group, key=lambda c: c.per_class or 0)
+        x = [c.per_class or 0 for c in group]
         mean, std = (np.array(v) for v in zip(*(c.mean_std(metric) for c in group)))
         style = "--" if features.startswith("raw") else "-"
         (line,) = ax.plot(x, mean, style, marker="o", label=f"{features} + {head}")

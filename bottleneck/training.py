@@ -9,7 +9,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import joblib
 import numpy as np
@@ -153,7 +153,7 @@ def sidecar_path(head_path: Path) -> Path:
     return Path(head_path).with_suffix(".json")
 
 
-def load_head(head_path: Path) -> tuple[object, dict]:
+def load_head(head_path: Path) -> tuple[Any, dict]:
     """The fitted head and its sidecar, refusing a file whose sha256 is not the sidecar's.
 
     joblib files run code when loaded, so the hash is checked before anything is unpickled.

@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -61,7 +62,7 @@ def read_weights(path_like: str) -> tuple[dict[str, torch.Tensor], str]:
         if path.suffix == ".safetensors":
             import safetensors.torch
 
-            obj = safetensors.torch.load_file(str(path))
+            obj: Any = safetensors.torch.load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch/safetensors raise many types for a corrupt or foreign file

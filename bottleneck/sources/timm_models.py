@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlparse
 
 from torch import nn
@@ -61,7 +62,7 @@ def load_net(arch: str, weights: str | None) -> Net:
         raise UnknownModelError(f"unknown timm model {arch!r}: see timm.list_models() for names")
     if weights is None:
         model = _pretrained(arch)
-        cfg = model.pretrained_cfg
+        cfg: dict = getattr(model, "pretrained_cfg")
         weights_id = _identity(cfg["architecture"], cfg.get("tag"))
     else:
         model = timm.create_model(arch)
@@ -103,7 +104,7 @@ def _preprocess(cfg: dict) -> Preprocess:
     return Preprocess(size, math.floor(size / cfg["crop_pct"]), cfg["interpolation"], cfg["mean"], cfg["std"])
 
 
-def trunk(model: nn.Module, pool: str) -> nn.Module:
+def trunk(model: Any, pool: str) -> nn.Module:
     try:  # "avg" keeps the model's own default pooling (a ViT's class token, say)
         model.reset_classifier(0) if pool == "avg" else model.reset_classifier(0, global_pool=pool)
     except (TypeError, ValueError, AssertionError):

@@ -94,7 +94,7 @@ def trunk(model: nn.Module, pool: str) -> nn.Module:
     """Replace the last nn.Linear by Identity; squeezenet (conv head) becomes `features` + global pool."""
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        return Pooled(model.features, pool)
+        return Pooled(model.get_submodule("features"), pool)
     if pool != "avg":
         raise BackboneError(
             f"pool={pool!r} needs a spatial feature map: {type(model).__name__}'s penultimate features come from "
