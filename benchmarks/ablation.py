@@ -4,7 +4,7 @@ Steps, each timed in a fresh process (malloc settings must not carry over):
   eager    the model as loaded, NCHW input, glibc's default malloc, batch 32 (the code before)
   +cl      channels_last weights and input
   +fold    BatchNorm folded into the convolutions
-  +heap    heap-only malloc with bounded trimming (extract's _cpu_runtime)
+  +heap    heap-only malloc with bounded trimming (runtime.cpu_runtime)
   +b16     batch 16 instead of 32 (extract's CPU default)
 
     python benchmarks/ablation.py --models efficientnet_lite0,resnet50 --seconds 8
@@ -23,17 +23,18 @@ import _common as C
 STEPS = ("eager", "+cl", "+fold", "+heap", "+b16")
 CHILD = r"""
 import contextlib, json, sys, time, torch
-from bottleneck.backbones import load_backbone
-from bottleneck.extract import _cpu_runtime, _fold_batchnorm
+from bottleneck.fold import fold_batchnorm
+from bottleneck.runtime import cpu_runtime
+from bottleneck.sources import load_backbone
 name, weights, step, seconds = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), float(sys.argv[4])
 backbone = load_backbone(name, weights=weights)
 model, size = backbone.model.eval(), backbone.preprocess.input_size
 layout = torch.channels_last if step >= 1 else torch.contiguous_format
 if step >= 2:
-    model = _fold_batchnorm(model, size)
+    model = fold_batchnorm(model, size)
 model = model.to(memory_format=layout)
 x = torch.randn(16 if step >= 4 else 32, 3, size, size).contiguous(memory_format=layout)
-runtime = _cpu_runtime(torch.device("cpu"), None) if step >= 3 else contextlib.nullcontext(lambda: None)
+runtime = cpu_runtime(torch.device("cpu"), None) if step >= 3 else contextlib.nullcontext(lambda: None)
 with torch.inference_mode(), runtime as settle:
     model(x); settle()
     n, start = 0, time.perf_counter()

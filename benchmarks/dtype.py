@@ -21,8 +21,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import _common as C
-from bottleneck.backbones import load_backbone
 from bottleneck.extract import ExtractOptions, extract_dataset
+from bottleneck.sources import load_backbone
 from bottleneck.store import load_features
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache.h5"
         for dtype in ("float32", "float16"):
-            report = extract_dataset(args.data, backbone, cache, options=ExtractOptions(progress=False, dtype=dtype))
+            report = extract_dataset(args.data, backbone.using(dtype=dtype), cache, options=ExtractOptions())
             feats = load_features(cache, report.dataset, report.fingerprint)
             with h5py.File(cache, "r") as h5:
                 vectors = h5[f"extractors/{report.fingerprint}/vectors"]

@@ -23,8 +23,8 @@ import _common as C
 CHILD = r"""
 import json, os, resource, sys, tempfile, threading, time
 from pathlib import Path
-from bottleneck.backbones import load_backbone
 from bottleneck.extract import ExtractOptions, extract_dataset
+from bottleneck.sources import load_backbone
 
 def tree(pid):
     kids = []
@@ -54,7 +54,7 @@ backbone = load_backbone(sys.argv[2])
 threading.Thread(target=sample, daemon=True).start()
 with tempfile.TemporaryDirectory() as tmp:
     report = extract_dataset(Path(sys.argv[1]), backbone, Path(tmp) / "cache.h5",
-                             options=ExtractOptions(progress=False))
+                             options=ExtractOptions())
 done.set()
 print(json.dumps({
     "images": report.computed, "seconds": report.seconds,

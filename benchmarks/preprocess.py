@@ -1,4 +1,4 @@
-"""Resize + centre crop in a decode worker: torchvision's transforms against `Preprocess.resize_crop`,
+"""Resize + centre crop in a decode worker: torchvision's transforms against `decode.resize_crop`,
 which resamples only the crop box. Same decoded images, one core, ms per image, and how far apart
 the pixels are.
 
@@ -8,6 +8,7 @@ the pixels are.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import numpy as np
 import torchvision.transforms as T
 
 import _common as C
-from bottleneck.backbones import load_backbone
+from bottleneck.decode import resize_crop
 from bottleneck.images import decode_rgb, find_images
+from bottleneck.sources import load_backbone
 
 
 def main() -> None:
@@ -31,13 +33,14 @@ def main() -> None:
     rows, results = [], []
     for model in args.models.split(","):
         pre = load_backbone(model).preprocess
+        crop = functools.partial(resize_crop, preprocess=pre)
         reference = T.Compose([T.Resize(pre.resize_size, interpolation=T.InterpolationMode(pre.interpolation)),
                                T.CenterCrop(pre.input_size), T.PILToTensor()])
         for set_name, root in (("small", C.small_set(args.small)), ("large", C.large_set(args.large))):
             images = [decode_rgb(f, draft_to=pre.resize_size) for f in find_images(root)]
             times = {"torchvision": _ms_per_image(reference, images, args.rounds),
-                     "resize_crop": _ms_per_image(pre.resize_crop, images, args.rounds)}
-            diff = np.concatenate([(pre.resize_crop(im).int() - reference(im).int()).abs().numpy().ravel()
+                     "resize_crop": _ms_per_image(crop, images, args.rounds)}
+            diff = np.concatenate([(crop(im).int() - reference(im).int()).abs().numpy().ravel()
                                    for im in images])
             r = {"model": model, "set": set_name, "images": len(images), "size": f"{images[0].size}",
                  **{f"{k}_ms": v for k, v in times.items()}, "max_diff": int(diff.max()),

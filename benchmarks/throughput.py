@@ -8,7 +8,7 @@ For each image set and model, in one process, on the same files and the same loa
   (c) ceiling  the model alone, run as extract runs it, on already-decoded batches, same batch size
                and threads, after one warm-up batch
   (d) rerun    (a) again on the now-cached folder
-  (a0) before  with --before REF: (a) with bottleneck/extract.py as it was at git REF
+  (a0) before  with --before REF: (a) with the bottleneck package as it was at git REF
   (aT) device decode  with --device-decode: (a) with `--decode torchvision`, JPEGs decoded on the
                model's device (nvJPEG on CUDA; torchvision's libjpeg-turbo in the main process on CPU)
 Start-up costs (imports, model build, BatchNorm folding, first batch's extra time) are measured
@@ -25,11 +25,14 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib
+import io
 import json
 import math
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -40,17 +43,20 @@ import torchvision.transforms as T
 from PIL import Image
 
 import _common as C
-from bottleneck.backbones import Backbone, load_backbone
-from bottleneck.extract import PRECISIONS, ExtractOptions, _collate, _cpu_runtime, _forward, _prepare_model, \
-    default_batch_size, extract_dataset, resolve_device
+from bottleneck.decode import collate, resize_crop
+from bottleneck.extract import ExtractOptions, _forward, _prepare_model, extract_dataset
 from bottleneck.images import decode_rgb, find_images
+from bottleneck.registry import Backbone
+from bottleneck.runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
+from bottleneck.sources import load_backbone
 
 MODELS = {"efficientnet_lite0": None, "squeezenet1_1": None, "resnet50": "random", "inception_v3": "random"}
 STARTUP = """
 import statistics, time; t0 = time.perf_counter()
 import torch
-from bottleneck.backbones import load_backbone
-from bottleneck.extract import ExtractOptions, _cpu_runtime, _forward, _prepare_model, extract_dataset, resolve_device
+from bottleneck.sources import load_backbone
+from bottleneck.extract import ExtractOptions, _forward, _prepare_model, extract_dataset
+from bottleneck.runtime import cpu_runtime, resolve_device
 t1 = time.perf_counter()
 backbone = load_backbone({name!r}, weights={weights!r})
 t2 = time.perf_counter()
@@ -60,9 +66,9 @@ t3 = time.perf_counter()
 size = backbone.preprocess.input_size
 batch = torch.zeros({batch}, 3, size, size, dtype=torch.uint8)
 times = []
-with torch.inference_mode(), _cpu_runtime(device, None) as settle:
+with torch.inference_mode(), cpu_runtime(device, None) as settle:
     for _ in range(4):
-        start = time.perf_counter(); _forward(model, backbone, batch, device, None).cpu(); settle()
+        start = time.perf_counter(); _forward(model, backbone.preprocess, batch, device, None).cpu(); settle()
         times.append(time.perf_counter() - start)
 print(t1 - t0, t2 - t1, t3 - t2, times[0] - statistics.median(times[1:]))
 """
@@ -76,7 +82,7 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=64, help="large photos per model")
     ap.add_argument("--batch-size", type=int, default=None, help="default: extract's own choice")
     ap.add_argument("--precision", default="fp32", help="fp32, or bf16 / fp16 autocast on a GPU")
-    ap.add_argument("--before", metavar="REF", help="also time extract.py as of this git ref (column a0)")
+    ap.add_argument("--before", metavar="REF", help="also time extract as of this git ref (column a0)")
     ap.add_argument("--device-decode", action="store_true", help="also time (a) with --decode torchvision (column aT)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds per measurement; the median is reported")
     ap.add_argument("--warm-files", action="store_true", help="do not evict image files from the page cache")
@@ -117,11 +123,11 @@ def main() -> None:
 
 
 def _measure_model(args: argparse.Namespace, model_name: str, device: torch.device) -> dict:
-    options = ExtractOptions(progress=False, batch_size=args.batch_size, precision=args.precision)
-    before = _extract_at(args.before) if args.before else None
+    options = ExtractOptions(batch_size=args.batch_size)
+    before = _package_at(args.before) if args.before else None
     sets = {"small": lambda: C.small_set(args.small), "large": lambda: C.large_set(args.large)}
     weights = MODELS.get(model_name, "random")
-    backbone = load_backbone(model_name, weights=weights)
+    backbone = load_backbone(model_name, weights=weights).using(precision=args.precision)
     naive_model = copy.deepcopy(backbone.model)  # extract converts its model to channels_last in place
     batch = args.batch_size or default_batch_size(device)
     results = []
@@ -138,7 +144,7 @@ def _measure_model(args: argparse.Namespace, model_name: str, device: torch.devi
 
 
 def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, options: ExtractOptions,
-             device: torch.device, batch: int, evict: bool, repeat: int, before: ModuleType | None,
+             device: torch.device, batch: int, evict: bool, repeat: int, before: dict[str, ModuleType] | None,
              device_decode: bool) -> dict:
     """Seconds for (b), then (a0), (a), (d), (aT), (c) in `repeat` interleaved rounds; medians of each.
 
@@ -152,9 +158,8 @@ def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, optio
         samples["b"].append(_naive(files, backbone, naive_model, device, batch))
     for _ in range(repeat):
         if before:  # on a pristine copy of the model: extract converts its model in place
-            old = dataclasses.replace(backbone, model=copy.deepcopy(naive_model))
-            samples["a0"].append(_cold_run(before.extract_dataset, root, old, before.ExtractOptions(progress=False),
-                                           evict))
+            old, old_options = _backbone_at(before, backbone, copy.deepcopy(naive_model))
+            samples["a0"].append(_cold_run(before["bottleneck.extract"].extract_dataset, root, old, old_options, evict))
         with tempfile.TemporaryDirectory() as tmp:
             cache = Path(tmp) / "cache.h5"
             if evict:
@@ -165,8 +170,8 @@ def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, optio
         samples["a"].append(first.seconds)
         samples["d"].append(again.seconds)
         if device_decode:
-            samples["aT"].append(_cold_run(extract_dataset, root, backbone,
-                                           dataclasses.replace(options, decode="torchvision"), evict))
+            samples["aT"].append(_cold_run(extract_dataset, root, backbone.using(decode="torchvision"), options,
+                                           evict))
         samples["c"].append(_ceiling(files, backbone, options, device, batch))
     result: dict = {"images": len(files), "batch": batch, "samples_s": samples}
     for key, seconds in samples.items():
@@ -175,7 +180,7 @@ def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, optio
     return result
 
 
-def _cold_run(extract_dataset_fn, root: Path, backbone: Backbone, options, evict: bool) -> float:
+def _cold_run(extract_dataset_fn, root: Path, backbone, options, evict: bool) -> float:
     """Seconds of one `extract_dataset` into an empty cache, with the files evicted first if asked."""
     with tempfile.TemporaryDirectory() as tmp:
         if evict:
@@ -204,28 +209,55 @@ def _naive(files: list[Path], backbone: Backbone, model: torch.nn.Module, device
 def _ceiling(files: list[Path], backbone: Backbone, options: ExtractOptions, device: torch.device, batch: int) -> float:
     """The model as extract runs it, on one batch decoded beforehand, for as many images as `files`."""
     p = backbone.preprocess
-    decoded = _collate([(i, p.resize_crop(decode_rgb(f, draft_to=p.resize_size)), "")
-                        for i, f in enumerate(files[:batch])])[1]
+    decoded = collate([(i, resize_crop(decode_rgb(f, draft_to=p.resize_size), p), "")
+                       for i, f in enumerate(files[:batch])])[1]
     decoded = decoded.repeat(math.ceil(batch / len(decoded)), 1, 1, 1)[:batch]
     sizes = [batch] * (len(files) // batch) + ([len(files) % batch] if len(files) % batch else [])
     model = _prepare_model(backbone, device, options)
-    autocast = PRECISIONS[options.precision]
-    with torch.inference_mode(), _cpu_runtime(device, options.threads) as settle:
-        _forward(model, backbone, decoded, device, autocast).cpu()  # warm-up, not timed
+    autocast = AUTOCAST[backbone.spec.precision]
+    with torch.inference_mode(), cpu_runtime(device, options.threads) as settle:
+        _forward(model, p, decoded, device, autocast).cpu()  # warm-up, not timed
         start = time.perf_counter()
         for n in sizes:
-            _forward(model, backbone, decoded[:n], device, autocast).cpu()
+            _forward(model, p, decoded[:n], device, autocast).cpu()
             settle()
         return time.perf_counter() - start
 
 
-def _extract_at(ref: str) -> ModuleType:
-    """bottleneck/extract.py as it was at git `ref`, loaded as a module of its own."""
-    source = subprocess.run(["git", "show", f"{ref}:bottleneck/extract.py"], cwd=C.HERE.parent, check=True,
-                            capture_output=True, text=True).stdout
-    module = sys.modules[f"extract_at_{ref}"] = ModuleType(f"extract_at_{ref}")  # dataclasses look it up
-    exec(compile(source, f"{ref}:bottleneck/extract.py", "exec"), module.__dict__)  # noqa: S102 -- our own file
-    return module
+def _package_at(ref: str) -> dict[str, ModuleType]:
+    """The bottleneck package as it was at git `ref`, imported from a copy of its tree under
+    benchmarks/out/ beside the current one: its modules by name ("bottleneck.extract", ...)."""
+    repo = C.HERE.parent
+    commit = subprocess.run(["git", "rev-parse", "--short", f"{ref}^{{commit}}"], cwd=repo, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    tree = C.OUT / f"before-{commit}"
+    if not (tree / "bottleneck" / "extract.py").is_file():
+        archive = subprocess.run(["git", "archive", commit, "bottleneck"], cwd=repo, check=True,
+                                 capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tree, filter="data")
+    current = {k: sys.modules.pop(k) for k in list(sys.modules) if k.partition(".")[0] == "bottleneck"}
+    sys.path.insert(0, str(tree))
+    try:
+        importlib.import_module("bottleneck.extract")
+    finally:
+        sys.path.remove(str(tree))
+        modules = {k: sys.modules.pop(k) for k in list(sys.modules) if k.partition(".")[0] == "bottleneck"}
+        sys.modules.update(current)
+    return modules
+
+
+def _backbone_at(before: dict[str, ModuleType], backbone: Backbone, model: torch.nn.Module) -> tuple[object, object]:
+    """`backbone` with `model`, and quiet default options, as the extract of `before` takes them."""
+    extract_at = before["bottleneck.extract"]
+    if "bottleneck.spec" in before:  # 5303c68 and later: Backbone(model, spec)
+        spec = before["bottleneck.spec"].ExtractorSpec.from_dict(backbone.spec.replace(precision="fp32").to_dict())
+        return before["bottleneck.registry"].Backbone(model, spec), extract_at.ExtractOptions()
+    old = before["bottleneck.backbones"]  # before: Backbone(name, model, preprocess, ...); options hold precision
+    preprocess = old.Preprocess(**dataclasses.asdict(backbone.preprocess))
+    return (old.Backbone(name=backbone.name, model=model, preprocess=preprocess, feature_dim=backbone.feature_dim,
+                         weights_id=backbone.spec.weights, layer=backbone.spec.layer, pool=backbone.spec.pool),
+            extract_at.ExtractOptions(progress=False))
 
 
 def _startup(name: str, weights: str | None, batch: int) -> dict[str, float]:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import _common as C
 from bottleneck import extract
-from bottleneck.backbones import load_backbone
 from bottleneck.extract import ExtractOptions, extract_dataset
+from bottleneck.runtime import resolve_device
+from bottleneck.sources import load_backbone
 from bottleneck.store import Store
 from throughput import _ceiling
 
@@ -49,7 +50,7 @@ def main() -> None:
         seconds.update(model=0.0, hdf5=0.0)
         C.evict(root)
         with tempfile.TemporaryDirectory() as tmp:
-            options = ExtractOptions(batch_size=batch, workers=workers, threads=threads, progress=False)
+            options = ExtractOptions(batch_size=batch, workers=workers, threads=threads)
             report = extract_dataset(root, backbone, Path(tmp) / "cache.h5", options=options)
         other = report.seconds - seconds["model"] - seconds["hdf5"]
         result = dict(batch=batch, workers=workers, threads=threads, images=report.found,
@@ -63,7 +64,7 @@ def main() -> None:
     files = sorted(p for p in root.rglob("*.jpg"))
     for batch, threads in itertools.product(_ints(args.batch_sizes), _ints(args.threads)):
         options = ExtractOptions(batch_size=batch, threads=threads)
-        ceiling = _ceiling(files, backbone, options, extract.resolve_device("cpu"), batch)
+        ceiling = _ceiling(files, backbone, options, resolve_device("cpu"), batch)
         results.append(dict(batch=batch, threads=threads, ceiling_s=ceiling, images=len(files)))
         rows.append([batch, "model alone", threads, len(files) / ceiling, ceiling, ceiling, 0.0, 0.0])
     print(f"\n{args.model}, {args.set} JPEGs x {args.count}, cold HDF5 cache")
