@@ -5,6 +5,7 @@ Pictures use matplotlib's `Figure` with the Agg canvas directly (no pyplot, no g
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import json
@@ -20,8 +21,8 @@ from matplotlib.figure import Figure
 from rich.markup import escape
 from rich.table import Table
 
-from bottleneck.evaluate import METRICS, Cell
-from bottleneck.images import ImageError, decode_rgb
+from .evaluate import METRICS, Cell
+from .images import ImageError, decode_rgb
 
 GALLERY_CAP = 24
 FILES = {
@@ -232,8 +233,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_html(path: Path, cells: Sequence[Cell], metric: str, title: str, notes: Sequence[str],
-               pictures: dict[str, str]) -> None:
-    """One page: the tables, the notes and the PNGs (linked relatively, so the folder can move)."""
+               pictures: dict[str, Path]) -> None:
+    """One self-contained page: the tables, the notes and the PNGs embedded, so it can be moved or mailed."""
     header, scores, times = _text_tables(cells, metric)
     parts = [
         f"<h1>{html.escape(title)}</h1>",
@@ -242,8 +243,9 @@ def write_html(path: Path, cells: Sequence[Cell], metric: str, title: str, notes
     ]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    parts += [f'<h2>{html.escape(caption)}</h2><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
-              for caption, name in pictures.items()]
+    parts += [f'<h2>{html.escape(caption)}</h2><img src="data:image/png;base64,'
+              f'{base64.b64encode(png.read_bytes()).decode()}" alt="{html.escape(caption)}">'
+              for caption, png in pictures.items()]
     style = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}td:first-child{text-align:left}"
              "img{max-width:100%}")
@@ -264,17 +266,17 @@ def write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, root
     files["markdown"].write_text(markdown(cells, metric, title, notes))
     write_csv(files["csv"], cells)
     files["json"].write_text(json.dumps(records(cells), indent=1) + "\n")
-    pictures: dict[str, str] = {}
+    pictures: dict[str, Path] = {}
     if best is not None:
         files["confusion"], files["mistakes"] = out / FILES["confusion"], out / FILES["mistakes"]
         plot_confusion(files["confusion"], best)
         plot_mistakes(files["mistakes"], root, best)
-        pictures[f"Confusion matrix, {describe(best.cell)}"] = FILES["confusion"]
-        pictures["Misclassified test images"] = FILES["mistakes"]
+        pictures[f"Confusion matrix, {describe(best.cell)}"] = files["confusion"]
+        pictures["Misclassified test images"] = files["mistakes"]
     if all(c.per_class is not None for c in cells):
         files["curve"] = out / FILES["curve"]
         plot_curve(files["curve"], cells, metric)
-        pictures[f"{metric} vs training images per class"] = FILES["curve"]
+        pictures[f"{metric} vs training images per class"] = files["curve"]
     files["html"] = out / FILES["html"]
     write_html(files["html"], cells, metric, title, notes, pictures)
     return files

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from bottleneck.evaluate import METRICS, Cell
-from bottleneck.report import BestRun, Mistake, plot_confusion, rich_table, write_report
+from bottleneck_features.evaluate import METRICS, Cell
+from bottleneck_features.report import BestRun, Mistake, plot_confusion, rich_table, write_report
 from conftest import write_image
 
 
@@ -69,9 +71,10 @@ def test_write_report_writes_every_file(tmp_path: Path) -> None:
     assert "| features | logreg N=2 |" in md and "±" in md and "**" in md and "- a note" in md
     assert md.count("| raw8 |") == 2  # score table and fit-time table
     page = files["html"].read_text()
-    for name in ("confusion.png", "mistakes.png", "accuracy_vs_n.png"):
-        assert f'src="{name}"' in page
-    assert "<table>" in page and "a note" in page
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert [base64.b64decode(data) for data in embedded] == [files[k].read_bytes() for k in ("confusion", "mistakes",
+                                                                                              "curve")]
+    assert "<table>" in page and "a note" in page and 'src="' not in page.replace('src="data:', "")
 
 
 def test_cv_report_has_no_curve(tmp_path: Path) -> None:
