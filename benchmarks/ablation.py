@@ -23,9 +23,9 @@ import _common as C
 STEPS = ("eager", "+cl", "+fold", "+heap", "+b16")
 CHILD = r"""
 import contextlib, json, sys, time, torch
-from bottleneck.fold import fold_batchnorm
-from bottleneck.runtime import cpu_runtime
-from bottleneck.sources import load_backbone
+from bottleneck_features.fold import fold_batchnorm
+from bottleneck_features.runtime import cpu_runtime
+from bottleneck_features.sources import load_backbone
 name, weights, step, seconds = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), float(sys.argv[4])
 backbone = load_backbone(name, weights=weights)
 model, size = backbone.model.eval(), backbone.preprocess.input_size

@@ -21,9 +21,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import _common as C
-from bottleneck.extract import ExtractOptions, extract_dataset
-from bottleneck.sources import load_backbone
-from bottleneck.store import load_features
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.sources import load_backbone
+from bottleneck_features.store import load_features
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ import _common as C
 CHILD = r"""
 import json, os, resource, sys, tempfile, threading, time
 from pathlib import Path
-from bottleneck.extract import ExtractOptions, extract_dataset
-from bottleneck.sources import load_backbone
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.sources import load_backbone
 
 def tree(pid):
     kids = []

@@ -16,9 +16,9 @@ import numpy as np
 import torchvision.transforms as T
 
 import _common as C
-from bottleneck.decode import resize_crop
-from bottleneck.images import decode_rgb, find_images
-from bottleneck.sources import load_backbone
+from bottleneck_features.decode import resize_crop
+from bottleneck_features.images import decode_rgb, find_images
+from bottleneck_features.sources import load_backbone
 
 
 def main() -> None:

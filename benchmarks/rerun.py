@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 import _common as C
-from bottleneck.extract import ExtractOptions, extract_dataset
-from bottleneck.sources import load_backbone, resolve_spec
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.sources import load_backbone, resolve_spec
 
 QUIET = ExtractOptions()
 IMPORTS = r"""
 import json, sys
 from typer.testing import CliRunner
-from bottleneck.cli import app
+from bottleneck_features.cli import app
 run = CliRunner().invoke(app, ["extract", sys.argv[1], "--model", sys.argv[2], "--cache", sys.argv[3], "-q"])
 assert run.exit_code == 0 and " 0 computed" in run.output, run.output
 print(json.dumps({"torchvision": "torchvision" in sys.modules, "timm": "timm" in sys.modules}))
@@ -63,7 +63,7 @@ def main() -> None:
                        check=True, capture_output=True)
         cli_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import bottleneck.cli, bottleneck.extract, bottleneck.sources"],
+        subprocess.run([sys.executable, "-c", "import bottleneck_features.cli, bottleneck.extract, bottleneck.sources"],
                        check=True)
         import_seconds = time.perf_counter() - start
     rerun_seconds = statistics.median(r.seconds for r in reruns)

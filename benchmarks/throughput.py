@@ -43,20 +43,20 @@ import torchvision.transforms as T
 from PIL import Image
 
 import _common as C
-from bottleneck.decode import collate, resize_crop
-from bottleneck.extract import ExtractOptions, _forward, _prepare_model, extract_dataset
-from bottleneck.images import decode_rgb, find_images
-from bottleneck.registry import Backbone
-from bottleneck.runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
-from bottleneck.sources import load_backbone
+from bottleneck_features.decode import collate, resize_crop
+from bottleneck_features.extraction import ExtractOptions, _forward, _prepare_model, extract_dataset
+from bottleneck_features.images import decode_rgb, find_images
+from bottleneck_features.registry import Backbone
+from bottleneck_features.runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
+from bottleneck_features.sources import load_backbone
 
 MODELS = {"efficientnet_lite0": None, "squeezenet1_1": None, "resnet50": "random", "inception_v3": "random"}
 STARTUP = """
 import statistics, time; t0 = time.perf_counter()
 import torch
-from bottleneck.sources import load_backbone
-from bottleneck.extract import ExtractOptions, _forward, _prepare_model, extract_dataset
-from bottleneck.runtime import cpu_runtime, resolve_device
+from bottleneck_features.sources import load_backbone
+from bottleneck_features.extraction import ExtractOptions, _forward, _prepare_model, extract_dataset
+from bottleneck_features.runtime import cpu_runtime, resolve_device
 t1 = time.perf_counter()
 backbone = load_backbone({name!r}, weights={weights!r})
 t2 = time.perf_counter()
@@ -231,19 +231,22 @@ def _package_at(ref: str) -> dict[str, ModuleType]:
     commit = subprocess.run(["git", "rev-parse", "--short", f"{ref}^{{commit}}"], cwd=repo, check=True,
                             capture_output=True, text=True).stdout.strip()
     tree = C.OUT / f"before-{commit}"
-    if not (tree / "bottleneck" / "extract.py").is_file():
+    if not (tree / "bottleneck" / "__init__.py").is_file():
         archive = subprocess.run(["git", "archive", commit, "bottleneck"], cwd=repo, check=True,
                                  capture_output=True).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(tree, filter="data")
     current = {k: sys.modules.pop(k) for k in list(sys.modules) if k.partition(".")[0] == "bottleneck"}
     sys.path.insert(0, str(tree))
+    renamed = (tree / "bottleneck" / "extraction.py").is_file()  # extract.py until 0.2.0
     try:
-        importlib.import_module("bottleneck.extract")
+        importlib.import_module("bottleneck.extraction" if renamed else "bottleneck.extract")
     finally:
         sys.path.remove(str(tree))
         modules = {k: sys.modules.pop(k) for k in list(sys.modules) if k.partition(".")[0] == "bottleneck"}
         sys.modules.update(current)
+    if renamed:
+        modules["bottleneck.extract"] = modules["bottleneck.extraction"]
     return modules
 
 

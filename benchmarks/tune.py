@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import _common as C
-from bottleneck import extract
-from bottleneck.extract import ExtractOptions, extract_dataset
-from bottleneck.runtime import resolve_device
-from bottleneck.sources import load_backbone
-from bottleneck.store import Store
+from bottleneck_features import extraction as extract
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.runtime import resolve_device
+from bottleneck_features.sources import load_backbone
+from bottleneck_features.store import Store
 from throughput import _ceiling
 
 

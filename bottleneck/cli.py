@@ -15,11 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bottleneck.errors import BottleneckError
-from bottleneck.progress import Progress
-from bottleneck.store import DEFAULT_CACHE
+from . import api
+from .errors import BottleneckError
+from .progress import Progress
+from .store import DEFAULT_CACHE
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True,
                   help="Frozen pretrained CNN features, cached once; classical heads; honest comparisons.")
 console = Console()
 stderr = Console(stderr=True)
@@ -88,15 +89,10 @@ def extract(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Embed every image once with a frozen pretrained network and cache the vectors."""
-    from bottleneck.extract import ExtractOptions, extract_dataset
-    from bottleneck.sources import resolve_spec
-
     with _user_errors(cache), _progress_bars(not quiet) as progress:
-        spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
-                            decode=decode)
-        options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
-                                 progress=progress, compile=compile)
-        report = extract_dataset(data, spec, cache, name=name, options=options)
+        report = api.extract(data, model, cache=cache, weights=weights, layer=layer, pool=pool, precision=precision,
+                             dtype=dtype, decode=decode, name=name, batch_size=batch_size, workers=workers,
+                             threads=threads, device=device, compile=compile, progress=progress)
     for path, reason in report.skipped[:20]:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if len(report.skipped) > 20:
@@ -109,7 +105,7 @@ def extract(
 @app.command()
 def models() -> None:
     """The models you can use, and which of them work offline right now."""
-    from bottleneck.sources import list_models, weights_cache_dir
+    from .sources import list_models, weights_cache_dir
 
     table = Table("model", "source", "offline now", "note")
     for info in list_models():
@@ -122,7 +118,7 @@ def models() -> None:
 def info(cache: Path = CacheOption,
          skipped: bool = typer.Option(False, "--skipped", help="List every skipped file.")) -> None:
     """What the cache holds: datasets, extractors, and skipped files."""
-    from bottleneck.store import Store
+    from .store import Store
 
     with _user_errors(), Store.open(cache) as store:
         table = Table("dataset", "root", "images", "ok", "skipped", "classes", "extractors", title=str(cache))
@@ -162,11 +158,9 @@ def fit(
     cache: Path = CacheOption,
 ) -> None:
     """Train a classifier head on cached embeddings and report its held-out accuracy."""
-    from bottleneck.training import fit_head
-
     with _user_errors():
-        result = fit_head(cache, head=head, dataset=data, model=model, tune=tune, test_size=test_size,
-                          seed=seed, out=out)
+        result = api.fit(head, data=data, model=model, cache=cache, tune=tune, test_size=test_size, seed=seed,
+                         out=out)
     meta = result.sidecar
     console.print(result.report, highlight=False, soft_wrap=True)
     sizes = meta["sizes"]
@@ -190,12 +184,11 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Label new images with a fitted head (images already in the cache cost nothing)."""
-    from bottleneck.extract import ExtractOptions
-    from bottleneck.training import predict_files, write_predictions
+    from .training import write_predictions
 
     with _user_errors(cache), _progress_bars(not quiet) as progress:
-        predictions, skipped = predict_files(inputs, head, cache, top_k=top_k, weights=weights,
-                                             options=ExtractOptions(progress=progress))
+        result = api.predict(inputs, head, cache=cache, top_k=top_k, weights=weights, progress=progress)
+    predictions, skipped = result.items, result.skipped
     for path, reason in skipped:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     fmt = fmt or (out_file.suffix.lstrip(".") if out_file and out_file.suffix else "csv")
@@ -242,21 +235,34 @@ def compare(
     cache: Path = CacheOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Benchmark table: heads × backbones × raw pixels, N images per class, mean ± std over draws."""
-    from bottleneck.compare import run_compare
-
+    """Benchmark table: heads × extractions × raw pixels, N images per class, mean ± std over draws."""
     counts = _ints(per_class, "--per-class")
     with _user_errors(cache), _progress_bars(not quiet) as progress:
-        result = run_compare(
-            cache, dataset=data, models=_csv(models), heads=_csv(heads) or [], per_class=counts, cv=cv,
-            repeats=repeats, seed=seed, pixels=pixels or None, metric=metric,
-            tune=[] if tune == "none" else _csv(tune) or [], cap=cap, out=out_dir, jobs=jobs, progress=progress,
+        result = api.compare(
+            data=data, models=_csv(models), heads=_csv(heads) or [], per_class=counts, cv=cv, repeats=repeats,
+            seed=seed, pixels=pixels or None, metric=metric, tune=[] if tune == "none" else _csv(tune) or [],
+            cap=cap, out=out_dir, jobs=jobs, cache=cache, progress=progress,
         )
     console.print(result.table())
     for note in result.notes:
         console.print(note, highlight=False, markup=False, soft_wrap=True)
     for kind, path in result.files.items():
         console.print(f"{kind}: {path}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="File to write; its suffix picks the format unless --format is given."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model name, a label such as "
+                                        "resnet50[layer3,max], or a fingerprint (default: the dataset's last)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="npz, csv or parquet (parquet needs pyarrow)."),
+    cache: Path = CacheOption,
+) -> None:
+    """Write cached vectors with paths, labels, splits and sha256 for other tools."""
+    with _user_errors():
+        written = api.export(out, data=data, model=model, format=fmt, cache=cache)
+    console.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

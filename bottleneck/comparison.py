@@ -13,21 +13,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
 from rich.table import Table
 from sklearn.metrics import confusion_matrix
 
-from bottleneck.errors import CompareError
-from bottleneck.evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
-from bottleneck.extract import ExtractOptions, extract_dataset
-from bottleneck.heads import HEADS, make_head
-from bottleneck.progress import Progress, no_progress
-from bottleneck.report import GALLERY_CAP, BestRun, Mistake, rich_table, write_report
-from bottleneck.sources import DEFAULT_MODEL, is_raw_name, resolve_spec
-from bottleneck.spec import ExtractorSpec
-from bottleneck.store import Features, Store, load_features
+from .errors import CompareError
+from .evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
+from .extraction import ExtractOptions, extract_dataset
+from .heads import HEADS, make_head
+from .progress import Progress, no_progress
+from .report import GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
+from .sources import DEFAULT_MODEL, is_raw_name, resolve_spec
+from .spec import ExtractorSpec
+from .store import Features, Store, load_features
 
 __all__ = ["CompareError", "CompareResult", "run_compare"]
 
@@ -54,6 +55,12 @@ class CompareResult:
 
     def table(self) -> Table:
         return rich_table(self.cells, self.metric, f"{self.dataset}: {self.protocol}")
+
+    def to_frame(self) -> Any:
+        """A pandas DataFrame of results.json's records: one row per cell and metric."""
+        import pandas as pd
+
+        return pd.DataFrame(records(self.cells))
 
 
 def run_compare(

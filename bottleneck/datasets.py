@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bottleneck.errors import DatasetError
-from bottleneck.images import find_image_parts
+from .errors import DatasetError
+from .images import find_image_parts
 
 # Folder names the tutorials use for splits, mapped to one canonical name each.
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}

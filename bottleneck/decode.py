@@ -13,8 +13,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from bottleneck.images import ImageError, decode_rgb, read_bytes
-from bottleneck.spec import Preprocess
+from .images import ImageError, decode_rgb, read_bytes
+from .spec import Preprocess
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,

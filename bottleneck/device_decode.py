@@ -21,10 +21,10 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from bottleneck import decode
-from bottleneck.decode import DecodeDataset
-from bottleneck.images import ImageError, decode_rgb
-from bottleneck.spec import Preprocess
+from . import decode
+from .decode import DecodeDataset
+from .images import ImageError, decode_rgb
+from .spec import Preprocess
 
 # Images decoded per decode_jpeg call: 32 12-MP photos are 1.2 GB of device memory before resizing.
 DECODE_CHUNK = 32

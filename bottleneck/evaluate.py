@@ -15,7 +15,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from bottleneck.errors import CompareError
+from .errors import CompareError
 
 # balanced_accuracy (scikit-learn's name) and mean_class_accuracy (the Caltech-101 papers' name) are
 # the same number, the mean per-class recall; both are stored so either name finds it.

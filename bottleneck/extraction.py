@@ -18,16 +18,16 @@ from typing import cast
 import torch
 from torch import nn
 
-from bottleneck.datasets import scan_dataset
-from bottleneck.decode import DecodeDataset, alternating_batches, collate, loader_batches, normalize
-from bottleneck.errors import ExtractError
-from bottleneck.fold import fold_batchnorm
-from bottleneck.images import sha256_file
-from bottleneck.progress import Progress, no_progress
-from bottleneck.runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
-from bottleneck.sources import Backbone, build
-from bottleneck.spec import ExtractorSpec, Preprocess
-from bottleneck.store import ManifestRow, Store
+from .datasets import scan_dataset
+from .decode import DecodeDataset, alternating_batches, collate, loader_batches, normalize
+from .errors import ExtractError
+from .fold import fold_batchnorm
+from .images import sha256_file
+from .progress import Progress, no_progress
+from .runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
+from .sources import Backbone, build
+from .spec import ExtractorSpec, Preprocess
+from .store import ManifestRow, Store
 
 PENDING = "pending: the run stopped before this image was computed"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -270,7 +270,7 @@ def _batches(todo: list[tuple[str, str]], spec: ExtractorSpec, options: ExtractO
     batch_size = options.batch_size or default_batch_size(device)
     workers = (os.cpu_count() or 1) if options.workers is None else options.workers
     if spec.decode == "torchvision":
-        from bottleneck import device_decode
+        from . import device_decode
 
         loader = loader_batches(device_decode.JpegBytesDataset(todo, spec.preprocess), device_decode.collate,
                                 batch_size, workers, device)

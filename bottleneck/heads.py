@@ -32,7 +32,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from torch.nn import functional as F
 
-from bottleneck.errors import BottleneckError
+from .errors import BottleneckError
 
 HEADS: dict[str, str] = {
     "softmax": "linear layer + softmax trained with torch (AdamW, early stopping)",

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bottleneck.errors import BackboneError, UnknownModelError, WeightsUnavailableError
-from bottleneck.images import sha256_file
-from bottleneck.spec import ExtractorSpec, Preprocess
+from .errors import BackboneError, UnknownModelError, WeightsUnavailableError
+from .images import sha256_file
+from .spec import ExtractorSpec, Preprocess
 
 if TYPE_CHECKING:
     from torch import nn

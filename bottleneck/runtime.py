@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from bottleneck.errors import ExtractError
+from .errors import ExtractError
 
 AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 

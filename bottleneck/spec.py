@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from bottleneck.errors import SpecError
+from .errors import SpecError
 
 POOLS = ("avg", "max")
 PRECISIONS = ("fp32", "fp16", "bf16")  # autocast dtype of the forward pass

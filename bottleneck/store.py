@@ -16,13 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
-from bottleneck import __version__
-from bottleneck.errors import BottleneckError, CacheBusyError, StoreError
-from bottleneck.spec import ExtractorSpec
+from . import __version__
+from .errors import BottleneckError, CacheBusyError, StoreError
+from .spec import ExtractorSpec
 
 FORMAT = "bottleneck-cache"
 FORMAT_VERSION = 1
@@ -43,14 +44,29 @@ class ManifestRow:
 
 @dataclass
 class Features:
-    """The usable rows of one dataset under one extractor."""
+    """The usable rows of one dataset under one extraction: `X`, `y` (the labels) and `paths` line up."""
 
     root: Path
-    paths: list[str]
+    paths: list[str]  # relative to root
     labels: np.ndarray
-    splits: np.ndarray
+    splits: np.ndarray  # "train" | "val" | "test", or "" without split folders
     shas: list[str]
-    X: np.ndarray
+    X: np.ndarray  # (n, D) float32
+    spec: ExtractorSpec | None = None  # the extractor that made X
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.labels
+
+    def to_frame(self) -> Any:
+        """A pandas DataFrame: path, label, split, sha256, then one column per dimension (f0, f1, ...)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise BottleneckError("to_frame needs pandas: pip install pandas") from None
+        columns = pd.DataFrame(self.X, columns=[f"f{i}" for i in range(self.X.shape[1])])
+        rows = pd.DataFrame({"path": self.paths, "label": self.labels, "split": self.splits, "sha256": self.shas})
+        return pd.concat([rows, columns], axis=1)
 
 
 def _attr(value: object) -> object:
@@ -309,6 +325,7 @@ def load_features(cache: Path, dataset: str, fp: str) -> Features:
         root = store.dataset_root(dataset)
         rows = [r for r in store.read_manifest(dataset) if r.status == "ok"]
         X = store.get_vectors(fp, [r.sha256 for r in rows])
+        spec = store.extractor_spec(fp)
     return Features(
         root=root,
         paths=[r.path for r in rows],
@@ -316,7 +333,30 @@ def load_features(cache: Path, dataset: str, fp: str) -> Features:
         splits=np.array([r.split for r in rows]),
         shas=[r.sha256 for r in rows],
         X=X,
+        spec=spec,
     )
+
+
+def select_extraction(cache: Path, dataset: str | None, model: str | None) -> tuple[str, str]:
+    """(dataset, fingerprint): the dataset's last extraction, or the one `model` names (a model name,
+    a label such as `resnet50[layer3,max]`, or a fingerprint)."""
+    with Store.open(cache) as store:
+        last = store.last_run()
+        if last is None:
+            raise StoreError(f"{cache}: no dataset extracted yet; run `bottleneck extract DATA` first")
+        dataset = dataset or last[0]
+        if model is None:
+            return dataset, str(store.dataset_attrs(dataset)["last_extractor"])
+        matching = store.match_extractors(dataset, model)
+        described = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in store.dataset_extractors(dataset)]
+        if not matching:
+            raise StoreError(f"dataset {dataset!r} has no {model} features (it has: {', '.join(described)}); "
+                             f"run `bottleneck extract {store.dataset_root(dataset)} --model {model}`")
+        if len(matching) > 1:
+            several = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in matching]
+            raise StoreError(f"dataset {dataset!r} has {len(matching)} extractions of {model}: {', '.join(several)}; "
+                             "pass one of those labels or fingerprints to --model")
+        return dataset, matching[0]
 
 
 @contextmanager

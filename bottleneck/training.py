@@ -18,16 +18,17 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
 from threadpoolctl import threadpool_limits
 
-from bottleneck import __version__
-from bottleneck.datasets import hash_split
-from bottleneck.errors import FitError, SpecError
-from bottleneck.heads import make_head
-from bottleneck.images import find_images, is_image_file, sha256_file
-from bottleneck.spec import ExtractorSpec
-from bottleneck.store import Features, Store, load_features
+from . import __version__
+from .datasets import hash_split
+from .errors import FitError, SpecError
+from .formats import spreadsheet_safe
+from .heads import make_head
+from .images import find_images, is_image_file, sha256_file
+from .spec import ExtractorSpec
+from .store import Features, Store, load_features, select_extraction
 
 if TYPE_CHECKING:
-    from bottleneck.extract import ExtractOptions
+    from .extraction import ExtractOptions
 
 
 @dataclass
@@ -42,28 +43,6 @@ class Prediction:
     path: str
     labels: list[str]  # best first, top-k long
     probabilities: list[float]
-
-
-def select_extractor(cache: Path, dataset: str | None, model: str | None) -> tuple[str, str]:
-    """(dataset, fingerprint): the dataset's last extraction, or the one `model` names (a model name,
-    a label such as `resnet50[layer3,max]`, or a fingerprint)."""
-    with Store.open(cache) as store:
-        last = store.last_run()
-        if last is None:
-            raise FitError(f"{cache}: no dataset extracted yet; run `bottleneck extract DATA` first")
-        dataset = dataset or last[0]
-        if model is None:
-            return dataset, str(store.dataset_attrs(dataset)["last_extractor"])
-        matching = store.match_extractors(dataset, model)
-        described = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in store.dataset_extractors(dataset)]
-        if not matching:
-            raise FitError(f"dataset {dataset!r} has no {model} features (it has: {', '.join(described)}); "
-                           f"run `bottleneck extract {store.dataset_root(dataset)} --model {model}`")
-        if len(matching) > 1:
-            several = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in matching]
-            raise FitError(f"dataset {dataset!r} has {len(matching)} extractions of {model}: {', '.join(several)}; "
-                           "pass one of those labels or fingerprints to --model")
-        return dataset, matching[0]
 
 
 def split_indices(features: Features, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,7 +78,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
              tune: bool = False, test_size: float = 0.25, seed: int = 0, out: Path | None = None,
              params: dict | None = None) -> FitResult:
     """Train `head` on the cached features of `dataset`, score it on the held-out split, save it."""
-    dataset, fp = select_extractor(cache, dataset, model)
+    dataset, fp = select_extraction(cache, dataset, model)
     features = load_features(cache, dataset, fp)
     with Store.open(cache) as store:
         spec = store.extractor_spec(fp)
@@ -140,7 +119,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
                               "support": int(per_class[c]["support"])} for c in estimator.classes_},
         },
         "fit_seconds": fit_seconds,
-        "versions": {"bottleneck": __version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+        "versions": {"bottleneck-features": __version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sha256": sha256_file(out),
@@ -177,7 +156,7 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
                   weights: str | None = None, options: ExtractOptions | None = None
                   ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for every image in `inputs` (files or folders) through the cache, and the skipped files."""
-    from bottleneck.extract import extract_files  # torch: seconds that `fit` doesn't need
+    from .extraction import extract_files  # torch: seconds that `fit` doesn't need
 
     estimator, meta = load_head(head_path)
     spec, fp = head_spec(meta, sidecar_path(head_path))
@@ -230,8 +209,8 @@ def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -
     writer.writerow(["path", "prediction", "probability", *extra])
     for p in predictions:
         tail = [v for pair in zip(p.labels, p.probabilities) for v in pair] if top_k > 1 else []
-        writer.writerow([p.path, p.labels[0], f"{p.probabilities[0]:.6f}",
-                         *[f"{v:.6f}" if isinstance(v, float) else v for v in tail]])
+        writer.writerow([spreadsheet_safe(p.path), spreadsheet_safe(p.labels[0]), f"{p.probabilities[0]:.6f}",
+                         *[f"{v:.6f}" if isinstance(v, float) else spreadsheet_safe(v) for v in tail]])
     return buffer.getvalue()
 
 

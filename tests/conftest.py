@@ -45,9 +45,9 @@ def lite0_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache with photo_vs_drawing and hymenoptera extracted by EfficientNet-Lite0 (real weights), once per session."""
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
-    from bottleneck.errors import BackboneError
-    from bottleneck.sources import load_backbone
-    from bottleneck.extract import ExtractOptions, extract_dataset
+    from bottleneck_features.errors import BackboneError
+    from bottleneck_features.sources import load_backbone
+    from bottleneck_features.extraction import ExtractOptions, extract_dataset
 
     try:
         backbone = load_backbone("efficientnet_lite0")

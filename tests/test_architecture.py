@@ -15,17 +15,17 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _internal_name(imported: str, modules: set[str]) -> str | None:
-    """`bottleneck.sources.raw` -> "sources.raw"; `bottleneck` (its __version__) -> None."""
-    parts = imported.split(".")[1:]
+def _internal_name(parts: list[str], modules: set[str]) -> str | None:
+    """["sources", "raw", "RawSource"] -> "sources.raw"; [] or ["__version__"] (the package) -> None."""
     while parts and ".".join(parts) not in modules:
-        parts.pop()
+        parts = parts[:-1]
     return ".".join(parts) or None
 
 
 def real_imports(path: Path, modules: set[str], name: str) -> tuple[set[str], set[str], set[str]]:
-    """(bottleneck modules module `name` uses anywhere, libraries it imports at load time, libraries it
-    imports in functions only)."""
+    """(package modules that module `name` uses anywhere, libraries it imports at load time, libraries it
+    imports in functions only). The package imports itself relatively: it installs as bottleneck_features."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     internal: set[str] = set()
     loaded: set[str] = set()
     lazy: set[str] = set()
@@ -35,19 +35,22 @@ def real_imports(path: Path, modules: set[str], name: str) -> tuple[set[str], se
             if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
                 continue  # annotations only
             nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            names: list[str] = []
+            libraries: list[str] = []
             if isinstance(child, ast.Import):
-                names = [alias.name for alias in child.names]
+                libraries = [alias.name for alias in child.names]
             elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
-                names = [f"{child.module}.{alias.name}" for alias in child.names] if child.module.startswith(
-                    "bottleneck") else [child.module]
-            for name in names:
-                if name.split(".")[0] == "bottleneck":
-                    found = _internal_name(name, modules)
+                libraries = [child.module]
+            elif isinstance(child, ast.ImportFrom):  # relative: one of ours
+                base = package[:len(package) - (child.level - 1)] + (child.module.split(".") if child.module else [])
+                for alias in child.names:
+                    found = _internal_name(base + [alias.name], modules)
                     if found and found != name:
                         internal.add(found)
-                elif name.split(".")[0] not in sys.stdlib_module_names and name != "__future__":
-                    (lazy if nested else loaded).add(name.split(".")[0])
+            for library in libraries:
+                top = library.split(".")[0]
+                assert top not in ("bottleneck", "bottleneck_features"), f"{name}: import the package relatively"
+                if top not in sys.stdlib_module_names and top != "__future__":
+                    (lazy if nested else loaded).add(top)
             visit(child, nested)
 
     visit(ast.parse(path.read_text()), False)
@@ -81,5 +84,5 @@ def test_module_table_matches_the_imports() -> None:
 def test_the_check_sees_a_wrong_row(tmp_path: Path) -> None:
     module = tmp_path / "bottleneck" / "late.py"
     module.parent.mkdir()
-    module.write_text("import numpy\nfrom bottleneck.spec import Preprocess\n\ndef f():\n    import torch\n")
+    module.write_text("import numpy\nfrom .spec import Preprocess\n\ndef f():\n    import torch\n")
     assert real_imports(module, {"spec", "late"}, "late") == ({"spec"}, {"numpy"}, {"torch"})

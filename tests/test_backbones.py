@@ -13,13 +13,13 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from bottleneck import registry
-from bottleneck.decode import normalize, resize_crop
-from bottleneck.errors import BackboneError, SpecError, UnknownModelError, WeightsUnavailableError
-from bottleneck.registry import Backbone
-from bottleneck.sources import DEFAULT_MODEL, _common, list_models, load_backbone, packaged, register_model
-from bottleneck.sources import torchvision_models, weights_cache_dir
-from bottleneck.spec import ExtractorSpec, Preprocess
+from bottleneck_features import registry
+from bottleneck_features.decode import normalize, resize_crop
+from bottleneck_features.errors import BackboneError, SpecError, UnknownModelError, WeightsUnavailableError
+from bottleneck_features.registry import Backbone
+from bottleneck_features.sources import DEFAULT_MODEL, _common, list_models, load_backbone, packaged, register_model
+from bottleneck_features.sources import torchvision_models, weights_cache_dir
+from bottleneck_features.spec import ExtractorSpec, Preprocess
 
 
 def features(backbone: Backbone, n: int = 2, seed: int = 0) -> torch.Tensor:

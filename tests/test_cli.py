@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import bottleneck.training
-from bottleneck.cli import app
-from bottleneck.sources import register_model
+import bottleneck_features.training
+from bottleneck_features.cli import app
+from bottleneck_features.sources import register_model
 from tiny_backbone import tiny_backbone
 
 
@@ -26,7 +26,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(image_folder: Pa
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr(bottleneck.training, "fit_head", broken)
+    monkeypatch.setattr(bottleneck_features.training, "fit_head", broken)
     crashed = runner.invoke(app, ["fit", "--cache", cache])
     assert isinstance(crashed.exception, ValueError) and crashed.exception.__traceback__ is not None
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import bottleneck.compare as compare
-from bottleneck.errors import BackboneError
-from bottleneck.sources import load_backbone
-from bottleneck.compare import CompareError, run_compare
-from bottleneck.extract import ExtractOptions, extract_dataset
-from bottleneck.store import Store, StoreError
+import bottleneck_features.comparison as compare
+from bottleneck_features.errors import BackboneError
+from bottleneck_features.sources import load_backbone
+from bottleneck_features.comparison import CompareError, run_compare
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.store import Store, StoreError
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 

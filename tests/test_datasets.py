@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bottleneck.datasets import DatasetError, hash_split, scan_dataset
+from bottleneck_features.datasets import DatasetError, hash_split, scan_dataset
 from conftest import write_image
 
 

@@ -9,12 +9,12 @@ import PIL.Image
 import pytest
 import torch
 
-from bottleneck import decode, device_decode
-from bottleneck.device_decode import is_plain_jpeg, resize_crop
-from bottleneck.errors import SpecError
-from bottleneck.extract import ExtractOptions, extract_dataset
-from bottleneck.registry import Backbone
-from bottleneck.store import load_features
+from bottleneck_features import decode, device_decode
+from bottleneck_features.device_decode import is_plain_jpeg, resize_crop
+from bottleneck_features.errors import SpecError
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.registry import Backbone
+from bottleneck_features.store import load_features
 from tiny_backbone import tiny_backbone
 
 OPTIONS = ExtractOptions(workers=0, batch_size=4)

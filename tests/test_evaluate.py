@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from bottleneck.evaluate import (METRICS, Cell, CompareError, Split, draw_per_class, kfold_splits, mean_std,
+from bottleneck_features.evaluate import (METRICS, Cell, CompareError, Split, draw_per_class, kfold_splits, mean_std,
                                  protocol_pool, run_cell, score)
 
 # 3 classes of unequal size, interleaved so that row order says nothing about the class

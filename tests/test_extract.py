@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bottleneck import decode
-from bottleneck.extract import ExtractError, ExtractOptions, extract_dataset, extract_files
-from bottleneck.images import find_images
-from bottleneck.store import Store, load_features
+from bottleneck_features import decode
+from bottleneck_features.extraction import ExtractError, ExtractOptions, extract_dataset, extract_files
+from bottleneck_features.images import find_images
+from bottleneck_features.store import Store, load_features
 from conftest import write_image
 from tiny_backbone import tiny_backbone
 
@@ -136,7 +136,7 @@ _KILL_SCRIPT = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from bottleneck.extract import ExtractOptions, extract_dataset
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from tiny_backbone import tiny_backbone
 backbone = tiny_backbone(delay={delay}, log=Path({log!r}))
 extract_dataset(Path({root!r}), backbone, Path({cache!r}), options=ExtractOptions(workers=0, batch_size=2))
@@ -183,8 +183,8 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from tiny_backbone import tiny_backbone
-from bottleneck.sources import register_model
-from bottleneck.cli import app
+from bottleneck_features.sources import register_model
+from bottleneck_features.cli import app
 register_model("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone(delay={delay}, log=Path({log!r})))
 sys.argv = ["bottleneck", "extract", {root!r}, "--model", "tiny", "--cache", {cache!r}, "-q", "--workers", "2",
             "--batch-size", "2"]

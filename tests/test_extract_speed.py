@@ -7,10 +7,10 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from bottleneck.decode import collate
-from bottleneck.fold import fold_batchnorm
-from bottleneck.runtime import cpu_runtime
-from bottleneck.images import find_images
+from bottleneck_features.decode import collate
+from bottleneck_features.fold import fold_batchnorm
+from bottleneck_features.runtime import cpu_runtime
+from bottleneck_features.images import find_images
 from conftest import write_image
 
 

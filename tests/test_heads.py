@@ -16,7 +16,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from bottleneck.heads import (
+from bottleneck_features.heads import (
     HEADS,
     MLPHeadClassifier,
     SoftmaxClassifier,

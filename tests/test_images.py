@@ -7,7 +7,7 @@ import pytest
 from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
-from bottleneck.images import ImageError, decode_rgb, find_images, sha256_file
+from bottleneck_features.images import ImageError, decode_rgb, find_images, sha256_file
 from conftest import write_image
 
 

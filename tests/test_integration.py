@@ -10,9 +10,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
-from bottleneck.cli import app
-from bottleneck.store import Store, load_features
-from bottleneck.training import fit_head, predict_files
+from bottleneck_features.cli import app
+from bottleneck_features.store import Store, load_features
+from bottleneck_features.training import fit_head, predict_files
 
 pytestmark = pytest.mark.integration
 

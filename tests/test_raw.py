@@ -3,9 +3,9 @@ import PIL.Image
 import pytest
 import torch
 
-from bottleneck.decode import normalize, resize_crop
-from bottleneck.errors import BackboneError, UnknownModelError
-from bottleneck.sources import list_models, load_backbone
+from bottleneck_features.decode import normalize, resize_crop
+from bottleneck_features.errors import BackboneError, UnknownModelError
+from bottleneck_features.sources import list_models, load_backbone
 
 
 def test_raw32_is_pixels_over_255() -> None:

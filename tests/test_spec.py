@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from bottleneck.errors import BackboneError, SpecError
-from bottleneck.sources import resolve_spec
-from bottleneck.spec import ExtractorSpec, Preprocess
+from bottleneck_features.errors import BackboneError, SpecError
+from bottleneck_features.sources import resolve_spec
+from bottleneck_features.spec import ExtractorSpec, Preprocess
 
 PRE = Preprocess(224, 256, "bilinear", (0.5,) * 3, (0.5,) * 3)
 
@@ -61,7 +61,7 @@ def test_resolving_packaged_and_raw_models_imports_neither_torchvision_nor_timm(
     import subprocess
     import sys
 
-    code = ("import sys; from bottleneck.sources import resolve_spec; "
+    code = ("import sys; from bottleneck_features.sources import resolve_spec; "
             "[resolve_spec(m).fingerprint() for m in ('efficientnet_lite0', 'squeezenet1_1', 'raw32')]; "
             "print('torchvision' in sys.modules, 'timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -13,16 +13,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import bottleneck.extract
-from bottleneck.cli import app
-from bottleneck.compare import run_compare
-from bottleneck.decode import normalize, resize_crop
-from bottleneck.errors import CompareError, FitError, StoreError
-from bottleneck.extract import ExtractOptions, extract_dataset
-from bottleneck.images import decode_rgb, sha256_file
-from bottleneck.sources import load_backbone, packaged, register_model, resolve_spec
-from bottleneck.store import Store
-from bottleneck.training import fit_head, predict_files, sidecar_path
+import bottleneck_features.extraction
+from bottleneck_features.cli import app
+from bottleneck_features.comparison import run_compare
+from bottleneck_features.decode import normalize, resize_crop
+from bottleneck_features.errors import CompareError, FitError, StoreError
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.images import decode_rgb, sha256_file
+from bottleneck_features.sources import load_backbone, packaged, register_model, resolve_spec
+from bottleneck_features.store import Store
+from bottleneck_features.training import fit_head, predict_files, sidecar_path
 from conftest import write_image
 from tiny_backbone import tiny_backbone
 
@@ -37,7 +37,7 @@ def no_build(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model was built although every vector was cached")
 
-    monkeypatch.setattr(bottleneck.extract, "build", refuse)
+    monkeypatch.setattr(bottleneck_features.extraction, "build", refuse)
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_compare_rows_are_the_datasets_extractions_and_run_no_forward_pass(
 
 def test_fit_takes_a_label_and_refuses_an_ambiguous_model_name(two_tiny_extractions: tuple[Path, dict]) -> None:
     cache, _ = two_tiny_extractions
-    with pytest.raises(FitError, match="2 extractions of tiny"):
+    with pytest.raises(StoreError, match="2 extractions of tiny"):
         fit_head(cache, head="knn", model="tiny")
     meta = fit_head(cache, head="knn", model="tiny[conv,max]").sidecar
     assert meta["extractor"]["label"] == "tiny[conv,max]"
@@ -120,14 +120,14 @@ def test_cached_rerun_and_compare_build_nothing_and_import_neither_torchvision_n
     extract_dataset(image_folder, resolve_spec("squeezenet1_1"), cache, options=QUIET)
     script = f"""
 import sys
-import bottleneck.registry as registry
+import bottleneck_features.registry as registry
 
 def refuse(*args, **kwargs):
     raise AssertionError("built a model")
 
 registry.build = refuse  # before anything imports it by name
 from typer.testing import CliRunner
-from bottleneck.cli import app
+from bottleneck_features.cli import app
 
 runner, cache = CliRunner(), {str(cache)!r}
 rerun = runner.invoke(app, ["extract", {str(image_folder)!r}, "--model", "squeezenet1_1", "--cache", cache, "-q"])

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from bottleneck.spec import ExtractorSpec, Preprocess
-from bottleneck.store import CacheBusyError, ManifestRow, Store, StoreError, load_features
+from bottleneck_features.spec import ExtractorSpec, Preprocess
+from bottleneck_features.store import CacheBusyError, ManifestRow, Store, StoreError, load_features
 
 PRE = Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.5,) * 3)
 

@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bottleneck.errors import BackboneError
-from bottleneck.sources import register_model
-from bottleneck.extract import ExtractOptions, extract_dataset
-from bottleneck.training import FitError, fit_head, load_head, predict_files, split_indices, write_predictions
-from bottleneck.store import StoreError, load_features
+from bottleneck_features.errors import BackboneError
+from bottleneck_features.sources import register_model
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.training import FitError, fit_head, load_head, predict_files, split_indices, write_predictions
+from bottleneck_features.store import StoreError, load_features
 from conftest import write_image
 from tiny_backbone import tiny_backbone
 
@@ -46,7 +46,7 @@ def test_fit_writes_head_and_sidecar(trained_cache) -> None:
     assert set(meta["metrics"]) >= {"test_accuracy", "balanced_accuracy", "macro_f1", "per_class"}
     assert meta["sizes"]["train"] + meta["sizes"]["test"] == 24
     assert meta["extractor"]["fingerprint"].startswith("tiny-") and len(meta["sha256"]) == 64
-    assert {"scikit-learn", "torch", "bottleneck"} <= set(meta["versions"])
+    assert {"scikit-learn", "torch", "bottleneck-features"} <= set(meta["versions"])
 
 
 def test_hash_split_is_stable_when_images_are_added(trained_cache, tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_hash_split_is_stable_when_images_are_added(trained_cache, tmp_path: Pat
 
 
 def load_head_fp(cache: Path) -> str:
-    from bottleneck.store import Store
+    from bottleneck_features.store import Store
     with Store.open(cache) as st:
         return st.last_run()[1]
 
@@ -114,7 +114,7 @@ def test_clear_errors(trained_cache, tmp_path: Path) -> None:
         fit_head(tmp_path / "none.h5", head="logreg")
     with pytest.raises(ValueError, match="logreg"):
         fit_head(cache, head="nope")
-    with pytest.raises(FitError, match="has no resnet50 features"):
+    with pytest.raises(StoreError, match="has no resnet50 features"):
         fit_head(cache, head="logreg", model="resnet50")
     one = tmp_path / "one"
     write_image(one / "only" / "a.png", seed=1)
@@ -125,7 +125,7 @@ def test_clear_errors(trained_cache, tmp_path: Path) -> None:
 
 
 def test_fit_defaults_to_the_datasets_own_last_extract(trained_cache, tmp_path: Path) -> None:
-    from bottleneck.sources import load_backbone
+    from bottleneck_features.sources import load_backbone
     root, cache = trained_cache
     extract_dataset(root, load_backbone("raw8"), cache, options=QUIET, remember=False)  # as compare does
     other = tmp_path / "other"
@@ -138,7 +138,7 @@ def test_cli_extract_fit_predict_with_device_decode(tmp_path: Path) -> None:
     """`--decode torchvision --threads 1` through the CLI; predict follows the head's decoder."""
     from typer.testing import CliRunner
 
-    from bottleneck.cli import app
+    from bottleneck_features.cli import app
 
     models = {}
     register_model("tiny", lambda weights=None, layer=None, pool="avg": models.setdefault("m", tiny_backbone()))

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bottleneck.registry import Backbone
-from bottleneck.spec import ExtractorSpec, Preprocess
+from bottleneck_features.registry import Backbone
+from bottleneck_features.spec import ExtractorSpec, Preprocess
 
 
 class CountingNet(nn.Module):

@@ -4,13 +4,13 @@
 Importing this package registers them; it is the registry's public face.
 """
 
-from bottleneck.registry import (DEFAULT_MODEL, Backbone, ModelInfo, build, list_models, register_model,
+from ..registry import (DEFAULT_MODEL, Backbone, ModelInfo, build, list_models, register_model,
                                  register_source, resolve_spec)
-from bottleneck.sources.packaged import PackagedSource
-from bottleneck.sources._common import weights_cache_dir
-from bottleneck.sources.raw import RawSource, is_raw_name
-from bottleneck.sources.timm_models import TimmSource
-from bottleneck.sources.torchvision_models import TorchvisionSource
+from .packaged import PackagedSource
+from ._common import weights_cache_dir
+from .raw import RawSource, is_raw_name
+from .timm_models import TimmSource
+from .torchvision_models import TorchvisionSource
 
 for _source in (PackagedSource(), RawSource(), TimmSource(), TorchvisionSource()):
     register_source(_source)

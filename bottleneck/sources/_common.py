@@ -14,10 +14,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from bottleneck.errors import BackboneError, WeightsUnavailableError
-from bottleneck.images import sha256_file
-from bottleneck.registry import OFFLINE_HINT, Backbone
-from bottleneck.spec import ExtractorSpec, Preprocess
+from ..errors import BackboneError, WeightsUnavailableError
+from ..images import sha256_file
+from ..registry import OFFLINE_HINT, Backbone
+from ..spec import ExtractorSpec, Preprocess
 
 
 @dataclass

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bottleneck.errors import BackboneError, WeightsUnavailableError
-from bottleneck.registry import Backbone, ModelConfig, ModelInfo, Source
-from bottleneck.sources._common import Net, finish, load_strict, read_weights, verified_sha256
-from bottleneck.sources.timm_models import load_net as timm_net
-from bottleneck.sources.torchvision_models import load_net as torchvision_net
-from bottleneck.spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..errors import BackboneError, WeightsUnavailableError
+from ..registry import Backbone, ModelConfig, ModelInfo, Source
+from ._common import Net, finish, load_strict, read_weights, verified_sha256
+from .timm_models import load_net as timm_net
+from .torchvision_models import load_net as torchvision_net
+from ..spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 _LITE_SHA256 = {
     0: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from bottleneck.errors import BackboneError, UnknownModelError
-from bottleneck.registry import Backbone, ModelConfig, ModelInfo, Source
-from bottleneck.spec import ExtractorSpec, Preprocess
+from ..errors import BackboneError, UnknownModelError
+from ..registry import Backbone, ModelConfig, ModelInfo, Source
+from ..spec import ExtractorSpec, Preprocess
 
 RAW_SIZES = range(8, 257)
 _RAW_NAME = re.compile(r"raw([1-9][0-9]*)")

@@ -11,10 +11,10 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from bottleneck.errors import BackboneError, UnknownModelError
-from bottleneck.registry import Backbone, ModelConfig, ModelInfo, Source
-from bottleneck.sources._common import Net, apply_weights, finish, first_line, reachable, unavailable
-from bottleneck.spec import Preprocess
+from ..errors import BackboneError, UnknownModelError
+from ..registry import Backbone, ModelConfig, ModelInfo, Source
+from ._common import Net, apply_weights, finish, first_line, reachable, unavailable
+from ..spec import Preprocess
 
 PREFIX = "timm:"
 

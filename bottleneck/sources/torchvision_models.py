@@ -7,11 +7,11 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from bottleneck.errors import BackboneError
-from bottleneck.registry import Backbone, ModelConfig, ModelInfo, Source
-from bottleneck.sources._common import (Net, Pooled, apply_weights, finish, first_line, reachable, unavailable,
+from ..errors import BackboneError
+from ..registry import Backbone, ModelConfig, ModelInfo, Source
+from ._common import (Net, Pooled, apply_weights, finish, first_line, reachable, unavailable,
                                         url_filename, weights_cache_dir)
-from bottleneck.spec import Preprocess
+from ..spec import Preprocess
 
 
 @cache

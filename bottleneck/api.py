@@ -1,0 +1,107 @@
+"""The Python API (for notebooks): what each command does, as a function with the command's defaults,
+returning plain objects. The CLI is a thin layer over these.
+
+    import bottleneck_features as bf
+    bf.extract("data/", model="efficientnet_lite0")
+    f = bf.load_features()              # f.X, f.y, f.paths; f.to_frame() with pandas
+    result = bf.fit(head="logreg")      # result.sidecar["metrics"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .progress import Progress
+from .store import DEFAULT_CACHE, Features
+
+if TYPE_CHECKING:
+    from .comparison import CompareResult
+    from .extraction import ExtractReport
+    from .training import FitResult, Prediction
+
+def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str | Path = DEFAULT_CACHE,
+            weights: str | None = None, layer: str | None = None, pool: str = "avg", precision: str = "fp32",
+            dtype: str = "float32", decode: str = "pil", name: str | None = None, batch_size: int | None = None,
+            workers: int | None = None, threads: int | None = None, device: str = "auto", compile: bool = False,
+            progress: Progress | None = None) -> ExtractReport:
+    """Embed every image of `data` the cache lacks (see `bottleneck extract --help`)."""
+    from .extraction import ExtractOptions, extract_dataset
+    from .sources import resolve_spec
+
+    spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
+                        decode=decode)
+    options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
+                             progress=progress, compile=compile)
+    return extract_dataset(Path(data), spec, Path(cache), name=name, options=options)
+
+
+def load_features(data: str | None = None, model: str | None = None, *,
+                  cache: str | Path = DEFAULT_CACHE) -> Features:
+    """The cached vectors of dataset `data` (default: the last extracted) under the extraction `model`
+    names (a model name, a label such as `resnet50[layer3,max]`, or a fingerprint; default: the
+    dataset's last), with their labels, splits, paths and spec. Nothing is computed."""
+    from .store import load_features as load, select_extraction
+
+    dataset, fp = select_extraction(Path(cache), data, model)
+    return load(Path(cache), dataset, fp)
+
+
+def fit(head: str = "logreg", *, data: str | None = None, model: str | None = None,
+        cache: str | Path = DEFAULT_CACHE, tune: bool = False, test_size: float = 0.25, seed: int = 0,
+        out: str | Path | None = None) -> FitResult:
+    """Train `head` on cached features and save it with its sidecar (see `bottleneck fit --help`)."""
+    from .training import fit_head
+
+    return fit_head(Path(cache), head=head, dataset=data, model=model, tune=tune, test_size=test_size, seed=seed,
+                    out=Path(out) if out else None)
+
+
+@dataclass
+class Predictions:
+    items: list[Prediction]  # best label first, top-k long
+    skipped: list[tuple[str, str]]  # (path, why)
+
+    def to_frame(self) -> Any:
+        """A pandas DataFrame: path, prediction, probability."""
+        import pandas as pd
+
+        return pd.DataFrame({"path": [p.path for p in self.items], "prediction": [p.labels[0] for p in self.items],
+                             "probability": [p.probabilities[0] for p in self.items]})
+
+
+def predict(inputs: str | Path | Sequence[str | Path], head: str | Path, *, cache: str | Path = DEFAULT_CACHE,
+            top_k: int = 1, weights: str | None = None, progress: Progress | None = None) -> Predictions:
+    """Label image files or folders with a head written by `fit` (cached images cost nothing)."""
+    from .extraction import ExtractOptions
+    from .training import predict_files
+
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+    items, skipped = predict_files(paths, Path(head), Path(cache), top_k=top_k, weights=weights,
+                                   options=ExtractOptions(progress=progress))
+    return Predictions(items, skipped)
+
+
+def compare(*, data: str | None = None, models: Sequence[str] | None = None, heads: Sequence[str] | None = None,
+            per_class: Sequence[int] | None = None, cv: int | None = None, repeats: int = 5, seed: int = 0,
+            pixels: int | None = 32, metric: str = "accuracy", tune: Sequence[str] | None = None,
+            cap: bool = False, out: str | Path | None = None, jobs: int = 1, cache: str | Path = DEFAULT_CACHE,
+            progress: Progress | None = None) -> CompareResult:
+    """Heads × extractions × raw pixels on one dataset, with the report (see `bottleneck compare --help`;
+    heads and tune: None for compare's defaults). `result.to_frame()` gives one row per cell and metric."""
+    from .comparison import DEFAULT_HEADS, DEFAULT_TUNED, run_compare
+
+    return run_compare(Path(cache), dataset=data, models=models, heads=DEFAULT_HEADS if heads is None else heads,
+                       per_class=per_class, cv=cv, repeats=repeats, seed=seed, pixels=pixels, metric=metric,
+                       tune=DEFAULT_TUNED if tune is None else tune, cap=cap, out=Path(out) if out else None,
+                       jobs=jobs, progress=progress)
+
+
+def export(out: str | Path, *, data: str | None = None, model: str | None = None, format: str | None = None,
+           cache: str | Path = DEFAULT_CACHE) -> Path:
+    """Write cached features as npz, csv or parquet (`format`, default from `out`'s suffix)."""
+    from .formats import export_features
+
+    return export_features(load_features(data, model, cache=cache), Path(out), format)
