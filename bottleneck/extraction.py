@@ -104,7 +104,7 @@ def extract_dataset(
     with Store.open(cache, writable=True) as store:
         spec, backbone = _complete(store, extractor)
         fp = spec.fingerprint()
-        store.ensure_extractor(fp, spec)
+        store.ensure_extractor(fp, spec, torch_version=torch.__version__)
         bad = _previous_failures(store, dataset.name)
         shas, unreadable = _hash_files(store, paths)
         todo = _missing(store, fp, shas, bad)
@@ -139,7 +139,7 @@ def extract_files(paths: Sequence[Path], extractor: ExtractorSpec | Backbone, ca
     with Store.open(cache, writable=True) as store:
         spec, backbone = _complete(store, extractor, weights_file)
         fp = spec.fingerprint()
-        store.ensure_extractor(fp, spec)
+        store.ensure_extractor(fp, spec, torch_version=torch.__version__)
         shas, unreadable = _hash_files(store, resolved)
         bad: dict[str, str] = {}
         todo = _missing(store, fp, shas, bad)
