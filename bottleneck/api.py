@@ -75,9 +75,12 @@ class Predictions:
 def predict(inputs: str | Path | Sequence[str | Path], head: str | Path, *, cache: str | Path = DEFAULT_CACHE,
             top_k: int = 1, weights: str | None = None, progress: Progress | None = None) -> Predictions:
     """Label image files or folders with a head written by `fit` (cached images cost nothing)."""
+    from .errors import FitError
     from .extraction import ExtractOptions
     from .training import predict_files
 
+    if top_k < 1:
+        raise FitError(f"--top-k {top_k}: must be at least 1")
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     items, skipped = predict_files(paths, Path(head), Path(cache), top_k=top_k, weights=weights,
                                    options=ExtractOptions(progress=progress))

@@ -116,18 +116,30 @@ def models() -> None:
 
 @app.command()
 def info(cache: Path = CacheOption,
-         skipped: bool = typer.Option(False, "--skipped", help="List every skipped file.")) -> None:
+         skipped: bool = typer.Option(False, "--skipped", help="List every skipped file."),
+         verify: bool = typer.Option(False, "--verify", help="Check every stored vector against its checksum; "
+                                     "damaged ones are computed again by the next extract.")) -> None:
     """What the cache holds: datasets, extractors, and skipped files."""
-    from .store import Store
+    from .store import Store, verify_cache
 
+    if verify:
+        with _user_errors(cache):
+            damage = verify_cache(cache)
+        for fp, checked, paths in damage:
+            line = f"{fp}: {checked} vectors checked, {len(paths)} damaged"
+            console.print(line + (f" ({', '.join(paths[:5])}{', ...' if len(paths) > 5 else ''}); the next "
+                                  "extract computes them again" if paths else ""), markup=False, soft_wrap=True)
+        if any(paths for _, _, paths in damage):
+            raise typer.Exit(1)
+        return
     with _user_errors(), Store.open(cache) as store:
-        table = Table("dataset", "root", "images", "ok", "skipped", "classes", "extractors", title=str(cache))
+        table = Table("dataset", "root", "images", "ok", "skipped", "classes", "extractors", title=escape(str(cache)))
         bad: list[tuple[str, str, str]] = []
         for name in store.datasets():
             rows = store.read_manifest(name)
             ok = [r for r in rows if r.status == "ok"]
             bad += [(name, r.path, r.status) for r in rows if r.status != "ok"]
-            table.add_row(name, str(store.dataset_root(name)), str(len(rows)), str(len(ok)),
+            table.add_row(escape(name), escape(str(store.dataset_root(name))), str(len(rows)), str(len(ok)),
                           str(len(rows) - len(ok)), str(len({r.label for r in rows})),
                           ", ".join(store.dataset_extractors(name)))
         console.print(table)
@@ -140,7 +152,7 @@ def info(cache: Path = CacheOption,
         console.print(ext)
         last = store.last_run()
         if last:
-            console.print(f"last run: dataset {last[0]}, extractor {last[1]}")
+            console.print(f"last run: dataset {last[0]}, extractor {last[1]}", markup=False)
     for name, path, reason in bad if skipped else bad[:10]:
         console.print(f"[yellow]skipped[/yellow] {escape(name)}/{escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
 
@@ -162,7 +174,7 @@ def fit(
         result = api.fit(head, data=data, model=model, cache=cache, tune=tune, test_size=test_size, seed=seed,
                          out=out)
     meta = result.sidecar
-    console.print(result.report, highlight=False, soft_wrap=True)
+    console.print(result.report, highlight=False, markup=False, soft_wrap=True)
     sizes = meta["sizes"]
     console.print(escape(
         f"{meta['head']} on {meta['dataset']} ({meta['extractor']['label']}): test accuracy "
@@ -186,12 +198,18 @@ def predict(
     """Label new images with a fitted head (images already in the cache cost nothing)."""
     from .training import write_predictions
 
+    fmt = fmt or (out_file.suffix.lstrip(".") if out_file and out_file.suffix else "csv")
+    if fmt not in ("csv", "json"):  # before any work
+        stderr.print(f"[red]error:[/red] --format {escape(fmt)}: use csv or json", highlight=False)
+        raise typer.Exit(1)
     with _user_errors(cache), _progress_bars(not quiet) as progress:
         result = api.predict(inputs, head, cache=cache, top_k=top_k, weights=weights, progress=progress)
     predictions, skipped = result.items, result.skipped
     for path, reason in skipped:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
-    fmt = fmt or (out_file.suffix.lstrip(".") if out_file and out_file.suffix else "csv")
+    if not predictions:
+        stderr.print(f"[red]error:[/red] none of the {len(skipped)} inputs could be used", highlight=False)
+        raise typer.Exit(1)
     text = write_predictions(predictions, fmt, top_k)
     if out_file:
         out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -200,8 +218,8 @@ def predict(
         sys.stdout.write(text)
     counts = Counter(p.labels[0] for p in predictions)
     summary = ", ".join(f"{label} {n}" for label, n in counts.most_common())
-    stderr.print(f"{len(predictions)} images labelled ({summary}), {len(skipped)} skipped"
-              + (f" → {out_file}" if out_file else ""), highlight=False, soft_wrap=True)
+    stderr.print(escape(f"{len(predictions)} images labelled ({summary}), {len(skipped)} skipped"
+                        + (f" → {out_file}" if out_file else "")), highlight=False, soft_wrap=True)
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -248,6 +266,16 @@ def compare(
         console.print(note, highlight=False, markup=False, soft_wrap=True)
     for kind, path in result.files.items():
         console.print(f"{kind}: {path}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def compact(cache: Path = CacheOption) -> None:
+    """Rewrite the cache without the space that replaced manifests and path indexes left behind."""
+    from .store import compact_cache
+
+    with _user_errors(cache):
+        before, after = compact_cache(cache)
+    console.print(f"{cache}: {before / 2**20:.1f} MiB → {after / 2**20:.1f} MiB", markup=False)
 
 
 @app.command()

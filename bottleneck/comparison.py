@@ -91,7 +91,7 @@ def run_compare(
     cap: take min(N, what a class can spare) instead of failing on small classes.
     """
     start = time.perf_counter()
-    heads, per_class = _check_options(heads, per_class, cv, repeats, metric, tune)
+    heads, per_class = _check_options(heads, per_class, cv, repeats, metric, tune, jobs)
     name, root, specs = _choose_features(cache, dataset, models, pixels)
     if not specs:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
@@ -127,7 +127,7 @@ def _heads_for(features: str, heads: list[str]) -> list[str]:
 
 
 def _check_options(heads: Sequence[str], per_class: Sequence[int] | None, cv: int | None, repeats: int,
-                   metric: str, tune: Sequence[str]) -> tuple[list[str], list[int] | None]:
+                   metric: str, tune: Sequence[str], jobs: int) -> tuple[list[str], list[int] | None]:
     for head in [*heads, *tune]:
         if head not in HEADS:
             raise CompareError(f"unknown head {head!r}; known heads: {', '.join(HEADS)}")
@@ -139,6 +139,12 @@ def _check_options(heads: Sequence[str], per_class: Sequence[int] | None, cv: in
         raise CompareError("pass --per-class or --cv, not both")
     if repeats < 1:
         raise CompareError(f"--repeats {repeats}: need at least 1 draw")
+    if cv is not None and cv < 2:
+        raise CompareError(f"--cv {cv}: K-fold needs at least 2 folds")
+    if per_class and min(per_class) < 1:
+        raise CompareError(f"--per-class {min(per_class)}: need at least 1 training image per class")
+    if jobs == 0:
+        raise CompareError("--jobs 0: give the number of parallel fits (1 or more; -1 for one per core)")
     if cv:
         return list(dict.fromkeys(heads)), None
     return list(dict.fromkeys(heads)), sorted(set(per_class or DEFAULT_PER_CLASS))

@@ -34,6 +34,18 @@ class CacheBusyError(StoreError):
     pass
 
 
+class DiskFullError(StoreError):
+    """Not enough free space for the next write; nothing already written is lost."""
+
+
+class DamagedVectorsError(StoreError):
+    """Stored vectors that fail their checksum (or are not finite); `shas` names the images."""
+
+    def __init__(self, message: str, shas: list[str]) -> None:
+        super().__init__(message)
+        self.shas = shas
+
+
 class ExtractError(BottleneckError):
     """An extraction that cannot go on (e.g. no image could be used)."""
 

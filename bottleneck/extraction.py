@@ -8,6 +8,7 @@ something is missing: a rerun on a cached folder builds nothing.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from .datasets import scan_dataset
 from .decode import DecodeDataset, alternating_batches, collate, loader_batches, normalize
 from .errors import ExtractError
 from .fold import fold_batchnorm
-from .images import sha256_file
+from .images import READ_FAILED, sha256_file
 from .progress import Progress, no_progress
 from .runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
 from .sources import Backbone, build
@@ -30,6 +31,7 @@ from .spec import ExtractorSpec, Preprocess
 from .store import ManifestRow, Store
 
 PENDING = "pending: the run stopped before this image was computed"
+NOT_FINITE = "the model gave NaN or inf for this image"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -64,6 +66,7 @@ class ExtractReport:
     ignored: tuple[str, ...] = ()
     seconds: float = 0.0
     device: str = "cpu"
+    repaired: int = 0  # cached vectors that failed their checksum and were computed again
 
     @property
     def images_per_second(self) -> float:
@@ -74,6 +77,7 @@ class ExtractReport:
             f"{self.found} images found, {self.computed} computed, {self.reused} reused from cache, "
             f"{len(self.skipped)} skipped, {self.images_per_second:.1f} images/s "
             f"({self.seconds:.1f} s on {self.device})"
+            + (f"; {self.repaired} damaged vectors computed again" if self.repaired else "")
         )
 
 
@@ -102,11 +106,14 @@ def extract_dataset(
     root_dir = str(dataset.root)
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
     with Store.open(cache, writable=True) as store:
+        _check_same_dataset(store, dataset.name, dataset.root, cache)
         spec, backbone = _complete(store, extractor)
         fp = spec.fingerprint()
         store.ensure_extractor(fp, spec, torch_version=torch.__version__)
         bad = _previous_failures(store, dataset.name)
         shas, unreadable = _hash_files(store, paths)
+        repaired = store.damaged(fp, [s for s in set(shas.values()) if store.has(fp, s)])
+        store.forget(fp, repaired)  # vectors that fail their checksum are computed again
         todo = _missing(store, fp, shas, bad)
         device = resolve_device(options.device)
         computed = 0
@@ -123,7 +130,7 @@ def extract_dataset(
     report = ExtractReport(
         dataset=dataset.name, fingerprint=fp, found=len(rows), computed=computed,
         reused=ok - computed, skipped=[(r.path, r.status) for r in rows if r.status != "ok"],
-        ignored=dataset.ignored, seconds=time.perf_counter() - start, device=str(device),
+        ignored=dataset.ignored, seconds=time.perf_counter() - start, device=str(device), repaired=len(repaired),
     )
     if ok == 0:
         raise ExtractError(f"{dataset.root}: none of the {len(rows)} images could be used; first: {report.skipped[0][1]}")
@@ -141,12 +148,23 @@ def extract_files(paths: Sequence[Path], extractor: ExtractorSpec | Backbone, ca
         fp = spec.fingerprint()
         store.ensure_extractor(fp, spec, torch_version=torch.__version__)
         shas, unreadable = _hash_files(store, resolved)
+        store.forget(fp, store.damaged(fp, [s for s in set(shas.values()) if store.has(fp, s)]))
         bad: dict[str, str] = {}
         todo = _missing(store, fp, shas, bad)
         computed = _compute(store, spec, backbone, todo, options, resolve_device(options.device), bad)
         ok = {p: s for p, s in shas.items() if store.has(fp, s)}
     skipped = sorted(unreadable.items()) + [(p, bad[s]) for p, s in sorted(shas.items()) if s in bad]
     return FileFeatures(fp, ok, skipped, computed)
+
+
+def _check_same_dataset(store: Store, name: str, root: Path, cache: Path) -> None:
+    """Two folders of one name must not replace each other's manifest; a folder that moved may."""
+    if name not in store.datasets():
+        return
+    old = store.dataset_root(name)
+    if old != root and old.is_dir():
+        raise ExtractError(f"{cache} already holds a dataset named {name!r}, from {old}; pass --name to keep "
+                           f"both (e.g. --name {root.parent.name or 'other'}-{name})")
 
 
 def _complete(store: Store, extractor: ExtractorSpec | Backbone,
@@ -163,10 +181,12 @@ def _complete(store: Store, extractor: ExtractorSpec | Backbone,
 
 
 def _previous_failures(store: Store, name: str) -> dict[str, str]:
-    """sha256 → reason for content that failed to decode last time: not worth decoding again."""
+    """sha256 → reason for content that failed to decode last time: not worth decoding again. I/O
+    failures say nothing about the bytes and are tried again."""
     if name not in store.datasets():
         return {}
-    return {r.sha256: r.status for r in store.read_manifest(name) if r.status not in ("ok", PENDING) and r.sha256}
+    return {r.sha256: r.status for r in store.read_manifest(name)
+            if r.status not in ("ok", PENDING) and r.sha256 and not r.status.startswith(READ_FAILED)}
 
 
 def _hash_files(store: Store, paths: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -179,7 +199,10 @@ def _hash_files(store: Store, paths: Sequence[str]) -> tuple[dict[str, str], dic
         try:
             st = os.stat(key)
         except OSError as exc:
-            unreadable[key] = f"cannot read file ({exc.strerror})"
+            unreadable[key] = f"{READ_FAILED} ({exc.strerror})"
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            unreadable[key] = "not a regular file (a pipe, device or socket); skipped"
             continue
         known = index.get(key)
         if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
@@ -191,7 +214,7 @@ def _hash_files(store: Store, paths: Sequence[str]) -> tuple[dict[str, str], dic
         try:
             return item, sha256_file(Path(item[0])), ""
         except OSError as exc:
-            return item, None, f"cannot read file ({exc.strerror})"
+            return item, None, f"{READ_FAILED} ({exc.strerror})"
 
     if stale:
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
@@ -251,13 +274,13 @@ def _compute(store: Store, spec: ExtractorSpec, backbone: Backbone | Callable[[]
                     queued = ([todo[i][0] for i in indices], *_to_host(vectors))
                 written, pending = pending, queued
                 if written is not None:
-                    computed += _write(store, fp, *written)
+                    computed += _write(store, fp, *written, bad)
                 settle()
                 done += len(indices) + len(failed)
                 progress(task, done, len(todo))
-        finally:  # also on Ctrl-C or a failure: a computed batch is kept
-            if pending is not None:
-                computed += _write(store, fp, *pending)
+        finally:  # also on Ctrl-C or a failure: a computed batch is kept (unless the disk is full)
+            if pending is not None and not store.full:
+                computed += _write(store, fp, *pending, bad)
     return computed
 
 
@@ -300,11 +323,13 @@ def _to_host(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | No
     return host, ready
 
 
-def _write(store: Store, fp: str, shas: list[str], host: torch.Tensor, ready: torch.cuda.Event | None) -> int:
+def _write(store: Store, fp: str, shas: list[str], host: torch.Tensor, ready: torch.cuda.Event | None,
+           bad: dict[str, str]) -> int:
     if ready is not None:
         ready.synchronize()
-    store.add_vectors(fp, shas, host.numpy())
-    return len(shas)
+    rejected = store.add_vectors(fp, shas, host.numpy())
+    bad.update((sha, NOT_FINITE) for sha in rejected)
+    return len(shas) - len(rejected)
 
 
 def _prepare_model(backbone: Backbone, device: torch.device, options: ExtractOptions) -> nn.Module:

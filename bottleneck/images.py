@@ -18,6 +18,11 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 _OPEN_LOCK = threading.Lock()
 
 
+# The start of the reason given for an I/O failure: a verdict about the moment, not about the bytes,
+# so it is never remembered (the file is read again on the next run).
+READ_FAILED = "cannot read file"
+
+
 class ImageError(Exception):
     """An image that cannot be used; the message is the reason, fit for a report."""
 
@@ -36,7 +41,13 @@ def find_image_parts(root: Path) -> list[tuple[str, ...]]:
     100,000 files. Sorting the parts gives the order Paths sort in."""
     top = os.fspath(root)
     found: list[tuple[str, ...]] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of each real directory: a link loop is walked once
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         relative = os.path.relpath(dirpath, top)
         parts = () if relative == os.curdir else tuple(relative.split(os.sep))
@@ -95,7 +106,7 @@ def read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ImageError(f"cannot read file ({exc.strerror or exc})") from None
+        raise ImageError(f"{READ_FAILED} ({exc.strerror or exc})") from None
 
 
 def _draft(img: Image.Image, shorter_side: int) -> None:

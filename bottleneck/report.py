@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -116,17 +117,22 @@ def rich_table(cells: Sequence[Cell], metric: str, title: str) -> Table:
 
 
 def markdown(cells: Sequence[Cell], metric: str, title: str, notes: Sequence[str] = ()) -> str:
+    """Names (features, classes in the notes) are data: HTML is escaped and a `|` cannot end a cell."""
     header, scores, times = _text_tables(cells, metric)
 
     def table(rows: list[list[str]]) -> list[str]:
-        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        return lines + ["| " + " | ".join(r) + " |" for r in rows]
+        lines = ["| " + " | ".join(map(_md, header)) + " |", "|" + " --- |" * len(header)]
+        return lines + ["| " + " | ".join([_md(r[0]), *r[1:]]) + " |" for r in rows]
 
-    lines = [f"# {title}", "", f"{metric}, mean ± std over draws (best per column in bold):", ""]
+    lines = [f"# {_md(title)}", "", f"{metric}, mean ± std over draws (best per column in bold):", ""]
     lines += table(scores) + ["", "Fit time per draw (mean):", ""] + table(times)
     if notes:
-        lines += [""] + [f"- {n}" for n in notes]
+        lines += [""] + [f"- {_md(n)}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def records(cells: Sequence[Cell]) -> list[dict]:
@@ -261,6 +267,12 @@ def write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, root
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):  # a class named $x$ is text
+        return _write_report(out, cells, best, root=root, title=title, metric=metric, notes=notes)
+
+
+def _write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, root: Path, title: str,
+                  metric: str, notes: Sequence[str]) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {kind: out / FILES[kind] for kind in ("markdown", "csv", "json")}
     files["markdown"].write_text(markdown(cells, metric, title, notes))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import BottleneckError, CacheBusyError, StoreError
+from .errors import BottleneckError, CacheBusyError, DamagedVectorsError, DiskFullError, StoreError
 from .spec import ExtractorSpec
 
 FORMAT = "bottleneck-cache"
@@ -31,6 +32,11 @@ DEFAULT_CACHE = Path("cache/bottleneck.h5")
 _STR = h5py.string_dtype()
 _SHA = "S64"
 _MANIFEST_FIELDS = ("path", "label", "split", "sha256", "status")
+_KEY_CHUNK = 4096
+# Free space kept for HDF5's own bookkeeping: a write that would leave less is refused before it
+# starts, because HDF5 cannot survive running out of space mid-write (it leaves a file it can't open).
+_RESERVE = 4 << 20
+_GONE = b""  # the key of a row whose vector failed its checksum: the image is computed again
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,19 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f} MiB"
+
+
+def _blocks(dataset: h5py.Dataset, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, rows) of `dataset` in blocks of `rows`; a block that fails its checksum is left out."""
+    for start in range(0, dataset.shape[0], rows):
+        try:
+            yield start, dataset[start:start + rows]
+        except OSError:
+            continue
+
+
 def _chunk_rows(dim: int, itemsize: int) -> int:
     """Rows per chunk for ~1 MiB chunks: large sequential writes, cheap partial reads."""
     return max(1, min(4096, (1 << 20) // max(1, dim * itemsize)))
@@ -93,7 +112,7 @@ class Store:
         self.path = path
         self._keys: dict[str, dict[str, int]] = {}
         self._specs: dict[str, ExtractorSpec] = {}
-
+        self.full = False  # a write was refused for lack of space
     @classmethod
     @contextmanager
     def open(cls, path: Path, writable: bool = False) -> Iterator[Store]:
@@ -106,6 +125,9 @@ class Store:
             try:
                 h5 = h5py.File(path, "a" if writable else "r")
             except OSError as exc:
+                if "lock" in str(exc).lower():  # HDF5's own lock: a process that bypassed ours holds the file
+                    raise CacheBusyError(f"{path} is in use by another process; wait for it to finish or pass "
+                                         "another --cache") from None
                 raise StoreError(
                     f"{path}: not a readable HDF5 cache ({exc}); move it aside and rerun extract"
                 ) from None
@@ -116,8 +138,6 @@ class Store:
                 elif h5.attrs.get("format") != FORMAT:
                     raise StoreError(f"{path}: not a bottleneck cache (no format attribute)")
                 yield store
-                if writable:
-                    h5.attrs["updated"] = _now()
 
     def _init_root(self) -> None:
         attrs = self.h5.attrs
@@ -125,7 +145,8 @@ class Store:
             attrs.update(format=FORMAT, format_version=FORMAT_VERSION, created=_now())
         elif attrs["format"] != FORMAT:
             raise StoreError(f"{self.path}: an HDF5 file that is not a bottleneck cache; pass another --cache")
-        attrs["bottleneck_version"] = __version__
+        if attrs.get("bottleneck_version") != __version__:
+            attrs["bottleneck_version"] = __version__
 
     # -- embeddings ---------------------------------------------------------------------------
 
@@ -151,8 +172,10 @@ class Store:
         g.attrs.update({k: _attr(v) for k, v in described.items()})
         g.attrs.update(feature_dim=dim, dtype=dtype, created=_now(), updated=_now())
         chunk = _chunk_rows(dim, np.dtype(dtype).itemsize)
-        g.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=_SHA, chunks=(4096,))
-        g.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk, dim))
+        # fletcher32: every chunk carries a checksum, so damage on disk is found when it is read.
+        g.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=_SHA, chunks=(_KEY_CHUNK,), fletcher32=True)
+        g.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk, dim),
+                         fletcher32=True)
 
     def extractor_spec(self, fp: str) -> ExtractorSpec:
         """The spec the vectors under `fp` were made with (also from caches of the first release)."""
@@ -188,11 +211,44 @@ class Store:
         return []
 
     def _key_index(self, fp: str) -> dict[str, int]:
+        """sha256 → row; rows whose key is gone or unreadable are left out (so they count as missing)."""
         if fp not in self._keys:
             group = self.h5.get(f"extractors/{fp}")
-            keys = group["keys"][()] if group is not None else []
-            self._keys[fp] = {k.decode(): i for i, k in enumerate(keys)}
+            index: dict[str, int] = {}
+            if group is not None:
+                keys = group["keys"]
+                for start, block in _blocks(keys, _KEY_CHUNK):
+                    index.update((k.decode(), start + i) for i, k in enumerate(block) if k != _GONE)
+            self._keys[fp] = index
         return self._keys[fp]
+
+    def damaged(self, fp: str, shas: Sequence[str] | None = None) -> list[str]:
+        """The images among `shas` (default: all) whose vectors under `fp` fail their checksum or are
+        not finite, read chunk by chunk."""
+        index = self._key_index(fp)
+        wanted = {index[s]: s for s in (index if shas is None else shas) if s in index}
+        if not wanted:
+            return []
+        data = self.h5["extractors"][fp]["vectors"]
+        rows_per_chunk = data.chunks[0] if data.chunks else len(data)
+        bad: list[str] = []
+        for start in sorted({row - row % rows_per_chunk for row in wanted}):
+            stop = min(start + rows_per_chunk, data.shape[0])
+            try:
+                block = data[start:stop]
+                broken = {start + int(i) for i in np.flatnonzero(~np.isfinite(block).all(axis=1))}
+            except OSError:  # the chunk fails its checksum
+                broken = set(range(start, stop))
+            bad += [wanted[row] for row in sorted(broken) if row in wanted]
+        return bad
+
+    def forget(self, fp: str, shas: Sequence[str]) -> None:
+        """Hide the vectors of `shas` (damaged ones): the next extract computes those images again."""
+        index = self._key_index(fp)
+        keys = self.h5["extractors"][fp]["keys"]
+        for row in sorted(index.pop(s) for s in shas if s in index):
+            keys[row] = _GONE
+        self.h5.flush()
 
     def has(self, fp: str, sha: str) -> bool:
         return sha in self._key_index(fp)
@@ -200,24 +256,41 @@ class Store:
     def count(self, fp: str) -> int:
         return len(self._key_index(fp))
 
-    def add_vectors(self, fp: str, shas: Sequence[str], vectors: np.ndarray) -> None:
-        """Append one batch and flush it to disk before returning."""
+    def add_vectors(self, fp: str, shas: Sequence[str], vectors: np.ndarray) -> list[str]:
+        """Append one batch and flush it to disk before returning. Rows that are not finite are
+        not stored: their shas are returned."""
         index = self._key_index(fp)
-        fresh = [i for i, s in enumerate(shas) if s not in index]
+        vectors = np.asarray(vectors)
+        finite = np.isfinite(vectors).all(axis=1)
+        rejected = [s for s, ok in zip(shas, finite) if not ok]
+        fresh = [i for i, s in enumerate(shas) if s not in index and finite[i]]
         if not fresh:
-            return
+            return rejected
         group = self.h5["extractors"][fp]
         keys, data = group["keys"], group["vectors"]
         start = keys.shape[0]
         end = start + len(fresh)
+        chunk_bytes = int(np.prod(data.chunks)) * data.dtype.itemsize if data.chunks else 0
+        self._room(len(fresh) * data.shape[1] * data.dtype.itemsize + 2 * chunk_bytes + _KEY_CHUNK * 64 * 2)
         data.resize(end, axis=0)
-        data[start:end] = np.asarray(vectors)[fresh].astype(data.dtype, copy=False)
-        keys.resize(end, axis=0)  # keys last: a row is only visible once its vector is written
+        data[start:end] = vectors[fresh].astype(data.dtype, copy=False)
+        self.h5.flush()  # the vectors are on disk before the keys that make them visible
+        keys.resize(end, axis=0)
         keys[start:end] = np.array([shas[i] for i in fresh], dtype=_SHA)
         for offset, i in enumerate(fresh):
             index[shas[i]] = start + offset
         group.attrs["updated"] = _now()
         self.h5.flush()
+        return rejected
+
+    def _room(self, nbytes: int, reserve: int = _RESERVE) -> None:
+        """Refuse a write of about `nbytes` that would leave less than `reserve` bytes free."""
+        free = shutil.disk_usage(self.path.parent).free
+        if free < nbytes + reserve:
+            self.full = True
+            raise DiskFullError(
+                f"{self.path}: the disk is full ({_size(free)} free; the next write needs {_size(nbytes + reserve)}); "
+                "free some space or pass --cache on another disk, then rerun: everything computed so far is kept")
 
     def get_vectors(self, fp: str, shas: Sequence[str]) -> np.ndarray:
         """Vectors for `shas`, in that order, as float32."""
@@ -229,12 +302,23 @@ class Store:
         data = self.h5["extractors"][fp]["vectors"]
         if len(rows) == 0:
             return np.zeros((0, data.shape[1]), dtype=np.float32)
-        if len(rows) * 4 > data.shape[0]:
-            block = data[()]
-            return block[rows].astype(np.float32, copy=False)
-        order = np.unique(rows)
-        block = data[order]
-        return block[np.searchsorted(order, rows)].astype(np.float32, copy=False)
+        try:
+            if len(rows) * 4 > data.shape[0]:
+                out = data[()][rows].astype(np.float32, copy=False)
+            else:
+                order = np.unique(rows)
+                out = data[order][np.searchsorted(order, rows)].astype(np.float32, copy=False)
+        except OSError:  # a chunk failed its checksum: perhaps one these rows don't need
+            out = None
+        bad = self.damaged(fp, shas) if out is None or not np.isfinite(out).all() else []
+        if out is None and not bad:
+            out = np.concatenate([data[row:row + 1] for row in rows]).astype(np.float32, copy=False)
+        if bad:
+            raise DamagedVectorsError(f"{self.path}: the vectors of {len(bad)} images under {fp} are damaged; rerun "
+                                      "extract to compute them again (`bottleneck info --verify` checks the whole "
+                                      "cache)", bad)
+        assert out is not None
+        return out
 
     # -- datasets -----------------------------------------------------------------------------
 
@@ -256,21 +340,29 @@ class Store:
 
     def write_manifest(self, name: str, root: Path, layout: str, rows: Sequence[ManifestRow], fp: str,
                        remember: bool = True) -> None:
-        """Replace the manifest of `name` (written beside the old one, then swapped in).
+        """Replace the manifest of `name` (written beside the old one, then swapped in), unless it is
+        unchanged: a rerun that finds nothing new writes nothing, so the file does not grow.
 
         `remember` records (name, fp) as the last run, and fp as this dataset's last extractor:
         the defaults of `fit` and `compare`.
         """
         parent = self.h5.require_group("datasets")
         old = parent.get(name)
+        extractors = sorted(set(json.loads(old.attrs.get("extractors", "[]"))) | {fp}) if old is not None else [fp]
+        last = fp if remember or old is None else old.attrs.get("last_extractor", fp)
+        same_root = old is not None and old.attrs.get("root") == str(root)
+        if same_root and json.loads(old.attrs["extractors"]) == extractors and old.attrs.get("last_extractor") == last \
+                and self.read_manifest(name) == list(rows):
+            if remember and self.last_run() != (name, fp):
+                self.h5.attrs.update(last_dataset=name, last_extractor=fp)
+            return
+        self._room(len(rows) * 512, reserve=1 << 20)  # within the reserve kept when vectors filled the disk
         tmp = parent.require_group(f"{name}.writing")  # left over if a previous write was killed
         for field in _MANIFEST_FIELDS:
             if field in tmp:
                 del tmp[field]
             values = [getattr(r, field) for r in rows]
             tmp.create_dataset(field, data=np.array(values, dtype=_SHA if field == "sha256" else _STR))
-        extractors = sorted(set(json.loads(old.attrs.get("extractors", "[]"))) | {fp}) if old is not None else [fp]
-        last = fp if remember or old is None else old.attrs.get("last_extractor", fp)
         tmp.attrs.update(
             root=str(root), layout=layout, images=len(rows), extractors=json.dumps(extractors),
             last_extractor=last, created=old.attrs["created"] if old is not None else _now(), updated=_now(),
@@ -280,6 +372,7 @@ class Store:
         parent.move(f"{name}.writing", name)
         if remember:
             self.h5.attrs.update(last_dataset=name, last_extractor=fp)
+        self.h5.attrs["updated"] = _now()
         self.h5.flush()
 
     def read_manifest(self, name: str) -> list[ManifestRow]:
@@ -308,6 +401,7 @@ class Store:
         return {p: (int(s), int(m), h.decode()) for p, s, m, h in zip(paths, sizes, mtimes, shas)}
 
     def write_path_index(self, index: dict[str, tuple[int, int, str]]) -> None:
+        self._room(len(index) * 512, reserve=1 << 20)
         if "paths" in self.h5:
             del self.h5["paths"]
         group = self.h5.create_group("paths")
@@ -324,7 +418,15 @@ def load_features(cache: Path, dataset: str, fp: str) -> Features:
     with Store.open(cache) as store:
         root = store.dataset_root(dataset)
         rows = [r for r in store.read_manifest(dataset) if r.status == "ok"]
-        X = store.get_vectors(fp, [r.sha256 for r in rows])
+        try:
+            X = store.get_vectors(fp, [r.sha256 for r in rows])
+        except DamagedVectorsError as exc:
+            damaged = set(exc.shas)
+            paths = [r.path for r in rows if r.sha256 in damaged]
+            raise DamagedVectorsError(
+                f"{cache}: the vectors of {len(paths)} images of {dataset!r} are damaged ({', '.join(paths[:3])}"
+                f"{', ...' if len(paths) > 3 else ''}); run `bottleneck extract {root}` to compute them again",
+                exc.shas) from None
         spec = store.extractor_spec(fp)
     return Features(
         root=root,
@@ -359,10 +461,42 @@ def select_extraction(cache: Path, dataset: str | None, model: str | None) -> tu
         return dataset, matching[0]
 
 
+def verify_cache(cache: Path) -> list[tuple[str, int, list[str]]]:
+    """Check every vector against its checksum (and for NaN/inf); hide the damaged ones so the next
+    extract computes them again. Per extractor: (fingerprint, vectors checked, dataset/path of each
+    damaged image, or its sha256 where no manifest names it)."""
+    report = []
+    with Store.open(cache, writable=True) as store:
+        where = {r.sha256: f"{name}/{r.path}" for name in store.datasets() for r in store.read_manifest(name)}
+        for fp in store.extractors():
+            checked = store.count(fp)
+            bad = store.damaged(fp)
+            store.forget(fp, bad)
+            report.append((fp, checked, [where.get(sha, sha) for sha in bad]))
+    return report
+
+
+def compact_cache(cache: Path) -> tuple[int, int]:
+    """Copy everything the cache holds into a new file and swap it in; (bytes before, bytes after).
+    HDF5 does not give back the space of deleted objects (old manifests and path indexes)."""
+    before = Path(cache).stat().st_size if Path(cache).exists() else 0
+    with Store.open(cache, writable=True) as store:
+        store._room(before)
+        partial = store.path.with_name(store.path.name + ".compacting")
+        with h5py.File(partial, "w") as out:
+            for name in store.h5:
+                store.h5.copy(store.h5[name], out, name=name)
+            out.attrs.update(dict(store.h5.attrs))
+        os.replace(partial, store.path.resolve())
+    return before, Path(cache).stat().st_size
+
+
 @contextmanager
 def _lock(path: Path, exclusive: bool) -> Iterator[None]:
-    """One writer at a time: a second writer fails at once with a message naming the holder."""
-    lock_path = path.with_name(path.name + ".lock")
+    """One writer at a time: a second writer, or a reader during a write, fails at once with a message
+    naming the holder. The lock belongs to the file itself, whatever path or link it is reached by."""
+    real = path.resolve()
+    lock_path = real.with_name(real.name + ".lock")
     with open(lock_path, "a+") as handle:
         try:
             fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

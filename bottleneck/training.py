@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
              tune: bool = False, test_size: float = 0.25, seed: int = 0, out: Path | None = None,
              params: dict | None = None) -> FitResult:
     """Train `head` on the cached features of `dataset`, score it on the held-out split, save it."""
+    if not 0 < test_size < 1:
+        raise FitError(f"--test-size {test_size}: give a fraction between 0 and 1, e.g. 0.25")
     dataset, fp = select_extraction(cache, dataset, model)
     features = load_features(cache, dataset, fp)
     with Store.open(cache) as store:
@@ -99,33 +102,47 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
 
     out = Path(out) if out else Path(cache).parent / "heads" / f"{dataset}-{head}.joblib"
     out.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(estimator, out)
-    per_class = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
-    sidecar = {
-        "head": head,
-        "params": {k: _jsonable(v) for k, v in estimator.get_params(deep=False).items()},
-        "best_params": _jsonable(getattr(_find_search(estimator), "best_params_", None)),
-        "classes": [str(c) for c in estimator.classes_],
-        "dataset": dataset,
-        "dataset_root": str(features.root),
-        "extractor": {"fingerprint": fp, "label": spec.label(), "spec": spec.to_dict()},
-        "sizes": {"train": int(len(train)), "val": int(len(val)), "test": int(len(test))},
-        "split": {"test_size": test_size, "seed": seed, "from_folders": bool((features.splits != "").any())},
-        "metrics": {
-            "test_accuracy": float(accuracy_score(y_true, y_pred)),
-            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
-            "per_class": {c: {"precision": per_class[c]["precision"], "recall": per_class[c]["recall"],
-                              "support": int(per_class[c]["support"])} for c in estimator.classes_},
-        },
-        "fit_seconds": fit_seconds,
-        "versions": {"bottleneck-features": __version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "sha256": sha256_file(out),
-    }
-    sidecar_path(out).write_text(json.dumps(sidecar, indent=2))
-    return FitResult(out, sidecar, classification_report(y_true, y_pred, zero_division=0))
+    partial = out.with_name(out.name + ".partial")  # the head and its sidecar land together or not at all
+    partial_sidecar = out.with_name(out.name + ".json.partial")
+    classes = list(estimator.classes_)  # a class can be missing from a small test split: report it as 0
+    per_class = classification_report(y_true, y_pred, labels=classes, output_dict=True, zero_division=0)
+    try:
+        joblib.dump(estimator, partial)
+        sidecar = {
+            "head": head,
+            "params": {k: _jsonable(v) for k, v in estimator.get_params(deep=False).items()},
+            "best_params": _jsonable(getattr(_find_search(estimator), "best_params_", None)),
+            "classes": [str(c) for c in estimator.classes_],
+            "dataset": dataset,
+            "dataset_root": str(features.root),
+            "extractor": {"fingerprint": fp, "label": spec.label(), "spec": spec.to_dict()},
+            "sizes": {"train": int(len(train)), "val": int(len(val)), "test": int(len(test))},
+            "split": {"test_size": test_size, "seed": seed, "from_folders": bool((features.splits != "").any())},
+            "metrics": {
+                "test_accuracy": float(accuracy_score(y_true, y_pred)),
+                "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+                "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+                "per_class": {str(c): {"precision": per_class[str(c)]["precision"], "recall": per_class[str(c)]["recall"],
+                                       "support": int(per_class[str(c)]["support"])} for c in classes},
+            },
+            "fit_seconds": fit_seconds,
+            "versions": {"bottleneck-features": __version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "sha256": sha256_file(partial),
+        }
+        partial_sidecar.write_text(json.dumps(sidecar, indent=2))
+        os.replace(partial, out)
+        os.replace(partial_sidecar, sidecar_path(out))
+    finally:
+        partial.unlink(missing_ok=True)
+        partial_sidecar.unlink(missing_ok=True)
+    missing = [str(c) for c in classes if c not in set(y_true)]
+    report = classification_report(y_true, y_pred, labels=classes, zero_division=0)
+    if missing:
+        report += (f"\nno test images for {', '.join(missing)}: add images, raise --test-size, or use split "
+                   "folders to score every class\n")
+    return FitResult(out, sidecar, report)
 
 
 def sidecar_path(head_path: Path) -> Path:

@@ -31,6 +31,7 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "bottleneck_features", "--help"], cwd=tmp_path, capture_output=True,
                          text=True)
     assert run.returncode == 0 and "Usage: bottleneck" in run.stdout and "export" in run.stdout
+    assert "--install-completion" in run.stdout
 
 
 def test_importing_the_package_is_cheap(tmp_path: Path) -> None:
