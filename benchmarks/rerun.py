@@ -63,7 +63,7 @@ def main() -> None:
                        check=True, capture_output=True)
         cli_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import bottleneck_features.cli, bottleneck.extract, bottleneck.sources"],
+        subprocess.run([sys.executable, "-c", "import bottleneck_features.cli, bottleneck_features.extraction, bottleneck_features.sources"],
                        check=True)
         import_seconds = time.perf_counter() - start
     rerun_seconds = statistics.median(r.seconds for r in reruns)
