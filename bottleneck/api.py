@@ -90,7 +90,8 @@ def predict(inputs: str | Path | Sequence[str | Path], head: str | Path, *, cach
 def compare(*, data: str | None = None, models: Sequence[str] | None = None, heads: Sequence[str] | None = None,
             per_class: Sequence[int] | None = None, cv: int | None = None, repeats: int = 5, seed: int = 0,
             pixels: int | None = 32, metric: str = "accuracy", tune: Sequence[str] | None = None,
-            cap: bool = False, out: str | Path | None = None, jobs: int = 1, cache: str | Path = DEFAULT_CACHE,
+            cap: bool = False, out: str | Path | None = None, jobs: int | None = None,
+            cache: str | Path = DEFAULT_CACHE,
             progress: Progress | None = None) -> CompareResult:
     """Heads × extractions × raw pixels on one dataset, with the report (see `bottleneck compare --help`;
     heads and tune: None for compare's defaults). `result.to_frame()` gives one row per cell and metric."""

@@ -249,7 +249,7 @@ def compare(
     cap: bool = typer.Option(False, "--cap", help="Cap N at what each class can spare."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/<dataset>/)."),
-    jobs: int = typer.Option(1, help="Fits run in parallel."),
+    jobs: Optional[int] = typer.Option(None, help="Fits run in parallel (default: one per core)."),
     cache: Path = CacheOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

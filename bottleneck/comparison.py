@@ -8,6 +8,7 @@ have, and scored on the same draws, so every cell of the table is measured on th
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ def run_compare(
     tune: Sequence[str] = DEFAULT_TUNED,
     cap: bool = False,
     out: Path | None = None,
-    jobs: int = 1,
+    jobs: int | None = None,
     progress: Progress | None = None,
 ) -> CompareResult:
     """Compare feature sets and heads on one cached dataset and write the report under `out`.
@@ -87,10 +88,12 @@ def run_compare(
     it (raw pixels aside), else efficientnet_lite0; each entry of a list is a model name, a label
     such as `resnet50[layer3,max]` or a fingerprint; [] for the pixel baseline alone. per_class / cv: one
     or the other (default per_class 15,30). pixels: the raw-pixel baseline raw{pixels}, None for none.
-    tune: heads whose hyperparameters are grid-searched inside each training draw.
+    tune: heads whose hyperparameters are searched inside each training draw (logreg: along a
+    warm-started C path on a held-out part). jobs: parallel fits (default one per core).
     cap: take min(N, what a class can spare) instead of failing on small classes.
     """
     start = time.perf_counter()
+    jobs = (os.cpu_count() or 1) if jobs is None else jobs
     heads, per_class = _check_options(heads, per_class, cv, repeats, metric, tune, jobs)
     name, root, specs = _choose_features(cache, dataset, models, pixels)
     if not specs:
@@ -101,7 +104,10 @@ def run_compare(
     settings, protocol = _settings(labels, splits, per_class, cv, repeats, seed, cap, notes)
     grid = [(f, h, s) for f, spec in enumerate(specs) for h in _heads_for(spec.model, heads)
             for s in range(len(settings))]
-    estimators = {h: make_head(h, tune=h in tune, random_state=seed) for _, h, _ in grid}
+    # Fits run in parallel across cells: a random forest then builds its trees on one core.
+    single: dict[str, Any] = {"n_jobs": 1} if jobs != 1 else {}
+    estimators = {h: make_head(h, tune=h in tune, random_state=seed, **(single if h == "rf" else {}))
+                  for _, h, _ in grid}
     tuned = ", ".join(h for h in estimators if h in tune) or "none"
     notes.insert(0, f"{len(paths)} images, {len(np.unique(labels))} classes; ± is the sample std (ddof=1) over "
                     f"draws; hyperparameters tuned inside each training draw: {tuned}")

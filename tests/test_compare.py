@@ -48,7 +48,7 @@ def test_compare_end_to_end_with_raw_pixels(colour_cache: Path, tmp_path: Path,
 
     monkeypatch.setattr(compare, "run_cell", recording_run_cell)
     result = run_compare(colour_cache, models=["raw16"], heads=["logreg", "knn"], per_class=[2, 4], repeats=2,
-                         pixels=8, out=tmp_path / "out")
+                         pixels=8, out=tmp_path / "out", jobs=1)  # in this process, where run_cell is recorded
     assert result.dataset == "colours"
     assert {(c.features, c.head, c.per_class) for c in result.cells} == {
         (f, h, n) for f in ("raw16", "raw8") for h in ("logreg", "knn", "nb") for n in (2, 4)}

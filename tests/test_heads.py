@@ -14,11 +14,13 @@ from sklearn.base import clone
 from sklearn.datasets import make_blobs
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import Pipeline
+from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from bottleneck_features.heads import (
     HEADS,
     MLPHeadClassifier,
+    PathTunedLogisticRegression,
     SoftmaxClassifier,
     UnknownHeadError,
     make_head,
@@ -119,7 +121,7 @@ def test_svm_linear_grid_has_no_gamma():
     assert set(param_grid("svm", kernel="linear")) == {"clf__estimator__C"}
 
 
-@pytest.mark.parametrize("name", ["logreg", "softmax"])
+@pytest.mark.parametrize("name", ["svm", "softmax"])
 def test_tune_searches_the_grid_with_folds_from_the_fit_data(name):
     X, y = embeddings(n_per_class=20)
     keep = np.r_[np.flatnonzero(y != "eel"), np.flatnonzero(y == "eel")[:3]]  # smallest class: 3
@@ -134,11 +136,35 @@ def test_tune_searches_the_grid_with_folds_from_the_fit_data(name):
     assert head.predict(X[:5]).dtype == y.dtype
 
 
-@pytest.mark.parametrize(("name", "tune"), [("svm", False), ("logreg", True)])
+@pytest.mark.parametrize(("name", "tune"), [("svm", False), ("svm", True)])
 def test_cross_validation_needs_two_samples_per_class(name, tune):
     X, y = embeddings(n_per_class=1)
     with pytest.raises(ValueError, match="at least 2 samples of every class"):
         make_head(name, tune=tune).fit(X, y)
+
+
+def test_tuned_logreg_chooses_c_on_a_held_out_part_and_refits_on_everything():
+    X, y = embeddings(n_per_class=20)
+    head = make_head("logreg", tune=True).fit(X, y)
+    tuned = head[-1]
+    assert isinstance(tuned, PathTunedLogisticRegression) and tuned.C_ in tuned.Cs
+    assert set(tuned.scores_) <= set(tuned.Cs) and tuned.scores_[tuned.C_] == max(tuned.scores_.values())
+    plain = make_head("logreg", C=tuned.C_).fit(X, y)
+    np.testing.assert_allclose(head.predict_proba(X), plain.predict_proba(X), atol=1e-3)  # the same model
+    assert head.predict(X[:5]).dtype == y.dtype
+    one = make_head("logreg", tune=True).fit(*embeddings(n_per_class=1))  # nothing to hold out
+    assert one[-1].C_ == 0.1 and not one[-1].scores_
+
+
+def test_default_svm_is_linear_and_matches_logreg_on_embeddings():
+    X, y = embeddings(n_per_class=30)
+    train = np.r_[[np.flatnonzero(y == c)[:15] for c in np.unique(y)]].ravel()
+    test = np.setdiff1d(np.arange(len(y)), train)
+    svm, logreg = make_head("svm").fit(X[train], y[train]), make_head("logreg").fit(X[train], y[train])
+    assert isinstance(svm[-1].estimator, LinearSVC)
+    assert (svm.predict(X[test]) == y[test]).mean() >= (logreg.predict(X[test]) == y[test]).mean() - 0.05
+    assert isinstance(make_head("svm", kernel="rbf")[-1].estimator, SVC)
+    assert set(param_grid("svm", kernel="rbf")) == {"clf__estimator__C", "clf__estimator__gamma"}
 
 
 def test_tune_uses_at_most_five_folds():
@@ -192,6 +218,7 @@ def test_too_small_to_split_trains_without_early_stopping(cls):
     [
         SoftmaxClassifier(max_epochs=15, learning_rate=0.05, device="cpu"),
         MLPHeadClassifier(max_epochs=15, learning_rate=0.05, device="cpu"),
+        PathTunedLogisticRegression(),
     ]
 )
 def test_sklearn_estimator_contract(estimator, check):
