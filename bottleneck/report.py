@@ -10,7 +10,6 @@ import csv
 import html
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,16 +102,30 @@ def _text_tables(cells: Sequence[Cell], metric: str) -> tuple[list[str], list[li
 
 
 def rich_table(cells: Sequence[Cell], metric: str, title: str) -> Table:
-    """Mean ± std of `metric` over draws, mean fit time per draw underneath; best per column in bold."""
-    header, scores, times = _text_tables(cells, metric)
+    """For the terminal: a row per features + head, a column per N (or the K-fold), so the table
+    reads at 80 columns; mean ± std of `metric` over draws with the mean fit time beneath; the best
+    of each column in bold."""
+    settings = sorted({c.per_class for c in cells}, key=lambda n: -1 if n is None else n)
+    by_row: dict[tuple[str, str], dict[int | None, Cell]] = {}
+    for c in cells:
+        by_row.setdefault((c.features, c.head), {})[c.per_class] = c
+    best = {id(max((c for c in cells if c.per_class == n), key=lambda c: c.mean_std(metric)[0])) for n in settings}
     table = Table(title=escape(title), caption=f"{metric}: mean ± std over draws; fit time per draw")
-    table.add_column(escape(header[0]))
-    for name in header[1:]:  # names are data (labels such as resnet50[layer3,max]), never markup
-        table.add_column(escape(name).replace(" ", "\n", 1), justify="right")
-    for score_row, time_row in zip(scores, times):
-        texts = [re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/bold]", score) + ("" if t == "—" else f"\n[dim]{t}[/dim]")
-                 for score, t in zip(score_row[1:], time_row[1:])]
-        table.add_row(escape(score_row[0]), *texts)
+    table.add_column("features", overflow="fold")  # names are data (labels such as resnet50[layer3,max])
+    table.add_column("head")
+    for n in settings:
+        table.add_column(setting(next(c for c in cells if c.per_class == n)), justify="right")
+    for (features, head), row in by_row.items():
+        texts = []
+        for n in settings:
+            cell = row.get(n)
+            if cell is None:
+                texts.append("—")
+                continue
+            score = _score_text(cell, metric)
+            texts.append((f"[bold]{score}[/bold]" if id(cell) in best else score)
+                         + f"\n[dim]{_seconds(cell.mean_fit_seconds)}[/dim]")
+        table.add_row(escape(features), escape(head), *texts)
     return table
 
 

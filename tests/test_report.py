@@ -85,12 +85,17 @@ def test_cv_report_has_no_curve(tmp_path: Path) -> None:
     assert "5-fold" in files["markdown"].read_text()
 
 
-def test_rich_table_shows_mean_std_and_empty_cells() -> None:
-    console = Console(record=True, width=250)
-    console.print(rich_table(synthetic_cells([2, 4]), "accuracy", "toy"))
-    text = console.export_text()
-    assert "efficientnet_lite0" in text and "raw8" in text and "±" in text and "—" in text  # lite0 has no nb
-    assert "10 ms" in text
+def test_rich_table_reads_at_80_columns() -> None:
+    """A row per features + head, a column per N: 3 heads x 2 N no longer wrap every cell."""
+    console = Console(record=True, width=80)
+    console.print(rich_table(synthetic_cells([15, 30]), "accuracy", "toy"))
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80
+    header = next(line for line in lines if "N=15" in line)
+    assert "N=30" in header and "head" in header
+    row = next(line for line in lines if "efficientnet_lite0" in line and "svm" in line)
+    assert row.count("±") == 2  # both N on one line, not wrapped
+    assert "10 ms" in "\n".join(lines)
 
 
 def test_confusion_figure_scales_with_class_count(tmp_path: Path) -> None:
