@@ -21,6 +21,7 @@ import numpy as np
 from rich.table import Table
 from sklearn.metrics import confusion_matrix
 
+from .cells import CellCache
 from .errors import CompareError
 from .evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
 from .extraction import ExtractOptions, extract_dataset
@@ -100,7 +101,9 @@ def run_compare(
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
     names = _row_names(specs)
     notes: list[str] = []
-    paths, labels, splits, Xs = _align(_load(cache, name, root, specs, progress, notes), notes)
+    loaded = _load(cache, name, root, specs, progress, notes)
+    fingerprints = [spec.fingerprint() for spec in (f.spec for f in loaded) if spec is not None]
+    paths, shas, labels, splits, Xs = _align(loaded, notes)
     settings, protocol = _settings(labels, splits, per_class, cv, repeats, seed, cap, notes)
     grid = [(f, h, s) for f, spec in enumerate(specs) for h in _heads_for(spec.model, heads)
             for s in range(len(settings))]
@@ -111,7 +114,10 @@ def run_compare(
     tuned = ", ".join(h for h in estimators if h in tune) or "none"
     notes.insert(0, f"{len(paths)} images, {len(np.unique(labels))} classes; ± is the sample std (ddof=1) over "
                     f"draws; hyperparameters tuned inside each training draw: {tuned}")
-    runs = _run_grid(grid, settings, estimators, Xs, labels, names, jobs, progress)
+    fitted = CellCache(Path(cache).parent / "cells")
+    keys = {(f, h, s, r): fitted.key(fingerprints[f], estimators[h], shas, labels, split)
+            for f, h, s in grid for r, split in enumerate(settings[s][2])}
+    runs = _run_grid(grid, settings, estimators, Xs, labels, names, jobs, progress, fitted, keys)
 
     cells = []
     for f, h, s in grid:
@@ -211,7 +217,8 @@ def _load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], progre
     return loaded
 
 
-def _align(features: list[Features], notes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, list[np.ndarray]]:
+def _align(features: list[Features],
+           notes: list[str]) -> tuple[list[str], list[str], np.ndarray, np.ndarray, list[np.ndarray]]:
     """Keep the images every feature set has, in one row order (so draws mean the same images)."""
     common = set(features[0].paths).intersection(*(f.paths for f in features[1:]))
     keep = [p for p in features[0].paths if p in common]
@@ -224,7 +231,9 @@ def _align(features: list[Features], notes: list[str]) -> tuple[list[str], np.nd
         rows = np.array([index[p] for p in keep], dtype=np.int64)
         first_rows = rows if first_rows is None else first_rows
         Xs.append(f.X[rows])
-    return keep, features[0].labels[first_rows], features[0].splits[first_rows], Xs
+    assert first_rows is not None
+    shas = [features[0].shas[i] for i in first_rows]
+    return keep, shas, features[0].labels[first_rows], features[0].splits[first_rows], Xs
 
 
 Setting = tuple[int | None, int | None, list[Split]]  # (N per class, K folds, draws)
@@ -259,16 +268,24 @@ def _fit(key: tuple[int, str, int], r: int, estimator: object, X: np.ndarray, y:
 
 
 def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimators: dict[str, object],
-              Xs: list[np.ndarray], labels: np.ndarray, names: list[str], jobs: int,
-              progress: Progress | None) -> dict[tuple[int, str, int], list[CellRun]]:
-    """Every (feature set, head, setting, draw) fit, in parallel with `jobs` joblib workers."""
-    tasks = [(key, r, split) for key in grid for r, split in enumerate(settings[key[2]][2])]
+              Xs: list[np.ndarray], labels: np.ndarray, names: list[str], jobs: int, progress: Progress | None,
+              cells: CellCache, keys: dict[tuple[int, str, int, int], str]) -> dict[tuple[int, str, int], list[CellRun]]:
+    """Every (feature set, head, setting, draw) fit not cached yet, in parallel with `jobs` joblib workers."""
     done: dict[tuple[tuple[int, str, int], int], CellRun] = {}
+    tasks = []
+    for key in grid:
+        for r, split in enumerate(settings[key[2]][2]):
+            cached = cells.get(keys[(*key, r)])
+            if cached is None:
+                tasks.append((key, r, split))
+            else:
+                done[key, r] = cached
+    total = len(done) + len(tasks)
     report = progress or no_progress
     with tempfile.TemporaryDirectory(prefix="bottleneck-") as tmp:
         if jobs != 1:  # memory-map the features once instead of shipping (and hashing) them per fit
             Xs = [joblib.load(joblib.dump(X, f"{tmp}/{i}.joblib")[0], mmap_mode="r") for i, X in enumerate(Xs)]
-        report("fits", 0, len(tasks))
+        report("fits", len(done), total)
         calls = (joblib.delayed(_fit)(key, r, estimators[key[1]], Xs[key[0]], labels, split)
                  for key, r, split in tasks)
         for key, r, run in joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(calls):
@@ -277,7 +294,8 @@ def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimat
                 where = f"{k}-fold" if k else f"N={n}"
                 raise CompareError(f"{names[key[0]]} + {key[1]} at {where}, draw {r + 1} failed: {run}")
             done[key, r] = run
-            report("fits", len(done), len(tasks))
+            cells.put(keys[(*key, r)], run)
+            report("fits", len(done), total)
     return {key: [done[key, r] for r in range(len(settings[key[2]][2]))] for key in grid}
 
 

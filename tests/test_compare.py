@@ -4,6 +4,7 @@ errors, and an integration run on the real photo_vs_drawing set."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -66,11 +67,32 @@ def test_compare_end_to_end_with_raw_pixels(colour_cache: Path, tmp_path: Path,
     assert "colours" in str(result.table().title)
 
 
+def test_fitted_cells_are_reused_by_the_next_compare(colour_cache: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.h5"
+    shutil.copy(colour_cache, cache)  # its own cells/ folder
+    starts: list[tuple[int, int]] = []
+
+    def progress(task: str, done: int, total: int) -> None:
+        if task == "fits" and (not starts or starts[-1][1] != total or done < starts[-1][0]):
+            starts.append((done, total))
+
+    kwargs = dict(models=[], per_class=[3], repeats=2, pixels=8, tune=[], jobs=1, progress=progress)
+    first = run_compare(cache, heads=["logreg"], out=tmp_path / "a", **kwargs)
+    again = run_compare(cache, heads=["logreg", "knn"], out=tmp_path / "b", **kwargs)
+    assert starts == [(0, 4), (4, 6)]  # logreg and nb (2 draws each) fitted once, then only knn
+    assert [c.scores for c in again.cells if c.head != "knn"] == [c.scores for c in first.cells]
+    assert len(list((tmp_path / "cells").glob("*.npz"))) == 6
+
+
 def test_parallel_jobs_give_the_same_numbers(colour_cache: Path, tmp_path: Path) -> None:
     kwargs = dict(models=[], heads=["logreg"], per_class=[3], repeats=2, pixels=8)
-    serial = run_compare(colour_cache, out=tmp_path / "a", jobs=1, **kwargs)
-    parallel = run_compare(colour_cache, out=tmp_path / "b", jobs=2, **kwargs)
-    assert [c.scores for c in serial.cells] == [c.scores for c in parallel.cells]
+    results = []
+    for jobs in (1, 2):  # each in a cache folder of its own, so neither reads the other's fitted cells
+        cache = tmp_path / f"jobs{jobs}" / "cache.h5"
+        cache.parent.mkdir()
+        shutil.copy(colour_cache, cache)
+        results.append(run_compare(cache, out=tmp_path / f"out{jobs}", jobs=jobs, **kwargs))
+    assert [c.scores for c in results[0].cells] == [c.scores for c in results[1].cells]
 
 
 def test_cv_protocol(colour_cache: Path, tmp_path: Path) -> None:
