@@ -132,7 +132,10 @@ def main() -> None:
         print(f"\ndefault compare, 102 classes x 90, efficientnet_lite0-like + raw32-like: {seconds:.0f} s")
         result["compare_s"] = seconds
         result["compare_cells"] = [{"features": c.features, "head": c.head, "n": c.per_class,
-                                    "mean": c.mean_std("accuracy")[0]} for c in compared.cells]
+                                    "mean": c.mean_std("accuracy")[0], "fit_s": c.mean_fit_seconds}
+                                   for c in compared.cells]
+        C.print_table(["features", "head", "N", "accuracy", "fit s per draw"],
+                      [[c["features"], c["head"], c["n"], c["mean"], c["fit_s"]] for c in result["compare_cells"]])
     C.write_json(args.json, result)
 
 

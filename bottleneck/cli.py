@@ -1,4 +1,4 @@
-"""The `bottleneck` command: parses options, calls one stage, prints its result."""
+"""The `bottleneck` command: parses options, calls the API (api.py), prints its result."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _user_errors(cache: Path | None = None) -> Iterator[None]:
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         where = f" in {cache}" if cache else ""
-        stderr.print(f"interrupted: everything computed so far is saved{where}; rerun to resume")
+        stderr.print(f"interrupted: everything computed so far is saved{where}; rerun to resume", markup=False)
         raise typer.Exit(130) from None
 
 
