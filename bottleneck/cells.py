@@ -26,10 +26,11 @@ class CellCache:
         self.folder = Path(folder)
 
     @staticmethod
-    def key(fingerprint: str, estimator: object, shas: Sequence[str], labels: np.ndarray, split: Split) -> str:
+    def key(fingerprint: str, head: str, shas: Sequence[str], labels: np.ndarray, split: Split) -> str:
+        """`head`: joblib.hash of the unfitted estimator (all its parameters)."""
         train = [(shas[i], str(labels[i])) for i in split.train]
         test = [(shas[i], str(labels[i])) for i in split.test]
-        return joblib.hash((fingerprint, joblib.hash(estimator), train, test, __version__, sklearn.__version__))
+        return joblib.hash((fingerprint, head, train, test, __version__, sklearn.__version__))
 
     def get(self, key: str) -> CellRun | None:
         path = self.folder / f"{key}.npz"

@@ -115,7 +115,8 @@ def run_compare(
     notes.insert(0, f"{len(paths)} images, {len(np.unique(labels))} classes; ± is the sample std (ddof=1) over "
                     f"draws; hyperparameters tuned inside each training draw: {tuned}")
     fitted = CellCache(Path(cache).parent / "cells")
-    keys = {(f, h, s, r): fitted.key(fingerprints[f], estimators[h], shas, labels, split)
+    head_hashes = {h: joblib.hash(estimator) for h, estimator in estimators.items()}
+    keys = {(f, h, s, r): fitted.key(fingerprints[f], head_hashes[h], shas, labels, split)
             for f, h, s in grid for r, split in enumerate(settings[s][2])}
     runs = _run_grid(grid, settings, estimators, Xs, labels, names, jobs, progress, fitted, keys)
 

@@ -107,13 +107,10 @@ def extract_dataset(
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
     with Store.open(cache, writable=True) as store:
         _check_same_dataset(store, dataset.name, dataset.root, cache)
-        spec, backbone = _complete(store, extractor)
-        fp = spec.fingerprint()
-        store.ensure_extractor(fp, spec, torch_version=torch.__version__)
+        spec, fp, backbone = _open_extractor(store, extractor)
         bad = _previous_failures(store, dataset.name)
         shas, unreadable = _hash_files(store, paths)
-        repaired = store.damaged(fp, [s for s in set(shas.values()) if store.has(fp, s)])
-        store.forget(fp, repaired)  # vectors that fail their checksum are computed again
+        repaired = _forget_damaged(store, fp, shas)
         todo = _missing(store, fp, shas, bad)
         device = resolve_device(options.device)
         computed = 0
@@ -144,11 +141,9 @@ def extract_files(paths: Sequence[Path], extractor: ExtractorSpec | Backbone, ca
     options = options or ExtractOptions()
     resolved = [str(Path(p).resolve()) for p in paths]
     with Store.open(cache, writable=True) as store:
-        spec, backbone = _complete(store, extractor, weights_file)
-        fp = spec.fingerprint()
-        store.ensure_extractor(fp, spec, torch_version=torch.__version__)
+        spec, fp, backbone = _open_extractor(store, extractor, weights_file)
         shas, unreadable = _hash_files(store, resolved)
-        store.forget(fp, store.damaged(fp, [s for s in set(shas.values()) if store.has(fp, s)]))
+        _forget_damaged(store, fp, shas)
         bad: dict[str, str] = {}
         todo = _missing(store, fp, shas, bad)
         computed = _compute(store, spec, backbone, todo, options, resolve_device(options.device), bad)
@@ -167,10 +162,26 @@ def _check_same_dataset(store: Store, name: str, root: Path, cache: Path) -> Non
                            f"both (e.g. --name {root.parent.name or 'other'}-{name})")
 
 
+def _open_extractor(store: Store, extractor: ExtractorSpec | Backbone, weights_file: str | None = None
+                    ) -> tuple[ExtractorSpec, str, Backbone | Callable[[], Backbone]]:
+    """(the spec with its feature width, its fingerprint, the network or how to build it when needed),
+    with the spec's group in the cache. A spec whose width only a build can tell (a `layer`) takes it
+    from a matching group already in the cache."""
+    spec, backbone = _complete(store, extractor, weights_file)
+    fp = spec.fingerprint()
+    store.ensure_extractor(fp, spec, torch_version=torch.__version__)
+    return spec, fp, backbone
+
+
+def _forget_damaged(store: Store, fp: str, shas: dict[str, str]) -> list[str]:
+    """Hide the cached vectors among `shas` that fail their checksum, so they are computed again."""
+    damaged = store.damaged(fp, list(set(shas.values())))
+    store.forget(fp, damaged)
+    return damaged
+
+
 def _complete(store: Store, extractor: ExtractorSpec | Backbone,
-              weights_file: str | None = None) -> tuple[ExtractorSpec, Backbone | Callable[[], Backbone]]:
-    """(the spec with its feature width, the network or how to build it when needed). A spec whose
-    width only a build can tell (a `layer`) takes it from a matching group already in the cache."""
+              weights_file: str | None) -> tuple[ExtractorSpec, Backbone | Callable[[], Backbone]]:
     if isinstance(extractor, Backbone):
         return extractor.spec, extractor
     spec = extractor if extractor.feature_dim is not None else store.find_extractor(extractor)

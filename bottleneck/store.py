@@ -450,8 +450,8 @@ def select_extraction(cache: Path, dataset: str | None, model: str | None) -> tu
         if model is None:
             return dataset, str(store.dataset_attrs(dataset)["last_extractor"])
         matching = store.match_extractors(dataset, model)
-        described = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in store.dataset_extractors(dataset)]
         if not matching:
+            described = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in store.dataset_extractors(dataset)]
             raise StoreError(f"dataset {dataset!r} has no {model} features (it has: {', '.join(described)}); "
                              f"run `bottleneck extract {store.dataset_root(dataset)} --model {model}`")
         if len(matching) > 1:
