@@ -48,20 +48,22 @@ def _progress_bars(enabled: bool) -> Iterator[Progress | None]:
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.progress import Progress as Bars
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+               TextColumn("{task.fields[detail]}"))
     with Bars(*columns, console=stderr) as bars:
         tasks: dict[str, tuple[TaskID, float]] = {}
 
-        def report(task: str, done: int, total: int) -> None:
-            if task not in tasks:  # a task's name is data (a label such as resnet50[layer3,max]), not markup
-                tasks[task] = bars.add_task(escape(task), total=total, rate=""), time.perf_counter()
+        def report(task: str, done: int, total: int, detail: str = "") -> None:
+            if task not in tasks:  # names are data (a label such as resnet50[layer3,max]), not markup
+                tasks[task] = bars.add_task(escape(task), total=total, rate="", detail=""), time.perf_counter()
             bar, start = tasks[task]
             rate = done / max(time.perf_counter() - start, 1e-9)
-            bars.update(bar, completed=done, total=total, rate=f"{rate:7.1f}/s" if done else "")
+            bars.update(bar, completed=done, total=total, rate=f"{rate:7.1f}/s" if done else "",
+                        detail=escape(detail) if done < total else "")
 
         yield report
 
@@ -238,7 +240,7 @@ def _ints(value: str | None, option: str) -> list[int] | None:
 def compare(
     models: Optional[str] = typer.Option(None, "--models", help="Comma list of model names, labels such as "
                                          "resnet50[layer3,max], or fingerprints (default: every extraction of the dataset)."),
-    heads: str = typer.Option("logreg,svm,rf", "--heads", help="Comma list of heads."),
+    heads: str = typer.Option("logreg,svm,et", "--heads", help="Comma list of heads."),
     per_class: Optional[str] = typer.Option(None, "--per-class", help="Training images per class, comma list (default 15,30)."),
     cv: Optional[int] = typer.Option(None, "--cv", help="Stratified K-fold instead of --per-class draws."),
     repeats: int = typer.Option(5, help="Random draws per N."),
@@ -250,6 +252,8 @@ def compare(
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/<dataset>/)."),
     jobs: Optional[int] = typer.Option(None, help="Fits run in parallel (default: one per core)."),
+    device: str = typer.Option("auto", help="Where logreg trains: auto (torch on CUDA, a cell's draws in one "
+                               "solve, when present; else scikit-learn), sklearn, cuda[:N] or cpu."),
     cache: Path = CacheOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -259,7 +263,7 @@ def compare(
         result = api.compare(
             data=data, models=_csv(models), heads=_csv(heads) or [], per_class=counts, cv=cv, repeats=repeats,
             seed=seed, pixels=pixels or None, metric=metric, tune=[] if tune == "none" else _csv(tune) or [],
-            cap=cap, out=out_dir, jobs=jobs, cache=cache, progress=progress,
+            cap=cap, out=out_dir, jobs=jobs, device=device, cache=cache, progress=progress,
         )
     console.print(result.table())
     for note in result.notes:

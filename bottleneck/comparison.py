@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
+import torch
 from rich.table import Table
 from sklearn.metrics import confusion_matrix
 
@@ -25,8 +26,9 @@ from .cells import CellCache
 from .errors import CompareError
 from .evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
 from .extraction import ExtractOptions, extract_dataset
+from .batched_logreg import BatchedLogReg, fit_draws
 from .heads import HEADS, make_head
-from .progress import Progress, no_progress
+from .progress import Progress, with_detail
 from .report import GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
 from .sources import DEFAULT_MODEL, is_raw_name, resolve_spec
 from .spec import ExtractorSpec
@@ -34,7 +36,7 @@ from .store import Features, Store, load_features
 
 __all__ = ["CompareError", "CompareResult", "run_compare"]
 
-DEFAULT_HEADS = ("logreg", "svm", "rf")
+DEFAULT_HEADS = ("logreg", "svm", "et")
 DEFAULT_PER_CLASS = (15, 30)
 # Tuned by default: logreg's C, as in the published linear-probe protocol; its grid search is
 # cheap. A tuned RBF SVM costs grid × folds × calibration fits per draw (minutes per draw on 22
@@ -81,6 +83,7 @@ def run_compare(
     cap: bool = False,
     out: Path | None = None,
     jobs: int | None = None,
+    device: str = "auto",
     progress: Progress | None = None,
 ) -> CompareResult:
     """Compare feature sets and heads on one cached dataset and write the report under `out`.
@@ -91,11 +94,14 @@ def run_compare(
     or the other (default per_class 15,30). pixels: the raw-pixel baseline raw{pixels}, None for none.
     tune: heads whose hyperparameters are searched inside each training draw (logreg: along a
     warm-started C path on a held-out part). jobs: parallel fits (default one per core).
+    device: where logreg cells train: "auto" (torch on CUDA, all draws of a cell in one solve, when
+    CUDA is there; else scikit-learn), "sklearn", or a torch device ("cuda", "cuda:1", "cpu").
     cap: take min(N, what a class can spare) instead of failing on small classes.
     """
     start = time.perf_counter()
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     heads, per_class = _check_options(heads, per_class, cv, repeats, metric, tune, jobs)
+    torch_device = _linear_device(device)
     name, root, specs = _choose_features(cache, dataset, models, pixels)
     if not specs:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
@@ -107,10 +113,14 @@ def run_compare(
     settings, protocol = _settings(labels, splits, per_class, cv, repeats, seed, cap, notes)
     grid = [(f, h, s) for f, spec in enumerate(specs) for h in _heads_for(spec.model, heads)
             for s in range(len(settings))]
-    # Fits run in parallel across cells: a random forest then builds its trees on one core.
+    # Fits run in parallel across cells: a forest then builds its trees on one core.
     single: dict[str, Any] = {"n_jobs": 1} if jobs != 1 else {}
-    estimators = {h: make_head(h, tune=h in tune, random_state=seed, **(single if h == "rf" else {}))
-                  for _, h, _ in grid}
+    estimators: dict[str, object] = {
+        h: make_head(h, tune=h in tune, random_state=seed, probabilities=False,
+                     **(single if h in ("rf", "et") else {}))
+        for _, h, _ in grid}
+    if torch_device is not None and "logreg" in estimators:
+        estimators["logreg"] = BatchedLogReg(tune="logreg" in tune, random_state=seed)
     tuned = ", ".join(h for h in estimators if h in tune) or "none"
     notes.insert(0, f"{len(paths)} images, {len(np.unique(labels))} classes; ± is the sample std (ddof=1) over "
                     f"draws; hyperparameters tuned inside each training draw: {tuned}")
@@ -118,7 +128,8 @@ def run_compare(
     head_hashes = {h: joblib.hash(estimator) for h, estimator in estimators.items()}
     keys = {(f, h, s, r): fitted.key(fingerprints[f], head_hashes[h], shas, labels, split)
             for f, h, s in grid for r, split in enumerate(settings[s][2])}
-    runs = _run_grid(grid, settings, estimators, Xs, labels, names, jobs, progress, fitted, keys)
+    runs = _run_grid(grid, settings, estimators, Xs, labels, names, jobs, with_detail(progress), fitted, keys,
+                     torch_device)
 
     cells = []
     for f, h, s in grid:
@@ -269,9 +280,12 @@ def _fit(key: tuple[int, str, int], r: int, estimator: object, X: np.ndarray, y:
 
 
 def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimators: dict[str, object],
-              Xs: list[np.ndarray], labels: np.ndarray, names: list[str], jobs: int, progress: Progress | None,
-              cells: CellCache, keys: dict[tuple[int, str, int, int], str]) -> dict[tuple[int, str, int], list[CellRun]]:
-    """Every (feature set, head, setting, draw) fit not cached yet, in parallel with `jobs` joblib workers."""
+              Xs: list[np.ndarray], labels: np.ndarray, names: list[str], jobs: int,
+              report: Callable[[str, int, int, str], None], cells: CellCache,
+              keys: dict[tuple[int, str, int, int], str],
+              torch_device: str | None) -> dict[tuple[int, str, int], list[CellRun]]:
+    """Every (feature set, head, setting, draw) fit not cached yet: batched logreg cells in torch on
+    `torch_device`, the rest in parallel with `jobs` joblib workers."""
     done: dict[tuple[tuple[int, str, int], int], CellRun] = {}
     tasks = []
     for key in grid:
@@ -282,22 +296,61 @@ def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimat
             else:
                 done[key, r] = cached
     total = len(done) + len(tasks)
-    report = progress or no_progress
+
+    def cell_name(key: tuple[int, str, int]) -> str:
+        n, k, _ = settings[key[2]]
+        return f"{names[key[0]]} + {key[1]}, " + (f"{k}-fold" if k else f"N={n}")
+
+    batched = [t for t in tasks if isinstance(estimators[t[0][1]], BatchedLogReg)]
+    pending = [t for t in tasks if not isinstance(estimators[t[0][1]], BatchedLogReg)]
+
+    def show() -> None:  # the current cell: the first unfinished one in the order fits start
+        now = next((cell_name(k) for k, r, _ in batched + pending if (k, r) not in done), "")
+        report("fits", len(done), total, now)
+
+    def finished(key: tuple[int, str, int], r: int, run: CellRun) -> None:
+        done[key, r] = run
+        cells.put(keys[(*key, r)], run)
+        show()
+
+    show()
+    for key in dict.fromkeys(t[0] for t in batched):
+        draws = [(r, split) for k, r, split in batched if k == key]
+        head = estimators[key[1]]
+        assert isinstance(head, BatchedLogReg) and torch_device is not None
+        try:
+            result = fit_draws(head, Xs[key[0]], labels, [s.train for _, s in draws], [s.test for _, s in draws],
+                               torch_device)
+        except (RuntimeError, ValueError) as exc:  # CUDA out of memory, a solver failure...
+            raise CompareError(f"{cell_name(key)} failed on {torch_device}: {str(exc).splitlines()[0]}; "
+                               "pass --device sklearn to fit it on the CPU") from None
+        for (r, _), y_pred in zip(draws, result.y_pred):
+            finished(key, r, CellRun(y_pred, result.fit_seconds, result.predict_seconds))
     with tempfile.TemporaryDirectory(prefix="bottleneck-") as tmp:
         if jobs != 1:  # memory-map the features once instead of shipping (and hashing) them per fit
             Xs = [joblib.load(joblib.dump(X, f"{tmp}/{i}.joblib")[0], mmap_mode="r") for i, X in enumerate(Xs)]
-        report("fits", len(done), total)
         calls = (joblib.delayed(_fit)(key, r, estimators[key[1]], Xs[key[0]], labels, split)
-                 for key, r, split in tasks)
+                 for key, r, split in pending)
         for key, r, run in joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(calls):
             if isinstance(run, str):
-                n, k, _ = settings[key[2]]
-                where = f"{k}-fold" if k else f"N={n}"
-                raise CompareError(f"{names[key[0]]} + {key[1]} at {where}, draw {r + 1} failed: {run}")
-            done[key, r] = run
-            cells.put(keys[(*key, r)], run)
-            report("fits", len(done), total)
+                raise CompareError(f"{cell_name(key)}, draw {r + 1} failed: {run}")
+            finished(key, r, run)
     return {key: [done[key, r] for r in range(len(settings[key[2]][2]))] for key in grid}
+
+
+def _linear_device(device: str) -> str | None:
+    """The torch device for batched logreg cells, or None for scikit-learn."""
+    if device == "sklearn":
+        return None
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else None
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise CompareError(f"--device {device}: use auto, sklearn, cpu or cuda (cuda:N for one GPU)") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CompareError(f"--device {device}: CUDA is not available here; use auto, sklearn or cpu")
+    return device
 
 
 def _best_run(cell: Cell, draws: list[Split], runs: list[CellRun], labels: np.ndarray, paths: list[str],

@@ -95,6 +95,51 @@ def test_parallel_jobs_give_the_same_numbers(colour_cache: Path, tmp_path: Path)
     assert [c.scores for c in results[0].cells] == [c.scores for c in results[1].cells]
 
 
+def test_logreg_cells_batched_in_torch_match_scikit_learn(colour_cache: Path, tmp_path: Path) -> None:
+    """--device cpu runs the CUDA code path (every draw of a cell in one torch solve) on the CPU."""
+    kwargs = dict(models=["raw16"], heads=["logreg"], per_class=[2, 4], repeats=3, pixels=8, jobs=1)
+    results = {}
+    for device in ("sklearn", "cpu"):
+        cache = tmp_path / device / "cache.h5"
+        cache.parent.mkdir()
+        shutil.copy(colour_cache, cache)
+        results[device] = run_compare(cache, out=tmp_path / f"out-{device}", device=device, **kwargs)
+    assert [(c.features, c.head, c.per_class) for c in results["cpu"].cells] == \
+        [(c.features, c.head, c.per_class) for c in results["sklearn"].cells]
+    for ours, theirs in zip(results["cpu"].cells, results["sklearn"].cells):
+        assert len(ours.scores["accuracy"]) == 3
+        if ours.head == "logreg":
+            assert abs(ours.mean_std("accuracy")[0] - theirs.mean_std("accuracy")[0]) <= 0.05
+        else:  # nb is not batched: the very same fits
+            assert ours.scores == theirs.scores
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "--device tpu: use auto, sklearn, cpu or cuda"),
+                                             ("cuda:7", "CUDA is not available")])
+def test_device_errors(colour_cache: Path, device: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compare.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CompareError, match=message):
+        run_compare(colour_cache, models=[], heads=["logreg"], per_class=[2], pixels=8, device=device)
+
+
+def test_progress_names_the_cell_being_fitted(colour_cache: Path, tmp_path: Path) -> None:
+    heard: list[tuple[str, int, int, str]] = []
+    three: list[tuple[str, int, int]] = []
+    kwargs = dict(models=[], heads=["logreg", "knn"], per_class=[2, 3], repeats=2, pixels=8, jobs=1, tune=[])
+    caches = []
+    for name in ("a", "b"):  # fresh cells/ folders: every cell is fitted
+        caches.append(tmp_path / name / "cache.h5")
+        caches[-1].parent.mkdir()
+        shutil.copy(colour_cache, caches[-1])
+    run_compare(caches[0], out=tmp_path / "a", progress=lambda *a, detail="": heard.append((*a, detail)), **kwargs)
+    fits = [h for h in heard if h[0] == "fits"]
+    assert fits[0] == ("fits", 0, 12, "raw8 + logreg, N=2") and fits[-1] == ("fits", 12, 12, "")
+    assert {h[3] for h in fits} >= {"raw8 + knn, N=3", "raw8 + nb, N=2"}
+    run_compare(caches[1], out=tmp_path / "b", progress=lambda task, done, total: three.append((task, done, total)),
+                **kwargs)  # the documented three-argument callback still works
+    assert ("fits", 12, 12) in three
+
+
 def test_cv_protocol(colour_cache: Path, tmp_path: Path) -> None:
     result = run_compare(colour_cache, models=[], heads=["knn"], cv=3, pixels=8, out=tmp_path)
     assert [(c.head, c.per_class, c.cv, len(c.fit_seconds)) for c in result.cells] == [("knn", None, 3, 3),
@@ -142,7 +187,7 @@ def test_photo_vs_drawing_reference(lite0_cache: Path, tmp_path: Path) -> None:
     """Reference (datasets README): Lite0 + logreg 0.947 / 0.957 at 30 / 60 per class; raw pixels ≤ 0.71."""
     cache = lite0_cache
     start = time.perf_counter()
-    result = run_compare(cache, dataset="photo_vs_drawing", models=["efficientnet_lite0"], heads=["logreg", "svm", "rf"], per_class=[30, 60],
+    result = run_compare(cache, dataset="photo_vs_drawing", models=["efficientnet_lite0"], heads=["logreg", "svm", "et"], per_class=[30, 60],
                          repeats=5, out=tmp_path / "report", jobs=2)
     print(f"\ncompare took {time.perf_counter() - start:.1f} s")
     scores = {(c.features, c.head, c.per_class): c.mean_std("accuracy") for c in result.cells}
