@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .progress import Progress
-from .store import DEFAULT_CACHE, Features
+from .errors import ExtractError
+from .store import DEFAULT_CACHE, Features, Store
 
 if TYPE_CHECKING:
     from .comparison import CompareResult
@@ -26,16 +27,31 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
             weights: str | None = None, layer: str | None = None, pool: str = "avg", precision: str = "fp32",
             dtype: str = "float32", decode: str = "pil", name: str | None = None, batch_size: int | None = None,
             workers: int | None = None, threads: int | None = None, device: str = "auto", compile: bool = False,
-            progress: Progress | None = None) -> ExtractReport:
-    """Embed every image of `data` the cache lacks (see `bottleneck extract --help`)."""
+            views: int | None = None, augment: str | None = None, progress: Progress | None = None) -> ExtractReport:
+    """Embed every image of `data` the cache lacks (see `bottleneck extract --help`). `views` K: also K
+    augmented views of each image (`augment`, default augment.DEFAULT_AUGMENT), after the plain one;
+    the report is then the views'."""
+    from .augment import DEFAULT_AUGMENT, parse_augment
     from .extraction import ExtractOptions, extract_dataset
     from .sources import resolve_spec
 
+    if views is not None and views < 1:
+        raise ExtractError(f"--views {views}: give the number of augmented views per image, 1 or more")
+    if augment is not None and views is None:
+        raise ExtractError("--augment needs --views K, the number of augmented views per image")
+    canonical = parse_augment(augment or DEFAULT_AUGMENT).canonical() if views else None
     spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
                         decode=decode)
+    if canonical and decode != "pil":
+        raise ExtractError("--views works with --decode pil only")
     options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
                              progress=progress, compile=compile)
-    return extract_dataset(Path(data), spec, Path(cache), name=name, options=options)
+    report = extract_dataset(Path(data), spec, Path(cache), name=name, options=options)
+    if not canonical:
+        return report
+    with Store.open(Path(cache)) as store:  # the plain spec completed (a layer's width is known now)
+        views_spec = store.extractor_spec(report.fingerprint).replace(augment=canonical)
+    return extract_dataset(Path(data), views_spec, Path(cache), name=name, options=options, views=views)
 
 
 def load_features(data: str | None = None, model: str | None = None, *,

@@ -88,13 +88,18 @@ def extract(
     decode: str = typer.Option("pil", help="pil: decode in the worker processes; torchvision: decode JPEGs "
                                "on the model's device (nvJPEG on a GPU, when the CPU can't keep up)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
+    views: Optional[int] = typer.Option(None, "--views", help="Also cache K augmented views of each image "
+                                        "(view i is seeded by the image's sha256 and i; compare trains on them)."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="Augmentation of the views: crop=S+flip+jitter=J "
+                                          "(default crop=0.35+flip+jitter=0.2)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Embed every image once with a frozen pretrained network and cache the vectors."""
     with _user_errors(cache), _progress_bars(not quiet) as progress:
         report = api.extract(data, model, cache=cache, weights=weights, layer=layer, pool=pool, precision=precision,
                              dtype=dtype, decode=decode, name=name, batch_size=batch_size, workers=workers,
-                             threads=threads, device=device, compile=compile, progress=progress)
+                             threads=threads, device=device, compile=compile, views=views, augment=augment,
+                             progress=progress)
     for path, reason in report.skipped[:20]:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if len(report.skipped) > 20:

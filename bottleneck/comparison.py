@@ -26,13 +26,14 @@ from .cells import CellCache
 from .errors import CompareError
 from .evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
 from .extraction import ExtractOptions, extract_dataset
+from .augment import DEFAULT_AUGMENT
 from .batched_logreg import BatchedLogReg, fit_draws
 from .heads import HEADS, make_head
 from .progress import Progress, with_detail
 from .report import GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
 from .sources import DEFAULT_MODEL, is_raw_name, resolve_spec
 from .spec import ExtractorSpec
-from .store import Features, Store, load_features
+from .store import Features, Store, load_features, load_views
 
 __all__ = ["CompareError", "CompareResult", "run_compare"]
 
@@ -102,33 +103,48 @@ def run_compare(
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     heads, per_class = _check_options(heads, per_class, cv, repeats, metric, tune, jobs)
     torch_device = _linear_device(device)
-    name, root, specs = _choose_features(cache, dataset, models, pixels)
+    name, root, specs, view_rows = _choose_features(cache, dataset, models, pixels)
     if not specs:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
-    names = _row_names(specs)
     notes: list[str] = []
     loaded = _load(cache, name, root, specs, progress, notes)
     fingerprints = [spec.fingerprint() for spec in (f.spec for f in loaded) if spec is not None]
     paths, shas, labels, splits, Xs = _align(loaded, notes)
+    names, models_of, tta = _row_names(specs), [s.model for s in specs], [False] * len(specs)
+    for spec, views in view_rows:  # a row trained on every view, and its test-time-augmented twin
+        X = np.concatenate([Xs[specs.index(spec.replace(augment=None))][:, None],
+                            _load_views(cache, name, root, spec, views, shas, progress)], axis=1)
+        row = f"{names[specs.index(spec.replace(augment=None))]}+views{views}"
+        row += "" if spec.augment == DEFAULT_AUGMENT else f"[{spec.augment}]"
+        for test_time in (False, True):
+            Xs.append(X)
+            names.append(row + ("+tta" if test_time else ""))
+            fingerprints.append(f"{spec.fingerprint()}+views{views}" + ("+tta" if test_time else ""))
+            models_of.append(spec.model)
+            tta.append(test_time)
+    if view_rows:
+        notes.append("+viewsK rows: the head trains on the plain and K augmented views of each training image "
+                     "and predicts from the plain view; +tta rows from the mean of its scores over all views")
     settings, protocol = _settings(labels, splits, per_class, cv, repeats, seed, cap, notes)
-    grid = [(f, h, s) for f, spec in enumerate(specs) for h in _heads_for(spec.model, heads)
+    grid = [(f, h, s) for f, model in enumerate(models_of) for h in _heads_for(model, heads)
             for s in range(len(settings))]
     # Fits run in parallel across cells: a forest then builds its trees on one core.
     single: dict[str, Any] = {"n_jobs": 1} if jobs != 1 else {}
-    estimators: dict[str, object] = {
-        h: make_head(h, tune=h in tune, random_state=seed, probabilities=False,
-                     **(single if h in ("rf", "et") else {}))
-        for _, h, _ in grid}
-    if torch_device is not None and "logreg" in estimators:
-        estimators["logreg"] = BatchedLogReg(tune="logreg" in tune, random_state=seed)
-    tuned = ", ".join(h for h in estimators if h in tune) or "none"
+    heads_used = dict.fromkeys(h for _, h, _ in grid)
+    sklearn_heads = {h: make_head(h, tune=h in tune, random_state=seed, probabilities=False,
+                                  **(single if h in ("rf", "et") else {})) for h in heads_used}
+    batched = BatchedLogReg(tune="logreg" in tune, random_state=seed) if torch_device is not None else None
+    estimators: dict[tuple[int, str], object] = {
+        (f, h): batched if h == "logreg" and batched is not None and Xs[f].ndim == 2 else sklearn_heads[h]
+        for f, h, _ in grid}
+    tuned = ", ".join(h for h in heads_used if h in tune) or "none"
     notes.insert(0, f"{len(paths)} images, {len(np.unique(labels))} classes; ± is the sample std (ddof=1) over "
                     f"draws; hyperparameters tuned inside each training draw: {tuned}")
     fitted = CellCache(Path(cache).parent / "cells")
-    head_hashes = {h: joblib.hash(estimator) for h, estimator in estimators.items()}
-    keys = {(f, h, s, r): fitted.key(fingerprints[f], head_hashes[h], shas, labels, split)
+    head_hashes = {key: joblib.hash(estimator) for key, estimator in estimators.items()}
+    keys = {(f, h, s, r): fitted.key(fingerprints[f], head_hashes[f, h], shas, labels, split)
             for f, h, s in grid for r, split in enumerate(settings[s][2])}
-    runs = _run_grid(grid, settings, estimators, Xs, labels, names, jobs, with_detail(progress), fitted, keys,
+    runs = _run_grid(grid, settings, estimators, Xs, tta, labels, names, jobs, with_detail(progress), fitted, keys,
                      torch_device)
 
     cells = []
@@ -174,9 +190,10 @@ def _check_options(heads: Sequence[str], per_class: Sequence[int] | None, cv: in
     return list(dict.fromkeys(heads)), sorted(set(per_class or DEFAULT_PER_CLASS))
 
 
-def _choose_features(cache: Path, dataset: str | None, models: Sequence[str] | None,
-                     pixels: int | None) -> tuple[str, Path, list[ExtractorSpec]]:
-    """(dataset name, root, the specs of its rows): every query is resolved before any work."""
+def _choose_features(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels: int | None
+                     ) -> tuple[str, Path, list[ExtractorSpec], list[tuple[ExtractorSpec, int]]]:
+    """(dataset name, root, the specs of its plain rows, (augmented spec, views) of its views rows):
+    every query is resolved before any work. A views row brings its plain spec's row along."""
     with Store.open(cache) as store:
         if dataset is None:
             last = store.last_run()
@@ -186,21 +203,25 @@ def _choose_features(cache: Path, dataset: str | None, models: Sequence[str] | N
             dataset = last[0]
         root = store.dataset_root(dataset)  # StoreError naming the cached datasets if unknown
         extracted = {fp: store.extractor_spec(fp) for fp in store.dataset_extractors(dataset)}
+        counts = store.dataset_views(dataset)
         if models is None:
-            specs = [s for s in extracted.values() if not is_raw_name(s.model)] or [resolve_spec(DEFAULT_MODEL)]
+            chosen = [s for fp, s in extracted.items() if (s.augment and fp in counts) or
+                      not (s.augment or is_raw_name(s.model))] or [resolve_spec(DEFAULT_MODEL)]
         else:
-            specs = []
+            chosen = []
             for query in models:
                 fps = store.match_extractors(dataset, query)
                 if len(fps) > 1:
                     several = ", ".join(f"{extracted[fp].label()} ({fp})" for fp in fps)
                     raise CompareError(f"--models {query}: dataset {dataset!r} has {len(fps)} extractions of it: "
                                        f"{several}; name one by its label or fingerprint")
-                specs.append(extracted[fps[0]] if fps else resolve_spec(query))
+                chosen.append(extracted[fps[0]] if fps else resolve_spec(query))
+    view_rows = [(s, counts[s.fingerprint()]) for s in chosen if s.augment]
+    specs = [s.replace(augment=None) for s in chosen]
     if pixels:
         raw = resolve_spec(f"raw{pixels}")
         specs += [] if raw in specs else [raw]
-    return dataset, root, list(dict.fromkeys(specs))
+    return dataset, root, list(dict.fromkeys(specs)), list(dict.fromkeys(view_rows))
 
 
 def _row_names(specs: list[ExtractorSpec]) -> list[str]:
@@ -227,6 +248,15 @@ def _load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], progre
             fp = spec.fingerprint()
         loaded.append(load_features(cache, name, fp))  # right after its own manifest
     return loaded
+
+
+def _load_views(cache: Path, name: str, root: Path, spec: ExtractorSpec, views: int, shas: list[str],
+                progress: Progress | None) -> np.ndarray:
+    """(images, views, dim) for `shas`, brought up to date through the cache while the folder is there."""
+    if root.is_dir():
+        extract_dataset(root, spec, cache, name=name, options=ExtractOptions(progress=progress), remember=False,
+                        views=views)
+    return load_views(cache, name, spec.fingerprint(), shas)
 
 
 def _align(features: list[Features],
@@ -270,17 +300,17 @@ def _settings(labels: np.ndarray, splits: np.ndarray, per_class: list[int] | Non
     return settings, f"{repeats} draws of N training images per class (seed {seed}), {tested}"
 
 
-def _fit(key: tuple[int, str, int], r: int, estimator: object, X: np.ndarray, y: np.ndarray,
+def _fit(key: tuple[int, str, int], r: int, estimator: object, X: np.ndarray, tta: bool, y: np.ndarray,
          split: Split) -> tuple[tuple[int, str, int], int, CellRun | str]:
     """One fit in a worker; a failure comes back as its message so the grid can name the cell."""
     try:
-        return key, r, run_cell(estimator, X, y, split)
+        return key, r, run_cell(estimator, X, y, split, tta)
     except Exception as exc:  # noqa: BLE001 - any estimator error becomes a CompareError naming the cell
         return key, r, f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimators: dict[str, object],
-              Xs: list[np.ndarray], labels: np.ndarray, names: list[str], jobs: int,
+def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimators: dict[tuple[int, str], object],
+              Xs: list[np.ndarray], tta: list[bool], labels: np.ndarray, names: list[str], jobs: int,
               report: Callable[[str, int, int, str], None], cells: CellCache,
               keys: dict[tuple[int, str, int, int], str],
               torch_device: str | None) -> dict[tuple[int, str, int], list[CellRun]]:
@@ -301,8 +331,8 @@ def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimat
         n, k, _ = settings[key[2]]
         return f"{names[key[0]]} + {key[1]}, " + (f"{k}-fold" if k else f"N={n}")
 
-    batched = [t for t in tasks if isinstance(estimators[t[0][1]], BatchedLogReg)]
-    pending = [t for t in tasks if not isinstance(estimators[t[0][1]], BatchedLogReg)]
+    batched = [t for t in tasks if isinstance(estimators[t[0][:2]], BatchedLogReg)]
+    pending = [t for t in tasks if not isinstance(estimators[t[0][:2]], BatchedLogReg)]
 
     def show() -> None:  # the current cell: the first unfinished one in the order fits start
         now = next((cell_name(k) for k, r, _ in batched + pending if (k, r) not in done), "")
@@ -316,7 +346,7 @@ def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimat
     show()
     for key in dict.fromkeys(t[0] for t in batched):
         draws = [(r, split) for k, r, split in batched if k == key]
-        head = estimators[key[1]]
+        head = estimators[key[:2]]
         assert isinstance(head, BatchedLogReg) and torch_device is not None
         try:
             result = fit_draws(head, Xs[key[0]], labels, [s.train for _, s in draws], [s.test for _, s in draws],
@@ -328,8 +358,12 @@ def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimat
             finished(key, r, CellRun(y_pred, result.fit_seconds, result.predict_seconds))
     with tempfile.TemporaryDirectory(prefix="bottleneck-") as tmp:
         if jobs != 1:  # memory-map the features once instead of shipping (and hashing) them per fit
-            Xs = [joblib.load(joblib.dump(X, f"{tmp}/{i}.joblib")[0], mmap_mode="r") for i, X in enumerate(Xs)]
-        calls = (joblib.delayed(_fit)(key, r, estimators[key[1]], Xs[key[0]], labels, split)
+            shared: dict[int, np.ndarray] = {}  # a views row and its +tta twin share one array
+            for i, X in enumerate(Xs):
+                if id(X) not in shared:
+                    shared[id(X)] = joblib.load(joblib.dump(X, f"{tmp}/{i}.joblib")[0], mmap_mode="r")
+            Xs = [shared[id(X)] for X in Xs]
+        calls = (joblib.delayed(_fit)(key, r, estimators[key[:2]], Xs[key[0]], tta[key[0]], labels, split)
                  for key, r, split in pending)
         for key, r, run in joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(calls):
             if isinstance(run, str):

@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from .augment import Augment, augmented_view
 from .images import ImageError, decode_rgb, read_bytes
 from .spec import Preprocess
 
@@ -62,8 +63,6 @@ def normalize(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     return batch.float().div_(255).sub_(mean).div_(std)
 
 
-
-
 def _to_tensor(img: Image.Image) -> torch.Tensor:
     """uint8 (3, H, W), a view of the (H, W, 3) pixels (as torchvision's pil_to_tensor)."""
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
@@ -71,11 +70,14 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 class DecodeDataset(TorchDataset):
     """Reads, decodes and resizes one image in a worker process or decode thread; returns uint8 so
-    the copy stays small."""
+    the copy stays small. With `augment`, item i is view `views[i] = (sha, view)` of its image."""
 
-    def __init__(self, items: Sequence[tuple[str, str]], preprocess: Preprocess) -> None:
+    def __init__(self, items: Sequence[tuple[str, str]], preprocess: Preprocess, augment: Augment | None = None,
+                 views: Sequence[tuple[str, int]] = ()) -> None:
         self.items = items
         self.preprocess = preprocess
+        self.augment = augment
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.items)
@@ -93,7 +95,10 @@ class DecodeDataset(TorchDataset):
         try:
             if isinstance(data, ImageError):
                 raise data
-            return i, resize_crop(decode_rgb(data, draft_to=self.preprocess.resize_size), self.preprocess), ""
+            img = decode_rgb(data, draft_to=self.preprocess.resize_size)
+            if self.augment is not None:
+                return i, augmented_view(img, self.augment, self.preprocess, *self.views[i]), ""
+            return i, resize_crop(img, self.preprocess), ""
         except ImageError as exc:
             return i, None, str(exc)
 

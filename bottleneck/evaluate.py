@@ -118,8 +118,12 @@ class CellRun:
     predict_seconds: float
 
 
-def run_cell(estimator: Any, X: np.ndarray, y: np.ndarray, split: Split) -> CellRun:
+def run_cell(estimator: Any, X: np.ndarray, y: np.ndarray, split: Split, tta: bool = False) -> CellRun:
     """Fit a fresh clone of `estimator` on the training rows and predict the test rows.
+
+    X of shape (images, views, dim) holds each image's plain view first, then its augmented views:
+    the head trains on every view of the training images and predicts from the plain view, or with
+    `tta` from the mean of its scores (probabilities, else decision values) over all views.
 
     BLAS runs single-threaded: at these sizes threads cost more than they give (logreg on
     3030 x 1280 fits 7x faster on 2 cores), and `--jobs` parallelises across fits instead.
@@ -127,9 +131,19 @@ def run_cell(estimator: Any, X: np.ndarray, y: np.ndarray, split: Split) -> Cell
     model = clone(estimator)
     with threadpool_limits(limits=1, user_api="blas"):
         start = time.perf_counter()
-        model.fit(X[split.train], y[split.train])
+        if X.ndim == 3:
+            model.fit(X[split.train].reshape(-1, X.shape[2]), np.repeat(y[split.train], X.shape[1]))
+        else:
+            model.fit(X[split.train], y[split.train])
         fitted = time.perf_counter()
-        y_pred = model.predict(X[split.test])
+        if X.ndim == 3 and tta:
+            test = X[split.test]
+            score = model.predict_proba if hasattr(model, "predict_proba") else model.decision_function
+            mean = np.mean([score(test[:, v]) for v in range(X.shape[1])], axis=0)
+            # a binary decision function is one column: positive means classes_[1]
+            y_pred = model.classes_[(mean > 0).astype(int) if mean.ndim == 1 else np.argmax(mean, axis=1)]
+        else:
+            y_pred = model.predict(X[split.test, 0] if X.ndim == 3 else X[split.test])
     return CellRun(np.asarray(y_pred), fitted - start, time.perf_counter() - fitted)
 
 

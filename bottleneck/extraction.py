@@ -19,6 +19,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from .augment import DEFAULT_AUGMENT, parse_augment
 from .datasets import scan_dataset
 from .decode import DecodeDataset, alternating_batches, collate, loader_batches, normalize
 from .errors import ExtractError
@@ -28,7 +29,7 @@ from .progress import Progress, no_progress
 from .runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
 from .sources import Backbone, build
 from .spec import ExtractorSpec, Preprocess
-from .store import ManifestRow, Store
+from .store import ManifestRow, Store, view_key
 
 PENDING = "pending: the run stopped before this image was computed"
 NOT_FINITE = "the model gave NaN or inf for this image"
@@ -67,14 +68,16 @@ class ExtractReport:
     seconds: float = 0.0
     device: str = "cpu"
     repaired: int = 0  # cached vectors that failed their checksum and were computed again
+    views: int | None = None  # augmented views per image: computed and reused then count views
 
     @property
     def images_per_second(self) -> float:
         return self.found / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
+        unit = f" views ({self.views} per image)" if self.views else ""
         return (
-            f"{self.found} images found, {self.computed} computed, {self.reused} reused from cache, "
+            f"{self.found} images found, {self.computed}{unit} computed, {self.reused} reused from cache, "
             f"{len(self.skipped)} skipped, {self.images_per_second:.1f} images/s "
             f"({self.seconds:.1f} s on {self.device})"
             + (f"; {self.repaired} damaged vectors computed again" if self.repaired else "")
@@ -93,15 +96,23 @@ class FileFeatures:
 
 def extract_dataset(
     root: Path, extractor: ExtractorSpec | Backbone, cache: Path, *, name: str | None = None,
-    options: ExtractOptions | None = None, remember: bool = True,
+    options: ExtractOptions | None = None, remember: bool = True, views: int | None = None,
 ) -> ExtractReport:
     """Embed every image of the dataset at `root` that the cache does not hold yet under `extractor`
     (a spec, built only if something is missing, or a network already built).
 
-    `remember` makes this the cache's last run, the default of `fit` and `compare`.
+    `remember` makes this the cache's last run, the default of `fit` and `compare`. `views`: for a
+    spec with an `augment`, how many augmented views of each image (views 0 .. views-1).
     """
     options = options or ExtractOptions()
     start = time.perf_counter()
+    spec_in = extractor.spec if isinstance(extractor, Backbone) else extractor
+    if spec_in.augment and (views is None or views < 1):
+        raise ExtractError(f"--views {views}: an augmented extractor needs at least 1 view per image")
+    if views is not None and not spec_in.augment:
+        raise ExtractError("--views needs an augmentation: pass --augment (default " + DEFAULT_AUGMENT + ")")
+    if spec_in.augment and spec_in.decode != "pil":
+        raise ExtractError("--augment works with --decode pil only")
     dataset = scan_dataset(root, name)
     root_dir = str(dataset.root)
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
@@ -110,23 +121,26 @@ def extract_dataset(
         spec, fp, backbone = _open_extractor(store, extractor)
         bad = _previous_failures(store, dataset.name)
         shas, unreadable = _hash_files(store, paths)
-        repaired = _forget_damaged(store, fp, shas)
-        todo = _missing(store, fp, shas, bad)
+        keys = _keys(shas, views)
+        repaired = _forget_damaged(store, fp, {k: k for ks in keys.values() for k in ks})
+        todo = _missing(store, fp, shas, bad, keys)
         device = resolve_device(options.device)
         computed = 0
         try:
-            computed = _compute(store, spec, backbone, todo, options, device, bad)
+            view_of = {key: (sha, i) for sha, ks in keys.items() for i, key in enumerate(ks)} if views else {}
+            computed = _compute(store, spec, backbone, todo, options, device, bad,
+                                [view_of[key] for key, _ in todo] if views else None)
         finally:
             rows = []
             for entry, path in zip(dataset.entries, paths):
                 sha = shas.get(path, "")
-                status = unreadable.get(path) or _status(sha, bad, store, fp)
+                status = unreadable.get(path) or _status(sha, bad, store, fp, keys.get(sha, [sha]))
                 rows.append(ManifestRow(entry.path, entry.label, entry.split, sha, status))
-            store.write_manifest(dataset.name, dataset.root, dataset.layout, rows, fp, remember)
+            store.write_manifest(dataset.name, dataset.root, dataset.layout, rows, fp, remember, views=views)
     ok = sum(r.status == "ok" for r in rows)
     report = ExtractReport(
-        dataset=dataset.name, fingerprint=fp, found=len(rows), computed=computed,
-        reused=ok - computed, skipped=[(r.path, r.status) for r in rows if r.status != "ok"],
+        dataset=dataset.name, fingerprint=fp, found=len(rows), computed=computed, views=views,
+        reused=ok * (views or 1) - computed, skipped=[(r.path, r.status) for r in rows if r.status != "ok"],
         ignored=dataset.ignored, seconds=time.perf_counter() - start, device=str(device), repaired=len(repaired),
     )
     if ok == 0:
@@ -143,9 +157,12 @@ def extract_files(paths: Sequence[Path], extractor: ExtractorSpec | Backbone, ca
     with Store.open(cache, writable=True) as store:
         spec, fp, backbone = _open_extractor(store, extractor, weights_file)
         shas, unreadable = _hash_files(store, resolved)
+        if spec.augment:
+            raise ExtractError(f"{spec.label()}: augmented views are extracted per dataset (`bottleneck extract "
+                               "DATA --views K`), not for loose files")
         _forget_damaged(store, fp, shas)
         bad: dict[str, str] = {}
-        todo = _missing(store, fp, shas, bad)
+        todo = _missing(store, fp, shas, bad, _keys(shas, None))
         computed = _compute(store, spec, backbone, todo, options, resolve_device(options.device), bad)
         ok = {p: s for p, s in shas.items() if store.has(fp, s)}
     skipped = sorted(unreadable.items()) + [(p, bad[s]) for p, s in sorted(shas.items()) if s in bad]
@@ -239,30 +256,39 @@ def _hash_files(store: Store, paths: Sequence[str]) -> tuple[dict[str, str], dic
     return shas, unreadable
 
 
-def _missing(store: Store, fp: str, shas: dict[str, str], bad: dict[str, str]) -> list[tuple[str, str]]:
-    """(sha, path) pairs to compute, one per distinct content; known-bad content is not retried."""
-    todo: dict[str, str] = {}
+def _keys(shas: dict[str, str], views: int | None) -> dict[str, list[str]]:
+    """Image sha256 → the cache keys of its vectors: itself, or its `views` augmented views."""
+    return {sha: [view_key(sha, i) for i in range(views)] if views else [sha] for sha in set(shas.values())}
+
+
+def _missing(store: Store, fp: str, shas: dict[str, str], bad: dict[str, str],
+             keys: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(key, path) pairs to compute, one per distinct content and view; known-bad content is not retried."""
+    path_of: dict[str, str] = {}
     for path, sha in shas.items():
-        if not store.has(fp, sha) and sha not in bad:
-            todo.setdefault(sha, path)
-    return list(todo.items())
+        path_of.setdefault(sha, path)
+    return [(key, path) for sha, path in path_of.items() if sha not in bad
+            for key in keys[sha] if not store.has(fp, key)]
 
 
-def _status(sha: str, bad: dict[str, str], store: Store, fp: str) -> str:
-    if sha in bad:
-        return bad[sha]
-    if store.has(fp, sha):
+def _status(sha: str, bad: dict[str, str], store: Store, fp: str, keys: list[str]) -> str:
+    for key in (sha, *keys):
+        if key in bad:
+            return bad[key]
+    if all(store.has(fp, key) for key in keys):
         return "ok"
     return PENDING
 
 
 def _compute(store: Store, spec: ExtractorSpec, backbone: Backbone | Callable[[], Backbone],
-             todo: list[tuple[str, str]], options: ExtractOptions, device: torch.device, bad: dict[str, str]) -> int:
-    """Run the backbone over `todo`, appending each batch to the store as soon as it is done."""
+             todo: list[tuple[str, str]], options: ExtractOptions, device: torch.device, bad: dict[str, str],
+             views: list[tuple[str, int]] | None = None) -> int:
+    """Run the backbone over `todo`, appending each batch to the store as soon as it is done. With an
+    augmented spec, `views[i]` is the (image sha256, view) that todo[i] is."""
     if not todo:
         return 0
     fp = spec.fingerprint()
-    batches = _batches(todo, spec, options, device)  # first: GPU decode workers start while the model is built
+    batches = _batches(todo, spec, options, device, views)  # first: GPU decode workers start while the model is built
     if not isinstance(backbone, Backbone):
         backbone = backbone()
     model = _prepare_model(backbone, device, options)
@@ -295,8 +321,8 @@ def _compute(store: Store, spec: ExtractorSpec, backbone: Backbone | Callable[[]
     return computed
 
 
-def _batches(todo: list[tuple[str, str]], spec: ExtractorSpec, options: ExtractOptions,
-             device: torch.device) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+def _batches(todo: list[tuple[str, str]], spec: ExtractorSpec, options: ExtractOptions, device: torch.device,
+             views: list[tuple[str, int]] | None) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
     """Decoded batches from `options.workers` decode workers (None: one per core; 0: none, this thread):
     DataLoader processes that run ahead of a GPU, or, on a CPU, threads that take turns with the model.
 
@@ -309,9 +335,10 @@ def _batches(todo: list[tuple[str, str]], spec: ExtractorSpec, options: ExtractO
         loader = loader_batches(device_decode.JpegBytesDataset(todo, spec.preprocess), device_decode.collate,
                                 batch_size, workers, device)
         return (device_decode.finish_batch(batch, spec.preprocess, device) for batch in loader)
+    dataset = DecodeDataset(todo, spec.preprocess, parse_augment(spec.augment) if spec.augment else None, views or ())
     if device.type == "cpu":
-        return alternating_batches(DecodeDataset(todo, spec.preprocess), batch_size, workers)
-    return loader_batches(DecodeDataset(todo, spec.preprocess), collate, batch_size, workers, device)
+        return alternating_batches(dataset, batch_size, workers)
+    return loader_batches(dataset, collate, batch_size, workers, device)
 
 
 def _forward(model: nn.Module, preprocess: Preprocess, batch: torch.Tensor, device: torch.device,

@@ -66,6 +66,7 @@ class ExtractorSpec:
     precision: str = "fp32"
     dtype: str = "float32"
     decode: str = "pil"
+    augment: str | None = None  # augment.Augment.canonical(): vectors of augmented views (see augment.py)
     # Where file weights were read from: a hint for rebuilding, not part of the identity.
     weights_file: str | None = field(default=None, compare=False)
 
@@ -93,6 +94,8 @@ class ExtractorSpec:
         }
         if self.decode != "pil":
             identity["decode"] = self.decode
+        if self.augment:
+            identity["augment"] = self.augment
         return identity
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +116,8 @@ class ExtractorSpec:
                 preprocess=Preprocess.from_dict(d["preprocess"]),
                 feature_dim=None if d.get("feature_dim") is None else int(d["feature_dim"]),
                 layer=d.get("layer") or None, pool=d.get("pool", "avg"), precision=d.get("precision", "fp32"),
-                dtype=d.get("dtype", "float32"), decode=d.get("decode", "pil"), weights_file=d.get("weights_file"),
+                dtype=d.get("dtype", "float32"), decode=d.get("decode", "pil"), augment=d.get("augment") or None,
+                weights_file=d.get("weights_file"),
             )
         except (KeyError, TypeError) as exc:
             raise SpecError(f"not an extractor spec (missing {exc})") from None
@@ -129,6 +133,8 @@ class ExtractorSpec:
             parts.append(f"weights={PurePath(self.weights_file).name}")
         parts += [v for v, default in ((self.precision, "fp32"), (self.dtype, "float32"), (self.decode, "pil"))
                   if v != default]
+        if self.augment:
+            parts.append(f"augment={self.augment}")
         return f"{self.model}[{','.join(parts)}]" if parts else self.model
 
 

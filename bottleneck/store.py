@@ -9,6 +9,7 @@ not re-read unchanged files.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -339,7 +340,7 @@ class Store:
         return group
 
     def write_manifest(self, name: str, root: Path, layout: str, rows: Sequence[ManifestRow], fp: str,
-                       remember: bool = True) -> None:
+                       remember: bool = True, views: int | None = None) -> None:
         """Replace the manifest of `name` (written beside the old one, then swapped in), unless it is
         unchanged: a rerun that finds nothing new writes nothing, so the file does not grow.
 
@@ -350,9 +351,11 @@ class Store:
         old = parent.get(name)
         extractors = sorted(set(json.loads(old.attrs.get("extractors", "[]"))) | {fp}) if old is not None else [fp]
         last = fp if remember or old is None else old.attrs.get("last_extractor", fp)
+        counts = json.loads(old.attrs.get("views", "{}")) if old is not None else {}
+        counts.update({fp: views} if views else {})
         same_root = old is not None and old.attrs.get("root") == str(root)
         if same_root and json.loads(old.attrs["extractors"]) == extractors and old.attrs.get("last_extractor") == last \
-                and self.read_manifest(name) == list(rows):
+                and json.loads(old.attrs.get("views", "{}")) == counts and self.read_manifest(name) == list(rows):
             if remember and self.last_run() != (name, fp):
                 self.h5.attrs.update(last_dataset=name, last_extractor=fp)
             return
@@ -364,7 +367,7 @@ class Store:
             values = [getattr(r, field) for r in rows]
             tmp.create_dataset(field, data=np.array(values, dtype=_SHA if field == "sha256" else _STR))
         tmp.attrs.update(
-            root=str(root), layout=layout, images=len(rows), extractors=json.dumps(extractors),
+            root=str(root), layout=layout, images=len(rows), extractors=json.dumps(extractors), views=json.dumps(counts),
             last_extractor=last, created=old.attrs["created"] if old is not None else _now(), updated=_now(),
         )
         if old is not None:
@@ -379,6 +382,10 @@ class Store:
         group = self._dataset_group(name)
         columns = [group[f].asstr()[()] if f != "sha256" else [s.decode() for s in group[f][()]] for f in _MANIFEST_FIELDS]
         return [ManifestRow(*values) for values in zip(*columns)]
+
+    def dataset_views(self, name: str) -> dict[str, int]:
+        """Fingerprint → how many augmented views of each image the dataset's last extract made."""
+        return json.loads(self._dataset_group(name).attrs.get("views", "{}"))
 
     def dataset_extractors(self, name: str) -> list[str]:
         return json.loads(self._dataset_group(name).attrs.get("extractors", "[]"))
@@ -411,6 +418,26 @@ class Store:
         group.create_dataset("mtime_ns", data=np.array([v[1] for _, v in items], dtype=np.int64))
         group.create_dataset("sha256", data=np.array([v[2] for _, v in items], dtype=_SHA))
         self.h5.flush()
+
+
+def view_key(sha: str, view: int) -> str:
+    """The key of augmented view `view` of the image with content hash `sha` (64 hex, as an image's)."""
+    return hashlib.sha256(f"{sha}/view{view}".encode()).hexdigest()
+
+
+def load_views(cache: Path, dataset: str, fp: str, shas: Sequence[str]) -> np.ndarray:
+    """(images, views, dim): the augmented views of `shas` under `fp`, as many as the last extract made."""
+    with Store.open(cache) as store:
+        views = store.dataset_views(dataset).get(fp)
+        if not views:
+            raise StoreError(f"{cache}: {fp} holds no augmented views of {dataset!r}; run `bottleneck extract "
+                             f"{store.dataset_root(dataset)} --views K`")
+        missing = [s for s in shas if not store.has(fp, view_key(s, views - 1))]
+        if missing:
+            raise StoreError(f"{cache}: {len(missing)} images of {dataset!r} lack their {views} views under {fp}; "
+                             f"run `bottleneck extract {store.dataset_root(dataset)} --views {views}`")
+        X = store.get_vectors(fp, [view_key(s, i) for s in shas for i in range(views)])
+    return X.reshape(len(shas), views, -1)
 
 
 def load_features(cache: Path, dataset: str, fp: str) -> Features:

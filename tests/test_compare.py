@@ -43,9 +43,9 @@ def test_compare_end_to_end_with_raw_pixels(colour_cache: Path, tmp_path: Path,
     seen: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
     real_run_cell = compare.run_cell
 
-    def recording_run_cell(estimator, X, y, split):  # noqa: ANN001, ANN202
+    def recording_run_cell(estimator, X, y, split, tta=False):  # noqa: ANN001, ANN202
         seen.append((X.shape[1], tuple(split.train), tuple(split.test)))
-        return real_run_cell(estimator, X, y, split)
+        return real_run_cell(estimator, X, y, split, tta)
 
     monkeypatch.setattr(compare, "run_cell", recording_run_cell)
     result = run_compare(colour_cache, models=["raw16"], heads=["logreg", "knn"], per_class=[2, 4], repeats=2,
