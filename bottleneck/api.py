@@ -51,7 +51,9 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
         return report
     with Store.open(Path(cache)) as store:  # the plain spec completed (a layer's width is known now)
         views_spec = store.extractor_spec(report.fingerprint).replace(augment=canonical)
-    return extract_dataset(Path(data), views_spec, Path(cache), name=name, options=options, views=views)
+    # remember=False: the plain extraction stays the default of fit and compare --data
+    return extract_dataset(Path(data), views_spec, Path(cache), name=name, options=options, views=views,
+                           remember=False)
 
 
 def load_features(data: str | None = None, model: str | None = None, *,

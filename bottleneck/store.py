@@ -444,6 +444,10 @@ def load_features(cache: Path, dataset: str, fp: str) -> Features:
     """Everything a head needs: the usable rows of `dataset` and their vectors under `fp`."""
     with Store.open(cache) as store:
         root = store.dataset_root(dataset)
+        spec = store.extractor_spec(fp)
+        if spec.augment:
+            raise StoreError(f"{spec.label()} holds augmented views, which compare trains on (its +views rows); "
+                             f"fit and export take a plain extraction, e.g. --model {spec.replace(augment=None).label()}")
         rows = [r for r in store.read_manifest(dataset) if r.status == "ok"]
         try:
             X = store.get_vectors(fp, [r.sha256 for r in rows])
@@ -454,7 +458,6 @@ def load_features(cache: Path, dataset: str, fp: str) -> Features:
                 f"{cache}: the vectors of {len(paths)} images of {dataset!r} are damaged ({', '.join(paths[:3])}"
                 f"{', ...' if len(paths) > 3 else ''}); run `bottleneck extract {root}` to compute them again",
                 exc.shas) from None
-        spec = store.extractor_spec(fp)
     return Features(
         root=root,
         paths=[r.path for r in rows],

@@ -18,7 +18,7 @@ from bottleneck_features.errors import ExtractError, SpecError
 from bottleneck_features.extraction import extract_files
 from bottleneck_features.registry import Backbone
 from bottleneck_features.sources import register_model, resolve_spec
-from bottleneck_features.store import Store, load_views, view_key
+from bottleneck_features.store import Store, StoreError, load_views, view_key
 from conftest import write_image
 from tiny_backbone import PREPROCESS, tiny_backbone
 
@@ -92,6 +92,15 @@ def test_views_are_computed_once_and_only_what_is_missing(image_folder: Path, tm
     fresh = tmp_path / "fresh.h5"
     bf.extract(image_folder, "tiny", cache=fresh, views=3, workers=0)
     np.testing.assert_allclose(load_views(fresh, "data", fp, shas), views, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_keeps_the_plain_extraction_and_refuses_views_with_the_fix(image_folder: Path, tmp_path: Path,
+                                                                       counting: dict) -> None:
+    cache = tmp_path / "c.h5"
+    bf.extract(image_folder, "tiny", cache=cache, views=2, workers=0)
+    assert bf.fit(head="knn", cache=cache).sidecar["extractor"]["label"] == "tiny"  # the default: plain
+    with pytest.raises(StoreError, match=r"holds augmented views.*--model tiny$"):
+        bf.fit(head="knn", model=f"tiny[augment={DEFAULT_AUGMENT}]", cache=cache)
 
 
 def test_view_keys_are_distinct_hex_keys() -> None:
