@@ -22,12 +22,12 @@ import torch
 from rich.table import Table
 from sklearn.metrics import confusion_matrix
 
+from .augment import DEFAULT_AUGMENT
+from .batched_logreg import BatchedLogReg, fit_draws
 from .cells import CellCache
 from .errors import CompareError
 from .evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
 from .extraction import ExtractOptions, extract_dataset
-from .augment import DEFAULT_AUGMENT
-from .batched_logreg import BatchedLogReg, fit_draws
 from .heads import HEADS, make_head
 from .progress import Progress, with_detail
 from .report import GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
@@ -44,6 +44,7 @@ DEFAULT_PER_CLASS = (15, 30)
 # classes of 3072-d raw pixels), so it is tuned only on request (--tune logreg,svm).
 DEFAULT_TUNED = ("logreg",)
 PIXEL_HEAD = "nb"  # raw pixels also get Gaussian naive Bayes, the classic pixel baseline
+PIXEL_ONLY = ("cnn",)  # heads that read raw pixels as images: no cells on embedding rows
 
 
 @dataclass
@@ -163,7 +164,9 @@ def run_compare(
 
 
 def _heads_for(features: str, heads: list[str]) -> list[str]:
-    return heads + [PIXEL_HEAD] if is_raw_name(features) and PIXEL_HEAD not in heads else heads
+    if not is_raw_name(features):
+        return [h for h in heads if h not in PIXEL_ONLY]
+    return heads + [PIXEL_HEAD] if PIXEL_HEAD not in heads else heads
 
 
 def _check_options(heads: Sequence[str], per_class: Sequence[int] | None, cv: int | None, repeats: int,

@@ -76,9 +76,11 @@ class ExtractReport:
 
     def summary(self) -> str:
         unit = f" views ({self.views} per image)" if self.views else ""
+        rate = f"{self.computed / self.seconds:.1f} views/s" if self.views and self.seconds > 0 else \
+            f"{self.images_per_second:.1f} images/s"
         return (
             f"{self.found} images found, {self.computed}{unit} computed, {self.reused} reused from cache, "
-            f"{len(self.skipped)} skipped, {self.images_per_second:.1f} images/s "
+            f"{len(self.skipped)} skipped, {rate} "
             f"({self.seconds:.1f} s on {self.device})"
             + (f"; {self.repaired} damaged vectors computed again" if self.repaired else "")
         )

@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import BottleneckError
+from .errors import BottleneckError, FitError
 
 HEADS: dict[str, str] = {
     "softmax": "linear layer + softmax trained with torch (AdamW, early stopping)",
@@ -44,6 +44,7 @@ HEADS: dict[str, str] = {
     "knn": "k nearest neighbours (k=5, cosine distance, distance-weighted)",
     "mlp": "Dense(64) + batch-norm + ReLU + dropout + softmax, trained with torch",
     "nb": "Gaussian naive Bayes",
+    "cnn": "small CNN trained from scratch on raw pixels (rawN features), torch",
 }
 
 
@@ -266,6 +267,52 @@ class MLPHeadClassifier(_TorchClassifier):
         )
 
 
+class SmallCNNClassifier(_TorchClassifier):
+    """A small CNN trained from scratch on raw pixels: the seeds' from-scratch baseline.
+
+    It reads a rawN vector (3 x N x N pixels, as `raw32` caches them) back into an image: three
+    conv + batch-norm + ReLU blocks (32, 64, 128 channels; the first two max-pooled), global
+    average pooling, dropout and a linear layer. Any other input width is an error naming the fix.
+    """
+
+    def __init__(
+        self,
+        *,
+        dropout: float = 0.3,
+        learning_rate: float = 3e-3,
+        weight_decay: float = 1e-3,
+        batch_size: int = 32,
+        max_epochs: int = 100,
+        validation_fraction: float = 0.1,
+        patience: int = 10,
+        device: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.device = device
+        self.random_state = random_state
+
+    def _build_module(self, n_features: int, n_classes: int) -> nn.Module:
+        side = math.isqrt(n_features // 3)
+        if 3 * side * side != n_features:
+            raise FitError(f"the cnn head trains on raw pixels (3 x N x N values, e.g. raw32), not {n_features} "
+                           "features: pass --model raw32, or another head")
+
+        def block(inputs: int, outputs: int, pool: bool) -> list[nn.Module]:
+            return [nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU(),
+                    *([nn.MaxPool2d(2)] if pool else [])]
+
+        return nn.Sequential(nn.Unflatten(1, (3, side, side)), *block(3, 32, True), *block(32, 64, True),
+                             *block(64, 128, False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(self.dropout),
+                             nn.Linear(128, n_classes))
+
+
 # ---------------------------------------------------------------------------------------------
 # registry
 
@@ -477,6 +524,7 @@ _BUILDERS: dict[str, _Builder] = {
     ),
     "mlp": lambda rs, p: MLPHeadClassifier(random_state=rs, **p),
     "nb": lambda rs, p: FastGaussianNB(**p),
+    "cnn": lambda rs, p: SmallCNNClassifier(random_state=rs, **p),
 }
 
 # In the classifier's own parameter names; param_grid() adds the pipeline prefix.
@@ -491,6 +539,7 @@ _GRIDS: dict[str, dict[str, list[Any]]] = {
     "knn": {"n_neighbors": [1, 3, 5, 7, 11, 15]},
     "mlp": {"dropout": [0.2, 0.5], "weight_decay": [1e-3, 1e-2, 1e-1]},
     "nb": {"var_smoothing": [1e-9, 1e-7, 1e-5, 1e-3, 1e-1]},
+    "cnn": {"weight_decay": [1e-4, 1e-3, 1e-2]},
 }
 
 

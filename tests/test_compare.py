@@ -140,6 +140,14 @@ def test_progress_names_the_cell_being_fitted(colour_cache: Path, tmp_path: Path
     assert ("fits", 12, 12) in three
 
 
+def test_cnn_cells_only_on_raw_pixel_rows(colour_cache: Path, tmp_path: Path) -> None:
+    result = run_compare(colour_cache, models=["raw16"], heads=["cnn"], per_class=[3], repeats=1, pixels=8,
+                         out=tmp_path, jobs=1)
+    assert sorted((c.features, c.head) for c in result.cells) == [
+        ("raw16", "cnn"), ("raw16", "nb"), ("raw8", "cnn"), ("raw8", "nb")]
+    assert compare._heads_for("efficientnet_lite0", ["logreg", "cnn"]) == ["logreg"]
+
+
 def test_cv_protocol(colour_cache: Path, tmp_path: Path) -> None:
     result = run_compare(colour_cache, models=[], heads=["knn"], cv=3, pixels=8, out=tmp_path)
     assert [(c.head, c.per_class, c.cv, len(c.fit_seconds)) for c in result.cells] == [("knn", None, 3, 3),

@@ -17,12 +17,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from bottleneck_features.errors import FitError
 from bottleneck_features.heads import (
     HEADS,
     FastGaussianNB,
     MLPHeadClassifier,
     PathTunedLogisticRegression,
     PrimalSVC,
+    SmallCNNClassifier,
     SoftmaxClassifier,
     UnknownHeadError,
     make_head,
@@ -33,9 +35,10 @@ LABELS = np.array(["cat", "dog", "eel"])
 
 
 def embeddings(n_per_class: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """3 separable classes in 64-d (blobs), float32 like the store, string labels."""
+    """3 separable classes in 48-d (blobs; 3 x 4 x 4, so the cnn head reads them as tiny images),
+    float32 like the store, string labels."""
     X, y = make_blobs(
-        n_samples=3 * n_per_class, centers=3, n_features=64, cluster_std=8.0, random_state=seed
+        n_samples=3 * n_per_class, centers=3, n_features=48, cluster_std=8.0, random_state=seed
     )
     return X.astype(np.float32), LABELS[y]
 
@@ -214,15 +217,28 @@ def test_torch_head_is_reproducible_and_leaves_global_torch_state_alone(cls):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("cls", [SoftmaxClassifier, MLPHeadClassifier])
+@pytest.mark.parametrize("cls", [SoftmaxClassifier, MLPHeadClassifier, SmallCNNClassifier])
 def test_torch_head_fitted_attributes(cls):
     X, y = embeddings(n_per_class=30)
     head = cls(random_state=0, max_epochs=5).fit(X, y)
-    assert head.n_features_in_ == 64
+    assert head.n_features_in_ == 48
     assert list(head.classes_) == list(LABELS)
     assert head.n_iter_ <= 5
     assert not head.module_.training
     assert all(p.device.type == "cpu" for p in head.module_.parameters())
+
+
+def test_cnn_reads_raw_pixels_as_images_and_refuses_embeddings():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(60, 3, 8, 8)).astype(np.float32)
+    y = np.repeat(np.array(["left", "right"]), 30)
+    images[:30, :, :, :4] += 1.5  # a bright left half, wherever the pixel noise falls
+    images[30:, :, :, 4:] += 1.5
+    X = images.reshape(60, -1)  # rawN's layout: channel, row, column
+    head = make_head("cnn", max_epochs=40).fit(X[::2], y[::2])
+    assert (head.predict(X[1::2]) == y[1::2]).mean() >= 0.9
+    with pytest.raises(FitError, match="the cnn head trains on raw pixels.*--model raw32"):
+        SmallCNNClassifier().fit(np.zeros((6, 50), np.float32), LABELS[[0, 1, 2] * 2])
 
 
 def test_early_stopping_stops_when_validation_loss_stalls():
