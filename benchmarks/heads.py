@@ -77,7 +77,7 @@ def split(y: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return np.sort(train), np.setdiff1d(np.arange(len(y)), train)
 
 
-def fit_times(dims: list[int], ns: list[int], heads: list[str]) -> list[list]:
+def fit_times(dims: list[int], ns: list[int], heads: list[str], skip_old: list[str]) -> list[list]:
     rows = []
     cases = [(h, t) for h, t in [("logreg", False), ("logreg", True), ("svm", False), ("forest", False),
                                  ("nb", False)] if h in heads]
@@ -88,7 +88,7 @@ def fit_times(dims: list[int], ns: list[int], heads: list[str]) -> list[list]:
             train, test = split(y, n)
             for name, tune in cases:
                 for version, build in (("old", old_head), ("new", new_head)):
-                    if version == "old" and (name, tune) not in changed:
+                    if version == "old" and ((name, tune) not in changed or name in skip_old):
                         continue  # unchanged heads are timed once
                     model = build(name, tune)
                     with threadpool_limits(limits=1, user_api="blas"):
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--n", default="15,30")
     ap.add_argument("--heads", default="logreg,svm,forest,nb", help="heads timed in part 1 (forest: rf old, et new)")
     ap.add_argument("--fits", type=int, default=1, help="0: skip part 1")
+    ap.add_argument("--skip-old", default="", help="heads whose old version part 1 skips (forest: 3-5 min a fit)")
     ap.add_argument("--compare", type=int, default=1, help="0: skip part 2")
     ap.add_argument("--jobs", type=int, default=None, help="compare's --jobs (default: its own default)")
     ap.add_argument("--json", type=Path, default=C.OUT / "heads.json")
@@ -131,7 +132,7 @@ def main() -> None:
     result: dict = {"machine": C.machine()}
     if args.fits:
         rows = fit_times([int(d) for d in args.dims.split(",")], [int(n) for n in args.n.split(",")],
-                         args.heads.split(","))
+                         args.heads.split(","), args.skip_old.split(","))
         C.print_table(["input", "N", "head", "code", "fit s", "accuracy"], rows)
         result["fits"] = rows
     if args.compare:
