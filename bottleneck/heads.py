@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
@@ -410,62 +409,6 @@ class PathTunedLogisticRegression(ClassifierMixin, BaseEstimator):
         return self.model_.predict_proba(validate_data(self, X, reset=False))
 
 
-class PrimalSVC(SVC):
-    """libsvm's SVC, made fast for the linear kernel with BLAS; the same solution, up to rounding.
-
-    - fit: libsvm on the Gram matrix X Xᵀ (one BLAS product) instead of its own loop over dot
-      products; 13.2 s → 2.0 s at 102 classes x 30 per class, 3,072-d (up to `gram_max_rows`
-      training rows, a Gram matrix of 2 GiB).
-    - predict: decision values from the primal weights, one float32 product, instead of libsvm's
-      kernel loop pair by pair (21 s → 3 s for 6,000 images at 102 classes, 1,280-d).
-    """
-
-    gram_max_rows = 16384
-
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> PrimalSVC:
-        if self.kernel == "linear" and not issparse(X):
-            X = np.ascontiguousarray(validate_data(self, X, dtype=np.float64))
-        if self.kernel != "linear" or issparse(X) or len(X) > self.gram_max_rows:
-            super().fit(X, y, sample_weight)
-            linear = self.kernel == "linear" and not self._sparse
-            self.primal_coef_ = np.asarray(self.coef_, dtype=np.float32) if linear else None
-            return self
-        self.set_params(kernel="precomputed")
-        try:
-            super().fit(X @ X.T, y, sample_weight)
-        finally:
-            self.set_params(kernel="linear")
-        # what a fit with kernel="linear" leaves
-        self.support_vectors_, self.shape_fit_, self.n_features_in_ = X[self.support_], X.shape, X.shape[1]
-        self.primal_coef_ = np.asarray(self.coef_, dtype=np.float32)
-        return self
-
-    def _decision_function(self, X: Any) -> np.ndarray:
-        coef = getattr(self, "primal_coef_", None)
-        if coef is None:
-            return super()._decision_function(X)
-        X = self._validate_for_predict(X)
-        dec = np.asarray(X, dtype=np.float32) @ coef.T + self.intercept_
-        return dec.ravel() if len(self.classes_) == 2 else dec
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        k = len(getattr(self, "classes_", ()))
-        if getattr(self, "primal_coef_", None) is None or self.decision_function_shape != "ovr" or k <= 2:
-            return super().decision_function(X)
-        # scikit-learn's one-vs-one → one-vs-rest votes and confidences, as two products instead of
-        # a loop over the k(k-1)/2 pairs (2.9 s for 7,650 images at 102 classes)
-        dec = self._decision_function(X)
-        first, second = np.triu_indices(k, 1)  # pair p is (first[p], second[p]), libsvm's order
-        to_first = np.zeros((len(first), k))
-        to_first[np.arange(len(first)), first] = 1
-        to_second = np.zeros_like(to_first)
-        to_second[np.arange(len(first)), second] = 1
-        lost = (dec < 0).astype(np.float32)
-        votes = (1 - lost) @ to_first.astype(np.float32) + lost @ to_second.astype(np.float32)
-        confidence = dec @ (to_first - to_second)
-        return votes + confidence / (3 * (np.abs(confidence) + 1))
-
-
 class FastGaussianNB(GaussianNB):
     """GaussianNB whose log-likelihoods are two matrix products (the square expanded) instead of a
     loop over classes over (n, d) arrays: 8.7 s → 0.1 s for 7,650 raw32 images at 102 classes."""
@@ -527,14 +470,14 @@ class LinearSVMClassifier(ClassifierMixin, BaseEstimator):
 
 def _svm(random_state: int | None, params: dict[str, Any], probabilities: bool = True) -> BaseEstimator:
     """A linear SVM, one class against the rest, C = 0.0005 (`LinearSVMClassifier`); params with a
-    `kernel` give libsvm's SVC with that kernel (`PrimalSVC`).
+    `kernel` give libsvm's one-vs-one SVC with that kernel.
 
     Probabilities: temperature scaling of cross-validated decision values, one SVM fitted on all
     the data. It keeps the SVM's own ranking, so the calibrated head predicts exactly what the bare
     SVM does: compare fits the bare one (probabilities=False), 4-5x cheaper. Per-class sigmoids
     (Platt) reorder classes: on openclipart22 (Lite0, 10 per class) they cost 13 points."""
     if "kernel" in params:
-        svm: BaseEstimator = PrimalSVC(**{"C": 1.0, "break_ties": True, **params})
+        svm: BaseEstimator = SVC(**{"break_ties": True, **params})  # predict = argmax of decision values
     else:
         svm = LinearSVMClassifier(**params)
     if not probabilities:

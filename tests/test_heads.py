@@ -25,7 +25,6 @@ from bottleneck_features.heads import (
     LinearSVMClassifier,
     MLPHeadClassifier,
     PathTunedLogisticRegression,
-    PrimalSVC,
     SmallCNNClassifier,
     SoftmaxClassifier,
     UnknownHeadError,
@@ -202,18 +201,6 @@ def test_linear_svm_is_libsvm_one_vs_rest(classes: int):
                                reference.decision_function(X[1::2]), atol=1e-6)
 
 
-@pytest.mark.parametrize("classes", [2, 7])
-def test_primal_svc_decides_as_libsvm_does(classes: int):
-    X, y = make_blobs(n_samples=classes * 30, centers=classes, n_features=24, cluster_std=8.0, random_state=0)
-    params = dict(kernel="linear", C=0.001, break_ties=True)
-    ours, libsvm = PrimalSVC(**params).fit(X[::2], y[::2]), SVC(**params).fit(X[::2], y[::2])
-    assert ours.primal_coef_ is not None
-    np.testing.assert_allclose(ours.decision_function(X[1::2]), libsvm.decision_function(X[1::2]), atol=1e-5)
-    np.testing.assert_array_equal(ours.predict(X[1::2]), libsvm.predict(X[1::2]))
-    rbf = PrimalSVC(kernel="rbf").fit(X, y)  # other kernels: libsvm's own
-    assert rbf.primal_coef_ is None and rbf.predict(X[:3]).shape == (3,)
-
-
 def test_tune_uses_at_most_five_folds():
     X, y = embeddings(n_per_class=20)
     assert make_head("nb", tune=True).fit(X, y).n_splits_ == 5
@@ -272,21 +259,16 @@ def test_too_small_to_split_trains_without_early_stopping(cls):
     assert set(head.predict(X)) <= set(LABELS)
 
 
-# Small max_epochs and a larger learning rate keep the ~70 fits per estimator fast while still
-# clearing the accuracy bar. PrimalSVC fails what scikit-learn's SVC is expected to fail too.
-SVC_XFAIL = {check: "as scikit-learn's SVC (its own xfail): sample_weight is not equivalent to repeating samples"
-             for check in ("check_sample_weight_equivalence_on_dense_data",
-                           "check_sample_weight_equivalence_on_sparse_data")}
+# Every check applies and passes, so there is no expected_failed_checks. Small max_epochs and a
+# larger learning rate keep the ~70 fits per estimator fast while still clearing the accuracy bar.
 @parametrize_with_checks(
     [
         SoftmaxClassifier(max_epochs=15, learning_rate=0.05, device="cpu"),
         MLPHeadClassifier(max_epochs=15, learning_rate=0.05, device="cpu"),
         PathTunedLogisticRegression(),
-        PrimalSVC(kernel="linear"),
         LinearSVMClassifier(),
         FastGaussianNB(),
-    ],
-    expected_failed_checks=lambda estimator: SVC_XFAIL if isinstance(estimator, PrimalSVC) else {},
+    ]
 )
 def test_sklearn_estimator_contract(estimator, check):
     check(estimator)
