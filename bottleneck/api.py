@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .progress import Progress
-from .errors import ExtractError
 from .store import DEFAULT_CACHE, Features, Store
 
 if TYPE_CHECKING:
@@ -32,18 +31,13 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
     augmented views of each image (`augment`, default augment.DEFAULT_AUGMENT), after the plain one;
     the report is then the views'."""
     from .augment import DEFAULT_AUGMENT, parse_augment
-    from .extraction import ExtractOptions, extract_dataset
+    from .extraction import ExtractOptions, check_views, extract_dataset
     from .sources import resolve_spec
 
-    if views is not None and views < 1:
-        raise ExtractError(f"--views {views}: give the number of augmented views per image, 1 or more")
-    if augment is not None and views is None:
-        raise ExtractError("--augment needs --views K, the number of augmented views per image")
+    check_views(DEFAULT_AUGMENT if augment is None and views is not None else augment, views, decode)
     canonical = parse_augment(augment or DEFAULT_AUGMENT).canonical() if views else None
     spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
                         decode=decode)
-    if canonical and decode != "pil":
-        raise ExtractError("--views works with --decode pil only")
     options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
                              progress=progress, compile=compile)
     report = extract_dataset(Path(data), spec, Path(cache), name=name, options=options)

@@ -109,12 +109,7 @@ def extract_dataset(
     options = options or ExtractOptions()
     start = time.perf_counter()
     spec_in = extractor.spec if isinstance(extractor, Backbone) else extractor
-    if spec_in.augment and (views is None or views < 1):
-        raise ExtractError(f"--views {views}: an augmented extractor needs at least 1 view per image")
-    if views is not None and not spec_in.augment:
-        raise ExtractError("--views needs an augmentation: pass --augment (default " + DEFAULT_AUGMENT + ")")
-    if spec_in.augment and spec_in.decode != "pil":
-        raise ExtractError("--augment works with --decode pil only")
+    check_views(spec_in.augment, views, spec_in.decode)
     dataset = scan_dataset(root, name)
     root_dir = str(dataset.root)
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
@@ -148,6 +143,18 @@ def extract_dataset(
     if ok == 0:
         raise ExtractError(f"{dataset.root}: none of the {len(rows)} images could be used; first: {report.skipped[0][1]}")
     return report
+
+
+def check_views(augment: str | None, views: int | None, decode: str) -> None:
+    """One-line errors for a bad --views / --augment / --decode combination, before any work."""
+    if views is not None and views < 1:
+        raise ExtractError(f"--views {views}: give the number of augmented views per image, 1 or more")
+    if augment is not None and views is None:
+        raise ExtractError("--augment needs --views K, the number of augmented views per image")
+    if views is not None and augment is None:
+        raise ExtractError(f"--views needs an augmentation: pass --augment (default {DEFAULT_AUGMENT})")
+    if augment is not None and decode != "pil":
+        raise ExtractError("--views works with --decode pil only")
 
 
 def extract_files(paths: Sequence[Path], extractor: ExtractorSpec | Backbone, cache: Path,

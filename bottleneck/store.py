@@ -114,6 +114,7 @@ class Store:
         self._keys: dict[str, dict[str, int]] = {}
         self._specs: dict[str, ExtractorSpec] = {}
         self.full = False  # a write was refused for lack of space
+
     @classmethod
     @contextmanager
     def open(cls, path: Path, writable: bool = False) -> Iterator[Store]:
