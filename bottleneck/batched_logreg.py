@@ -7,8 +7,8 @@ of the R objectives of scikit-learn's multinomial `LogisticRegression(C)`,
     mean_i CE(x_i W_r + b_r, y_i) + ||W_r||^2 / (2 C_r n_r)       (the bias is not penalised)
 
 is minimised by L-BFGS, each draw with its own weights, so the optimum is each draw's own. Tuning
-follows `heads.PathTunedLogisticRegression`: a stratified held-out fifth of each draw, C walked
-upwards warm-started, the smallest best C per draw, refitted on all of the draw from there.
+follows `heads.PathTunedLogisticRegression`: held-out parts of each draw (`heads.tuning_splits`),
+C walked upwards warm-started until it stops improving, the best C per draw, refitted on all of the draw from there.
 
 The same code runs on the CPU (tests) and on CUDA (where it pays: ~one solve for R draws).
 """
@@ -21,10 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedShuffleSplit
 from torch.nn import functional as F
 
-from .heads import PathTunedLogisticRegression
+from .heads import PathTunedLogisticRegression, tuning_splits
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,7 @@ class BatchedLogReg:
     tune: bool = False
     Cs: tuple[float, ...] = PathTunedLogisticRegression().Cs
     holdout: float = PathTunedLogisticRegression().holdout
+    folds: int | str = PathTunedLogisticRegression().folds
     max_iter: int = 1000
     tol: float = 1e-4
     random_state: int | None = 0
@@ -113,34 +113,36 @@ def _solve(head: BatchedLogReg, Xs: list[torch.Tensor], ys: list[torch.Tensor], 
 
 def _tune(head: BatchedLogReg, Xs: list[torch.Tensor], ys: list[torch.Tensor], k: int,
           device: torch.device) -> tuple[list[float], tuple[torch.Tensor, torch.Tensor]]:
-    """Per draw, the smallest C with the best held-out accuracy along the warm-started path, and
-    that C's solution to start the refit from."""
-    inner, held = [], []
-    for y in ys:
+    """Per draw, the smallest C with the best mean held-out accuracy along the warm-started path
+    (over the draw's `tuning_splits`, all draws' splits in one solve), and that C's solution on the
+    draw's first split to start the refit from."""
+    problems = []  # (draw, train rows, held-out rows)
+    for r, y in enumerate(ys):
         labels = y.cpu().numpy()
-        counts = np.bincount(labels, minlength=k)
-        if counts.min() < 2:  # nothing can be held out: PathTunedLogisticRegression's default_C
+        if np.bincount(labels, minlength=k).min() < 2:  # nothing can be held out: the default C
             return [PathTunedLogisticRegression().default_C] * len(ys), _zeros(len(ys), Xs[0].shape[1], k, device)
-        split = StratifiedShuffleSplit(1, test_size=max(head.holdout, k / len(labels)), random_state=head.random_state)
-        train, val = next(split.split(np.zeros(len(labels)), labels))
-        inner.append(torch.as_tensor(train, device=device))
-        held.append(torch.as_tensor(val, device=device))
-    X_in = [x[i] for x, i in zip(Xs, inner)]
-    y_in = [y[i] for y, i in zip(ys, inner)]
-    state = _zeros(len(Xs), Xs[0].shape[1], k, device)
+        for train, val in tuning_splits(labels, head.folds, head.holdout, head.random_state):
+            problems.append((r, torch.as_tensor(train, device=device), torch.as_tensor(val, device=device)))
+    X_in = [Xs[r][train] for r, train, _ in problems]
+    y_in = [ys[r][train] for r, train, _ in problems]
+    first = [next(p for p, (r, _, _) in enumerate(problems) if r == draw) for draw in range(len(Xs))]
+    state = _zeros(len(problems), Xs[0].shape[1], k, device)
     scores: list[dict[float, float]] = [{} for _ in Xs]
     solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
     stopped = [False] * len(Xs)
     for C in sorted(head.Cs):
-        state = solutions[C] = _solve(head, X_in, y_in, [C] * len(Xs), k, device, state)
+        state = solutions[C] = _solve(head, X_in, y_in, [C] * len(problems), k, device, state)
         W, b = state
-        for r, (x, y, v) in enumerate(zip(Xs, ys, held)):
+        right = [float(((Xs[r][val] @ W[p] + b[p]).argmax(1) == ys[r][val]).float().mean())
+                 for p, (r, _, val) in enumerate(problems)]
+        for r in range(len(Xs)):
             if not stopped[r]:
-                scores[r][C] = float(((x[v] @ W[r] + b[r]).argmax(1) == y[v]).float().mean())
-                stopped[r] = scores[r][C] < max(scores[r].values())  # past its top: larger Cs cost most
+                best = max(scores[r].values(), default=-1.0)
+                scores[r][C] = float(np.mean([a for a, (d, _, _) in zip(right, problems) if d == r]))
+                stopped[r] = scores[r][C] <= best  # no better than a smaller C: larger Cs cost most
         if all(stopped):
             break
     chosen = [max(s, key=lambda c: s[c]) for s in scores]  # the smallest of equals
-    W = torch.stack([solutions[c][0][r] for r, c in enumerate(chosen)])
-    b = torch.stack([solutions[c][1][r] for r, c in enumerate(chosen)])
+    W = torch.stack([solutions[c][0][first[r]] for r, c in enumerate(chosen)])
+    b = torch.stack([solutions[c][1][first[r]] for r, c in enumerate(chosen)])
     return chosen, (W, b)

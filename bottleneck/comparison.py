@@ -28,7 +28,7 @@ from .cells import CellCache
 from .errors import CompareError
 from .evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
 from .extraction import ExtractOptions, extract_dataset
-from .heads import HEADS, make_head
+from .heads import HEADS, input_params, make_head
 from .progress import Progress, with_detail
 from .report import GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
 from .sources import DEFAULT_MODEL, is_raw_name, resolve_spec
@@ -39,9 +39,9 @@ __all__ = ["CompareError", "CompareResult", "run_compare"]
 
 DEFAULT_HEADS = ("logreg", "svm", "et")
 DEFAULT_PER_CLASS = (15, 30)
-# Tuned by default: logreg's C, as in the published linear-probe protocol; its grid search is
-# cheap. A tuned RBF SVM costs grid × folds × calibration fits per draw (minutes per draw on 22
-# classes of 3072-d raw pixels), so it is tuned only on request (--tune logreg,svm).
+# Tuned by default: logreg's C, as in the published linear-probe protocol; its path search is
+# cheap. A tuned SVM costs grid × folds × calibration fits per draw, so it is tuned only on
+# request (--tune logreg,svm).
 DEFAULT_TUNED = ("logreg",)
 PIXEL_HEAD = "nb"  # raw pixels also get Gaussian naive Bayes, the classic pixel baseline
 PIXEL_ONLY = ("cnn",)  # heads that read raw pixels as images: no cells on embedding rows
@@ -131,14 +131,20 @@ def run_compare(
             for s in range(len(settings))]
     # Fits run in parallel across cells: a forest then builds its trees on one core.
     single: dict[str, Any] = {"n_jobs": 1} if jobs != 1 else {}
-    heads_used = dict.fromkeys(h for _, h, _ in grid)
-    sklearn_heads = {h: make_head(h, tune=h in tune, random_state=seed, probabilities=False,
-                                  **(single if h in ("rf", "et") else {})) for h in heads_used}
+    heads_used = dict.fromkeys((h, is_raw_name(models_of[f])) for f, h, _ in grid)
+    sklearn_heads = {(h, raw): make_head(h, tune=h in tune, random_state=seed, probabilities=False,
+                                         **(single if h in ("rf", "et") else {}), **input_params(h, raw))
+                     for h, raw in heads_used}
     batched = BatchedLogReg(tune="logreg" in tune, random_state=seed) if torch_device is not None else None
     estimators: dict[tuple[int, str], object] = {
-        (f, h): batched if h == "logreg" and batched is not None and Xs[f].ndim == 2 else sklearn_heads[h]
-        for f, h, _ in grid}
-    tuned = ", ".join(h for h in heads_used if h in tune) or "none"
+        (f, h): batched if h == "logreg" and batched is not None and Xs[f].ndim == 2
+        else sklearn_heads[h, is_raw_name(models_of[f])] for f, h, _ in grid}
+    pixel_params = [f"{h} {', '.join(f'{k}={v}' for k, v in input_params(h, True).items())}"
+                    for h, raw in heads_used if raw and input_params(h, True)]
+    if pixel_params:
+        notes.append(f"on raw pixels, settings that suit pixels better than the embedding rows' (README, heads): "
+                     f"{'; '.join(pixel_params)}")
+    tuned = ", ".join(h for h in dict.fromkeys(h for h, _ in heads_used) if h in tune) or "none"
     notes.insert(0, f"{len(paths)} images, {len(np.unique(labels))} classes; ± is the sample std (ddof=1) over "
                     f"draws; hyperparameters tuned inside each training draw: {tuned}")
     fitted = CellCache(Path(cache).parent / "cells")

@@ -23,8 +23,9 @@ from . import __version__
 from .datasets import hash_split
 from .errors import FitError, SpecError
 from .formats import spreadsheet_safe
-from .heads import make_head
+from .heads import input_params, make_head
 from .images import find_images, is_image_file, sha256_file
+from .sources import is_raw_name
 from .spec import ExtractorSpec
 from .store import Features, Store, load_features, select_extraction
 
@@ -89,7 +90,8 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     _check_trainable(features.labels[train], dataset)
     if len(test) == 0:
         raise FitError(f"dataset {dataset!r}: no test images; raise --test-size or add a val/test folder")
-    estimator = make_head(head, tune=tune, random_state=seed, **(params or {}))
+    estimator = make_head(head, tune=tune, random_state=seed,
+                          **{**input_params(head, is_raw_name(spec.model)), **(params or {})})
     # A separate val split (split folders) joins training: tuning and early stopping split it off again.
     fit_rows = np.concatenate([train, val])
     # One BLAS thread, as in compare: on 2 cores, BLAS threads made a 22-class logistic

@@ -67,6 +67,22 @@ def test_compare_end_to_end_with_raw_pixels(colour_cache: Path, tmp_path: Path,
     assert "colours" in str(result.table().title)
 
 
+def test_svm_rows_on_raw_pixels_are_rbf(colour_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kinds: set[str] = set()
+    real_run_cell = compare.run_cell
+
+    def recording_run_cell(estimator, X, y, split, tta=False):  # noqa: ANN001, ANN202
+        kinds.add(type(estimator[-1]).__name__)
+        return real_run_cell(estimator, X, y, split, tta)
+
+    monkeypatch.setattr(compare, "run_cell", recording_run_cell)
+    result = run_compare(colour_cache, models=[], heads=["svm"], per_class=[3], repeats=1, pixels=8, tune=[],
+                         out=tmp_path, jobs=1)
+    assert kinds == {"RBFSVMClassifier", "FastGaussianNB"}
+    assert "on raw pixels, settings that suit pixels better than the embedding rows' (README, heads): " \
+        "svm kernel=rbf" in result.notes
+
+
 def test_fitted_cells_are_reused_by_the_next_compare(colour_cache: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache.h5"
     shutil.copy(colour_cache, cache)  # its own cells/ folder

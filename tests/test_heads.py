@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from unittest.mock import patch
 
 import joblib
 import numpy as np
@@ -25,11 +26,14 @@ from bottleneck_features.heads import (
     LinearSVMClassifier,
     MLPHeadClassifier,
     PathTunedLogisticRegression,
+    RBFSVMClassifier,
     SmallCNNClassifier,
     SoftmaxClassifier,
     UnknownHeadError,
+    input_params,
     make_head,
     param_grid,
+    tuning_splits,
 )
 
 LABELS = np.array(["cat", "dog", "eel"])
@@ -169,7 +173,9 @@ def test_default_svm_is_linear_and_matches_logreg_on_embeddings():
     svm, logreg = make_head("svm").fit(X[train], y[train]), make_head("logreg").fit(X[train], y[train])
     assert isinstance(svm[-1].estimator, LinearSVMClassifier)
     assert (svm.predict(X[test]) == y[test]).mean() >= (logreg.predict(X[test]) == y[test]).mean() - 0.05
-    assert isinstance(make_head("svm", kernel="rbf")[-1].estimator, SVC)
+    assert isinstance(make_head("svm", kernel="rbf")[-1].estimator, RBFSVMClassifier)
+    assert isinstance(make_head("svm", kernel="rbf", class_weight="balanced")[-1].estimator, SVC)
+    assert isinstance(make_head("svm", kernel="poly")[-1].estimator, SVC)
     assert set(param_grid("svm", kernel="rbf")) == {"clf__estimator__C", "clf__estimator__gamma"}
 
 
@@ -199,6 +205,47 @@ def test_linear_svm_is_libsvm_one_vs_rest(classes: int):
     ours.gram_max_rows = 10  # past it: libsvm's own linear kernel, the same solution
     np.testing.assert_allclose(ours.fit(X[::2], y[::2]).decision_function(X[1::2]),
                                reference.decision_function(X[1::2]), atol=1e-6)
+
+
+@pytest.mark.parametrize("classes", [2, 7])
+@pytest.mark.parametrize("gamma", ["scale", "auto", 0.01])
+def test_rbf_svm_is_libsvms_rbf_svc(classes: int, gamma: str | float):
+    X, y = make_blobs(n_samples=classes * 30, centers=classes, n_features=24, cluster_std=8.0, random_state=0)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)  # as make_head's scaler leaves it
+    ours = RBFSVMClassifier(C=2.0, gamma=gamma).fit(X[::2], y[::2])
+    libsvm = SVC(kernel="rbf", C=2.0, gamma=gamma, break_ties=classes > 2).fit(X[::2], y[::2])
+    # equal up to libsvm's stopping tolerance (1e-3): its kernel sums round differently from BLAS's
+    np.testing.assert_allclose(ours.decision_function(X[1::2]), libsvm.decision_function(X[1::2]), atol=1e-3)
+    np.testing.assert_array_equal(ours.predict(X[1::2]), libsvm.predict(X[1::2]))
+    assert 0.3 < (ours.predict(X[1::2]) == y[1::2]).mean() < 1.0  # a test with mistakes to agree on
+    ours.gram_max_rows = 10  # past it: libsvm's own RBF kernel, the same solution
+    np.testing.assert_allclose(ours.fit(X[::2], y[::2]).decision_function(X[1::2]),
+                               libsvm.decision_function(X[1::2]), atol=1e-6)
+
+
+def test_rbf_svm_predicts_in_blocks():
+    X, y = make_blobs(n_samples=300, centers=3, n_features=8, random_state=0)
+    head = RBFSVMClassifier().fit(X[:100], y[:100])
+    whole = head.decision_function(X)
+    with patch.object(RBFSVMClassifier, "_block_elements", 100 * 7):  # blocks of 7 test rows
+        np.testing.assert_allclose(head.decision_function(X), whole, rtol=1e-12)
+        np.testing.assert_array_equal(head.predict(X), whole.argmax(axis=1))
+
+
+def test_parameters_for_raw_pixels():
+    assert input_params("svm", raw_pixels=True) == {"kernel": "rbf"}
+    assert input_params("et", raw_pixels=True) == {"max_features": "log2"}
+    assert input_params("svm", raw_pixels=False) == {} == input_params("et", raw_pixels=False)
+    assert input_params("logreg", raw_pixels=True) == {}
+
+
+def test_tuning_splits_use_five_folds_below_250_images():
+    y = np.repeat(np.arange(10), 24)  # 240 images
+    assert len(tuning_splits(y, "auto", 0.2, 0)) == 5
+    one = tuning_splits(np.repeat(np.arange(10), 25), "auto", 0.2, 0)
+    assert len(one) == 1 and len(one[0][1]) == 50
+    assert len(tuning_splits(np.repeat(np.arange(10), 3), "auto", 0.2, 0)) == 3  # the smallest class: 3 images
+    assert len(tuning_splits(y, 1, 0.2, 0)) == 1
 
 
 def test_tune_uses_at_most_five_folds():
@@ -267,6 +314,7 @@ def test_too_small_to_split_trains_without_early_stopping(cls):
         MLPHeadClassifier(max_epochs=15, learning_rate=0.05, device="cpu"),
         PathTunedLogisticRegression(),
         LinearSVMClassifier(),
+        RBFSVMClassifier(),
         FastGaussianNB(),
     ]
 )

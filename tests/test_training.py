@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from bottleneck_features.errors import BackboneError
-from bottleneck_features.sources import register_model
+from bottleneck_features.heads import LinearSVMClassifier, RBFSVMClassifier
+from bottleneck_features.sources import register_model, resolve_spec
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.training import FitError, fit_head, load_head, predict_files, split_indices, write_predictions
 from bottleneck_features.store import StoreError, load_features
@@ -47,6 +48,16 @@ def test_fit_writes_head_and_sidecar(trained_cache) -> None:
     assert meta["sizes"]["train"] + meta["sizes"]["test"] == 24
     assert meta["extractor"]["fingerprint"].startswith("tiny-") and len(meta["sha256"]) == 64
     assert {"scikit-learn", "torch", "bottleneck-features"} <= set(meta["versions"])
+
+
+def test_fit_svm_on_raw_pixels_is_rbf(trained_cache) -> None:
+    root, cache = trained_cache
+    embedding = fit_head(cache, head="svm", test_size=0.3)
+    assert isinstance(load_head(embedding.head_path)[0][-1].estimator, LinearSVMClassifier)
+    extract_dataset(root, resolve_spec("raw8"), cache, options=QUIET)
+    pixels = fit_head(cache, head="svm", test_size=0.3)
+    assert isinstance(load_head(pixels.head_path)[0][-1].estimator, RBFSVMClassifier)
+    assert json.loads(pixels.head_path.with_suffix(".json").read_text())["metrics"]["test_accuracy"] == 1.0
 
 
 def test_hash_split_is_stable_when_images_are_added(trained_cache, tmp_path: Path) -> None:
