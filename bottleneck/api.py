@@ -103,7 +103,7 @@ def compare(*, data: str | None = None, models: Sequence[str] | None = None, hea
             per_class: Sequence[int] | None = None, cv: int | None = None, repeats: int = 5, seed: int = 0,
             pixels: int | None = 32, metric: str = "accuracy", tune: Sequence[str] | None = None,
             cap: bool = False, out: str | Path | None = None, jobs: int | None = None, device: str = "auto",
-            cache: str | Path = DEFAULT_CACHE,
+            finetune: Sequence[str] | None = None, cache: str | Path = DEFAULT_CACHE,
             progress: Progress | None = None) -> CompareResult:
     """Heads × extractions × raw pixels on one dataset, with the report (see `bottleneck compare --help`;
     heads and tune: None for compare's defaults). `result.to_frame()` gives one row per cell and metric."""
@@ -112,7 +112,7 @@ def compare(*, data: str | None = None, models: Sequence[str] | None = None, hea
     return run_compare(Path(cache), dataset=data, models=models, heads=DEFAULT_HEADS if heads is None else heads,
                        per_class=per_class, cv=cv, repeats=repeats, seed=seed, pixels=pixels, metric=metric,
                        tune=DEFAULT_TUNED if tune is None else tune, cap=cap, out=Path(out) if out else None,
-                       jobs=jobs, device=device, progress=progress)
+                       jobs=jobs, device=device, finetune=finetune or (), progress=progress)
 
 
 def export(out: str | Path, *, data: str | None = None, model: str | None = None, format: str | None = None,

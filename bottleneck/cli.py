@@ -74,7 +74,7 @@ def extract(
     model: str = typer.Option("efficientnet_lite0", "--model", "-m", help="See `bottleneck models`; timm:NAME for any timm model."),
     weights: Optional[str] = typer.Option(None, help="Local state_dict file, or 'random'. Default: the model's pretrained weights."),
     layer: Optional[str] = typer.Option(None, help="Intermediate node to read instead of the penultimate features."),
-    pool: str = typer.Option("avg", help="Spatial pooling of feature maps: avg or max."),
+    pool: str = typer.Option("avg", help="Spatial pooling of feature maps: avg, max, or none (a --layer's whole map, flattened: what --finetune reads)."),
     cache: Path = CacheOption,
     name: Optional[str] = typer.Option(None, help="Dataset name in the cache (default: the folder's name)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per forward pass (default 256 on CUDA, 16 on CPU)."),
@@ -259,6 +259,9 @@ def compare(
     jobs: Optional[int] = typer.Option(None, help="Fits run in parallel (default: one per core)."),
     device: str = typer.Option("auto", help="Where logreg trains: auto (torch on CUDA, a cell's draws in one "
                                "solve, when present; else scikit-learn), sklearn, cuda[:N] or cpu."),
+    finetune: Optional[str] = typer.Option(None, "--finetune", help="Layers (comma list, e.g. blocks.5) to cut "
+                                           "each model at: a row that trains the rest of the network and a linear "
+                                           "layer on that layer's cached maps."),
     cache: Path = CacheOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -268,7 +271,8 @@ def compare(
         result = api.compare(
             data=data, models=_csv(models), heads=_csv(heads) or [], per_class=counts, cv=cv, repeats=repeats,
             seed=seed, pixels=pixels or None, metric=metric, tune=[] if tune == "none" else _csv(tune) or [],
-            cap=cap, out=out_dir, jobs=jobs, device=device, cache=cache, progress=progress,
+            cap=cap, out=out_dir, jobs=jobs, device=device, finetune=_csv(finetune), cache=cache,
+            progress=progress,
         )
     console.print(result.table())
     for note in result.notes:

@@ -25,13 +25,13 @@ from sklearn.metrics import confusion_matrix
 from .augment import DEFAULT_AUGMENT
 from .batched_logreg import BatchedLogReg, fit_draws
 from .cells import CellCache
-from .errors import CompareError
+from .errors import BottleneckError, CompareError
 from .evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
 from .extraction import ExtractOptions, extract_dataset
-from .heads import HEADS, input_params, make_head
+from .heads import HEADS, FineTunedTailClassifier, input_params, make_head
 from .progress import Progress, with_detail
 from .report import GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
-from .sources import DEFAULT_MODEL, is_raw_name, resolve_spec
+from .sources import DEFAULT_MODEL, build_tail, is_raw_name, resolve_spec
 from .spec import ExtractorSpec
 from .store import Features, Store, load_features, load_views
 
@@ -45,6 +45,7 @@ DEFAULT_PER_CLASS = (15, 30)
 DEFAULT_TUNED = ("logreg",)
 PIXEL_HEAD = "nb"  # raw pixels also get Gaussian naive Bayes, the classic pixel baseline
 PIXEL_ONLY = ("cnn",)  # heads that read raw pixels as images: no cells on embedding rows
+FINETUNE_HEAD = "finetune"  # the head column of --finetune rows, their only cells
 
 
 @dataclass
@@ -86,6 +87,7 @@ def run_compare(
     out: Path | None = None,
     jobs: int | None = None,
     device: str = "auto",
+    finetune: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> CompareResult:
     """Compare feature sets and heads on one cached dataset and write the report under `out`.
@@ -98,6 +100,8 @@ def run_compare(
     warm-started C path on a held-out part). jobs: parallel fits (default one per core).
     device: where logreg cells train: "auto" (torch on CUDA, all draws of a cell in one solve, when
     CUDA is there; else scikit-learn), "sklearn", or a torch device ("cuda", "cuda:1", "cpu").
+    finetune: layers (e.g. blocks.5) at which each embedding row's network is cut: a row of that
+    layer's cached maps (`--pool none`) on which the rest of the network and a linear layer train.
     cap: take min(N, what a class can spare) instead of failing on small classes.
     """
     start = time.perf_counter()
@@ -107,6 +111,9 @@ def run_compare(
     name, root, specs, view_rows = _choose_features(cache, dataset, models, pixels)
     if not specs:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
+    chosen = len(specs)  # rows of every head; a --finetune row not among them gets only its own cells
+    tails = _tails(specs, finetune)  # built (and their layers checked) before any work
+    specs += [spec for spec in tails if spec not in specs]
     notes: list[str] = []
     loaded = _load(cache, name, root, specs, progress, notes)
     fingerprints = [spec.fingerprint() for spec in (f.spec for f in loaded) if spec is not None]
@@ -127,18 +134,26 @@ def run_compare(
         notes.append("+viewsK rows: the head trains on the plain and K augmented views of each training image "
                      "and predicts from the plain view; +tta rows from the mean of its scores over all views")
     settings, protocol = _settings(labels, splits, per_class, cv, repeats, seed, cap, notes)
-    grid = [(f, h, s) for f, model in enumerate(models_of) for h in _heads_for(model, heads)
-            for s in range(len(settings))]
+    tuned_tail = {specs.index(spec): tail for spec, tail in tails.items()}
+    grid = [(f, h, s) for f, model in enumerate(models_of)
+            for h in (_heads_for(model, heads) if f < chosen or f >= len(specs) else [])
+            + ([FINETUNE_HEAD] if f in tuned_tail else []) for s in range(len(settings))]
     # Fits run in parallel across cells: a forest then builds its trees on one core.
     single: dict[str, Any] = {"n_jobs": 1} if jobs != 1 else {}
-    heads_used = dict.fromkeys((h, is_raw_name(models_of[f])) for f, h, _ in grid)
+    heads_used = dict.fromkeys((h, is_raw_name(models_of[f])) for f, h, _ in grid if h != FINETUNE_HEAD)
     sklearn_heads = {(h, raw): make_head(h, tune=h in tune, random_state=seed, probabilities=False,
                                          **(single if h in ("rf", "et") else {}), **input_params(h, raw))
                      for h, raw in heads_used}
     batched = BatchedLogReg(tune="logreg" in tune, random_state=seed) if torch_device is not None else None
     estimators: dict[tuple[int, str], object] = {
         (f, h): batched if h == "logreg" and batched is not None and Xs[f].ndim == 2
-        else sklearn_heads[h, is_raw_name(models_of[f])] for f, h, _ in grid}
+        else sklearn_heads[h, is_raw_name(models_of[f])] for f, h, _ in grid if h != FINETUNE_HEAD}
+    for f, (tail, shape) in tuned_tail.items():
+        estimators[f, FINETUNE_HEAD] = FineTunedTailClassifier(tail, shape, random_state=seed)
+    if tuned_tail:
+        notes.append(f"{FINETUNE_HEAD} rows: the network after the row's layer (pretrained, batch-norm statistics "
+                     "frozen) and a linear layer, trained on that layer's cached maps: AdamW (learning rate 1e-4 "
+                     "and 1e-3), up to 30 epochs, early stopping on a tenth of the training draw")
     pixel_params = [f"{h} {', '.join(f'{k}={v}' for k, v in input_params(h, True).items())}"
                     for h, raw in heads_used if raw and input_params(h, True)]
     if pixel_params:
@@ -167,6 +182,25 @@ def run_compare(
     files = write_report(out or Path("reports") / name, cells, best, root=root,
                          title=f"{name}: {protocol}", metric=metric, notes=notes)
     return CompareResult(name, root, protocol, metric, cells, best, files, notes, time.perf_counter() - start)
+
+
+def _tails(specs: list[ExtractorSpec], layers: Sequence[str]) -> dict[ExtractorSpec, tuple[torch.nn.Module, tuple]]:
+    """For each embedding row and each layer: the spec of that layer's whole maps, and the network
+    after it (see `sources.build_tail`)."""
+    tails = {}
+    for spec in specs:
+        if is_raw_name(spec.model) or spec.layer is not None:
+            continue
+        for layer in layers:
+            maps = spec.replace(layer=layer, pool="none", feature_dim=None)
+            maps = next((s for s in specs if s.replace(feature_dim=None) == maps), maps)  # already a row
+            try:
+                tails[maps] = build_tail(maps)
+            except BottleneckError as exc:
+                raise CompareError(f"--finetune {layer}: {exc}") from None
+    if layers and not tails:
+        raise CompareError("--finetune needs an embedding row to cut (a model extraction, not raw pixels alone)")
+    return tails
 
 
 def _heads_for(features: str, heads: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ features.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -126,6 +127,7 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
         seed = int(rng.randint(np.iinfo(np.int32).max))
         with _one_torch_thread(), _seeded_rng(seed, device):
             module = self._build_module(X.shape[1], len(self.classes_)).to(device)
+            self._initialise(module, X, y_index, device)
             self.n_iter_ = self._train(module, X, y_index, rng, device)
         self.module_ = module.cpu().eval()
         return self
@@ -143,9 +145,7 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
         y_t = torch.tensor(y, device=device)
         train, val = self._validation_split(y, rng)
         n_batches = math.ceil(len(train) / self.batch_size)
-        optimizer = torch.optim.AdamW(
-            module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
-        )
+        optimizer = torch.optim.AdamW(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         best_loss, best_state, waited = math.inf, None, 0
         for epoch in range(1, self.max_epochs + 1):
             module.train()
@@ -171,6 +171,9 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
         if best_state is not None:
             module.load_state_dict(best_state)
         return epoch
+
+    def _initialise(self, module: nn.Module, X: np.ndarray, y: np.ndarray, device: torch.device) -> None:
+        """Set weights before training (the default: the modules' own random init)."""
 
     def _validation_split(
         self, y: np.ndarray, rng: np.random.RandomState
@@ -311,6 +314,92 @@ class SmallCNNClassifier(_TorchClassifier):
         return nn.Sequential(nn.Unflatten(1, (3, side, side)), *block(3, 32, True), *block(32, 64, True),
                              *block(64, 128, False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(self.dropout),
                              nn.Linear(128, n_classes))
+
+
+class _FrozenNorm(nn.Module):
+    """A pretrained part whose batch-norm layers keep their ImageNet statistics in training: with
+    tens of images per class, batch statistics would replace them with noise."""
+
+    def __init__(self, part: nn.Module) -> None:
+        super().__init__()
+        self.part = part
+
+    def train(self, mode: bool = True) -> _FrozenNorm:
+        super().train(mode)
+        for layer in self.part.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.part(x)
+
+
+class FineTunedTailClassifier(_TorchClassifier):
+    """The last layers of a pretrained network, trained with a new linear layer on cached maps.
+
+    The bottleneck way to fine-tune: `tail` (from `sources.build_tail`) maps a layer's output of
+    shape `map_shape`, which the cache holds flattened (`--pool none`), to the network's features.
+    Each fit trains a copy of it (batch-norm statistics frozen) and a linear layer on top, so no
+    image is decoded or run through the frozen part again: linear probe, then fine-tune, with small
+    steps (AdamW at 1e-4) from the probe.
+    """
+
+    def __init__(
+        self,
+        tail: nn.Module | None = None,
+        map_shape: tuple[int, ...] = (),
+        *,
+        probe_first: bool = True,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 1e-2,
+        batch_size: int = 32,
+        max_epochs: int = 30,
+        validation_fraction: float = 0.1,
+        patience: int = 5,
+        device: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.tail = tail
+        self.map_shape = map_shape
+        self.probe_first = probe_first
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.device = device
+        self.random_state = random_state
+
+    def _build_module(self, n_features: int, n_classes: int) -> nn.Module:
+        if self.tail is None or math.prod(self.map_shape) != n_features:
+            raise FitError(f"a fine-tuned tail reads a layer's whole map ({math.prod(self.map_shape)} values, "
+                           f"shape {self.map_shape}), not {n_features} features: pass the --pool none extraction")
+        tail = _FrozenNorm(copy.deepcopy(self.tail).requires_grad_(True))
+        with torch.no_grad():
+            width = tail.eval()(torch.zeros(1, *self.map_shape)).shape[1]
+        return nn.Sequential(nn.Unflatten(1, self.map_shape), tail, nn.Linear(width, n_classes))
+
+    def _initialise(self, module: Any, X: np.ndarray, y: np.ndarray, device: torch.device) -> None:
+        """Linear probe, then fine-tune: the linear layer starts as compare's tuned `logreg` fitted
+        on the pretrained tail's output (the frozen embedding), so training begins from the frozen
+        features' best linear head instead of from noise."""
+        if not self.probe_first:
+            return
+        frozen, linear = module[:2].eval(), module[2]
+        with torch.no_grad():
+            features = torch.cat([frozen(torch.as_tensor(X[i:i + 256], device=device))
+                                  for i in range(0, len(X), 256)]).cpu().numpy().astype(np.float64)
+        probe = make_head("logreg", tune=True, random_state=0).fit(features, y)
+        scaler, logreg = probe[0], probe[-1].model_
+        coef = logreg.coef_ / scaler.scale_  # the standardisation folded into the linear layer
+        intercept = logreg.intercept_ - coef @ scaler.mean_
+        if len(coef) == 1:  # two classes: one logit difference
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(coef, dtype=torch.float32))
+            linear.bias.copy_(torch.as_tensor(intercept, dtype=torch.float32))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import SpecError
 
-POOLS = ("avg", "max")
+POOLS = ("avg", "max", "none")  # none: a layer's whole map, flattened (what a fine-tuned tail reads)
 PRECISIONS = ("fp32", "fp16", "bf16")  # autocast dtype of the forward pass
 STORAGE_DTYPES = ("float32", "float16")
 DECODERS = ("pil", "torchvision")  # PIL on CPU threads/workers | torchvision.io on the model's device
@@ -75,6 +75,8 @@ class ExtractorSpec:
                                        ("dtype", self.dtype, STORAGE_DTYPES), ("decode", self.decode, DECODERS)):
             if value not in allowed:
                 raise SpecError(f"--{option} {value}: use one of {', '.join(allowed)}")
+        if self.pool == "none" and self.layer is None:
+            raise SpecError(f"{self.model}: --pool none keeps a layer's whole feature map; name the layer with --layer")
 
     def replace(self, **changes: Any) -> ExtractorSpec:
         return dataclasses.replace(self, **changes)

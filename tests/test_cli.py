@@ -20,7 +20,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(image_folder: Pa
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     runner, cache = CliRunner(), str(tmp_path / "c.h5")
     bad = runner.invoke(app, ["extract", str(image_folder), "--model", "tiny", "--pool", "median", "--cache", cache])
-    assert bad.exit_code == 1 and bad.output.strip() == "error: --pool median: use one of avg, max"
+    assert bad.exit_code == 1 and bad.output.strip() == "error: --pool median: use one of avg, max, none"
     assert runner.invoke(app, ["extract", str(image_folder), "--model", "tiny", "--cache", cache, "-q"]).exit_code == 0
 
     def broken(*args: object, **kwargs: object) -> None:

@@ -4,10 +4,14 @@
 Importing this package registers them; it is the registry's public face.
 """
 
+from torch import nn
+
+from ..errors import SpecError
 from ..registry import (DEFAULT_MODEL, Backbone, ModelInfo, build, list_models, register_model,
-                                 register_source, resolve_spec)
+                        register_source, resolve_spec)
+from ..spec import ExtractorSpec
 from .packaged import PackagedSource
-from ._common import weights_cache_dir
+from ._common import split_tail, weights_cache_dir
 from .raw import RawSource, is_raw_name
 from .timm_models import TimmSource
 from .torchvision_models import TorchvisionSource
@@ -20,6 +24,16 @@ def load_backbone(model: str, weights: str | None = None, layer: str | None = No
     """Build `model` now (for use in Python); `extract` resolves a spec and builds only when needed."""
     return build(resolve_spec(model, weights=weights, layer=layer, pool=pool))
 
-__all__ = ["DEFAULT_MODEL", "Backbone", "ModelInfo", "build", "is_raw_name", "list_models", "load_backbone",
-           "register_model",
-           "resolve_spec", "weights_cache_dir"]
+
+
+def build_tail(spec: ExtractorSpec) -> tuple[nn.Module, tuple[int, ...]]:
+    """For a `--pool none` spec (a layer's whole map): the network after that layer, with its
+    pretrained weights, as a module from the map to the model's features, and the map's shape."""
+    if spec.layer is None:
+        raise SpecError(f"{spec.label()}: a fine-tuned tail starts at a layer; name one")
+    trunk = build(spec.replace(layer=None, pool="avg", feature_dim=None, precision="fp32")).model
+    return split_tail(trunk, spec.layer, spec.preprocess.input_size)
+
+
+__all__ = ["DEFAULT_MODEL", "Backbone", "ModelInfo", "build", "build_tail", "is_raw_name", "list_models",
+           "load_backbone", "register_model", "resolve_spec", "weights_cache_dir"]

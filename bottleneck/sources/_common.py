@@ -91,7 +91,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> 
     model.load_state_dict(state)
 
 
-def layer_model(model: nn.Module, layer: str, pool: str) -> nn.Module:
+def layer_model(model: nn.Module, layer: str, pool: str) -> Pooled:
     """Output of graph node `layer` (or the last node inside module `layer`), globally pooled."""
     import timm.models
 
@@ -105,9 +105,42 @@ def layer_model(model: nn.Module, layer: str, pool: str) -> nn.Module:
     return Pooled(timm.models.create_feature_extractor(model, [layer]), pool, node=layer)
 
 
+def split_tail(trunk: nn.Module, layer: str, input_size: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """The part of `trunk` after graph node `layer`, as a module from that node's output to the
+    trunk's features (sharing its weights), and the shape of that output for one `input_size` image
+    (what `--pool none` stores flat).
+
+    Traced with torch.fx: the layer's node becomes the input, and everything only it needed goes.
+    A node after `layer` that still reads an earlier activation (a skip connection across the cut)
+    makes it no cut: an error names block boundaries to cut at instead."""
+    import timm.models
+
+    front = layer_model(trunk, layer, "none")  # checks the layer, naming candidates
+    with torch.inference_mode():
+        shape = tuple(front.features(torch.zeros(1, 3, input_size, input_size))[layer].shape[1:])
+    nodes = timm.models.get_graph_node_names(trunk)[1]
+    full = timm.models.create_feature_extractor(trunk, {layer: "maps", nodes[-1]: "features"})
+    graph = full.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    cut, features = output.args[0]["maps"], output.args[0]["features"]
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    with graph.inserting_before(inputs[0]):
+        maps = graph.placeholder("maps")
+    cut.replace_all_uses_with(maps)
+    output.args = (features,)
+    graph.eliminate_dead_code()
+    if any(n.users for n in inputs):
+        blocks = list(dict.fromkeys(".".join(n.split(".")[:2]) for n in nodes))
+        raise BackboneError(f"layer {layer!r} is no cut: later layers also read activations from before it; "
+                            f"cut at a block's output, e.g. one of {', '.join(blocks[-8:-3])}")
+    for node in inputs:
+        graph.erase_node(node)
+    return torch.fx.GraphModule(full, graph), shape
+
+
 class Pooled(nn.Module):
     """features(x) (or its `node` entry) reduced by `pool` over spatial dims: 4-D maps are taken as
-    (B, C, H, W), 3-D outputs as tokens (B, N, C); 2-D outputs pass through."""
+    (B, C, H, W), 3-D outputs as tokens (B, N, C); 2-D outputs, and any with pool="none", flattened."""
 
     def __init__(self, features: nn.Module, pool: str, node: str | None = None) -> None:
         super().__init__()
@@ -117,7 +150,7 @@ class Pooled(nn.Module):
         out = self.features(x)
         if self.node is not None:
             out = out[self.node]
-        if out.ndim not in (3, 4):
+        if out.ndim not in (3, 4) or self.pool == "none":
             return out.flatten(1)
         dims = (2, 3) if out.ndim == 4 else (1,)
         return out.mean(dims) if self.pool == "avg" else out.amax(dims)

@@ -1,0 +1,142 @@
+"""--finetune: the network after a layer trained on that layer's cached maps (the bottleneck way)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from bottleneck_features.comparison import run_compare
+from bottleneck_features.errors import BackboneError, CompareError
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.heads import FineTunedTailClassifier, make_head
+from bottleneck_features.sources import build_tail, load_backbone, register_model, resolve_spec
+from bottleneck_features.sources._common import Net, finish, split_tail
+from bottleneck_features.store import Store
+from tiny_backbone import PREPROCESS
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.inner(x)
+
+
+@pytest.fixture(autouse=True)
+def tiny_model() -> None:
+    register_model("tinycnn", lambda weights=None, layer=None, pool="avg": finish(
+        "tinycnn", Net(tiny_cnn(), PREPROCESS, "random-seed0", lambda model, pool: model), layer, pool))
+
+
+def test_the_tail_continues_where_the_maps_stop() -> None:
+    trunk = tiny_cnn().eval()
+    tail, shape = split_tail(trunk, "2", 32)
+    front = load_backbone("tinycnn", layer="2", pool="none")
+    assert shape == (8, 15, 15) and front.spec.feature_dim == 8 * 15 * 15
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(tail(front.model(x).reshape(4, *shape)), trunk(x))
+    assert sum(p.numel() for p in tail.parameters()) < sum(p.numel() for p in trunk.parameters())
+
+
+def test_a_cut_inside_a_skip_connection_is_refused() -> None:
+    net = nn.Sequential(Residual(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with pytest.raises(BackboneError, match=r"'0.inner.0' is no cut: .*cut at a block's output"):
+        split_tail(net, "0.inner.0", 16)
+    split_tail(net, "0", 16)  # the block's output is a cut
+
+
+def test_the_tail_trains_a_copy_with_frozen_batch_norm() -> None:
+    tail, shape = build_tail(resolve_spec("tinycnn", layer="2", pool="none"))
+    before = {k: v.clone() for k, v in tail.state_dict().items()}
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    X = rng.normal(size=(40, int(np.prod(shape)))).astype(np.float32) + 2 * y[:, None]
+    head = FineTunedTailClassifier(tail, shape, max_epochs=30, learning_rate=1e-2, validation_fraction=0,
+                                   random_state=0).fit(X, y)
+    assert (head.predict(X) == y).mean() > 0.9
+    tuned = head.module_[1].part.state_dict()
+    assert all(torch.equal(before[k], v) for k, v in tail.state_dict().items())  # the given tail is untouched
+    assert not torch.equal(tuned["3.weight"], before["3.weight"])  # its copy trained
+    assert torch.equal(tuned["4.running_mean"], before["4.running_mean"])  # with the ImageNet statistics kept
+
+
+def test_wrong_width_names_the_fix() -> None:
+    tail, shape = build_tail(resolve_spec("tinycnn", layer="2", pool="none"))
+    with pytest.raises(Exception, match="pass the --pool none extraction"):
+        FineTunedTailClassifier(tail, shape).fit(np.zeros((4, 10), np.float32), [0, 1, 0, 1])
+
+
+@pytest.fixture(scope="module")
+def shades(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("finetune")
+    rng = np.random.default_rng(0)
+    for label, base in (("dark", 40), ("mid", 128), ("bright", 215)):
+        for i in range(8):
+            path = tmp / "shades" / label / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(rng.normal(base, 25, (36, 36, 3)), 0, 255).astype(np.uint8)).save(path)
+    return tmp
+
+
+def test_compare_adds_a_finetune_row_on_the_same_draws(shades: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.h5"
+    register_model("tinycnn", lambda weights=None, layer=None, pool="avg": finish(
+        "tinycnn", Net(tiny_cnn(), PREPROCESS, "random-seed0", lambda model, pool: model), layer, pool))
+    extract_dataset(shades / "shades", resolve_spec("tinycnn"), cache, options=ExtractOptions(workers=0))
+    result = run_compare(cache, heads=["logreg"], per_class=[4], repeats=2, pixels=None, finetune=["2"],
+                         out=tmp_path / "out", jobs=1)
+    cells = {(c.features, c.head): c for c in result.cells}
+    assert set(cells) == {("tinycnn", "logreg"), ("tinycnn[2,none]", "finetune")}
+    assert cells["tinycnn[2,none]", "finetune"].mean_std("accuracy")[0] >= 0.6  # chance: 1/3
+    assert any(note.startswith("finetune rows:") for note in result.notes)
+    with Store.open(cache) as store:  # the maps are cached: a second compare extracts nothing
+        assert any(store.extractor_spec(fp).pool == "none" for fp in store.dataset_extractors("shades"))
+    again = run_compare(cache, heads=["logreg"], per_class=[4], repeats=2, pixels=None, finetune=["2"],
+                        out=tmp_path / "out", jobs=1)  # now an extraction of the dataset: a row of every head too
+    assert {(c.features, c.head) for c in again.cells} == {
+        ("tinycnn", "logreg"), ("tinycnn[2,none]", "logreg"), ("tinycnn[2,none]", "finetune")}
+    assert {c.head: c.scores for c in again.cells if c.head == "finetune"} == {"finetune": cells[
+        "tinycnn[2,none]", "finetune"].scores}
+
+
+def test_training_starts_from_the_tuned_linear_probe() -> None:
+    tail, shape = build_tail(resolve_spec("tinycnn", layer="2", pool="none"))
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 2], 12)
+    X = (rng.normal(size=(36, int(np.prod(shape)))) + y[:, None] * 0.5).astype(np.float32)
+    probe_only = FineTunedTailClassifier(tail, shape, learning_rate=0.0, max_epochs=1, random_state=0).fit(X, y)
+    with torch.no_grad():
+        features = tail.eval()(torch.as_tensor(X).reshape(-1, *shape)).double().numpy()
+    logreg = make_head("logreg", tune=True).fit(features, y)
+    np.testing.assert_array_equal(probe_only.predict(X), logreg.predict(features))
+    assert 0.4 < (logreg.predict(features) == y).mean()
+
+
+def test_unknown_layer_fails_before_any_work(shades: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.h5"
+    extract_dataset(shades / "shades", resolve_spec("tinycnn"), cache, options=ExtractOptions(workers=0))
+    copy = tmp_path / "before.h5"
+    shutil.copy(cache, copy)
+    with pytest.raises(CompareError, match=r"^--finetune nope: no layer 'nope' in Sequential"):
+        run_compare(cache, heads=["logreg"], per_class=[4], pixels=None, finetune=["nope"], out=tmp_path / "out")
+    with Store.open(cache) as store:
+        assert len(store.dataset_extractors("shades")) == 1
+    with pytest.raises(CompareError, match="--finetune needs an embedding row"):
+        run_compare(cache, models=[], heads=["logreg"], per_class=[4], pixels=8, finetune=["2"],
+                    out=tmp_path / "out")
