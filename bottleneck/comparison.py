@@ -45,7 +45,7 @@ DEFAULT_PER_CLASS = (15, 30)
 DEFAULT_TUNED = ("logreg",)
 PIXEL_HEAD = "nb"  # raw pixels also get Gaussian naive Bayes, the classic pixel baseline
 PIXEL_ONLY = ("cnn",)  # heads that read raw pixels as images: no cells on embedding rows
-FINETUNE_HEAD = "finetune"  # the head column of --finetune rows, their only cells
+FINETUNE_HEAD = "finetune"  # the head column of --finetune cells
 
 
 @dataclass
@@ -151,9 +151,9 @@ def run_compare(
     for f, (tail, shape) in tuned_tail.items():
         estimators[f, FINETUNE_HEAD] = FineTunedTailClassifier(tail, shape, random_state=seed)
     if tuned_tail:
-        notes.append(f"{FINETUNE_HEAD} rows: the network after the row's layer (pretrained, batch-norm statistics "
-                     "frozen) and a linear layer, trained on that layer's cached maps: AdamW (learning rate 1e-4 "
-                     "and 1e-3), up to 30 epochs, early stopping on a tenth of the training draw")
+        notes.append(f"{FINETUNE_HEAD} cells: the network after the row's layer (pretrained, batch-norm statistics "
+                     "kept) and a linear layer, trained on that layer's cached maps from the tuned logreg probe: "
+                     "AdamW at 1e-4, up to 30 epochs, early stopping on a tenth of the training draw")
     pixel_params = [f"{h} {', '.join(f'{k}={v}' for k, v in input_params(h, True).items())}"
                     for h, raw in heads_used if raw and input_params(h, True)]
     if pixel_params:

@@ -104,7 +104,7 @@ def test_compare_adds_a_finetune_row_on_the_same_draws(shades: Path, tmp_path: P
     cells = {(c.features, c.head): c for c in result.cells}
     assert set(cells) == {("tinycnn", "logreg"), ("tinycnn[2,none]", "finetune")}
     assert cells["tinycnn[2,none]", "finetune"].mean_std("accuracy")[0] >= 0.6  # chance: 1/3
-    assert any(note.startswith("finetune rows:") for note in result.notes)
+    assert any(note.startswith("finetune cells:") for note in result.notes)
     with Store.open(cache) as store:  # the maps are cached: a second compare extracts nothing
         assert any(store.extractor_spec(fp).pool == "none" for fp in store.dataset_extractors("shades"))
     again = run_compare(cache, heads=["logreg"], per_class=[4], repeats=2, pixels=None, finetune=["2"],

@@ -25,7 +25,6 @@ def load_backbone(model: str, weights: str | None = None, layer: str | None = No
     return build(resolve_spec(model, weights=weights, layer=layer, pool=pool))
 
 
-
 def build_tail(spec: ExtractorSpec) -> tuple[nn.Module, tuple[int, ...]]:
     """For a `--pool none` spec (a layer's whole map): the network after that layer, with its
     pretrained weights, as a module from the map to the model's features, and the map's shape."""
