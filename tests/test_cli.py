@@ -22,6 +22,9 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(image_folder: Pa
     bad = runner.invoke(app, ["extract", str(image_folder), "--model", "tiny", "--pool", "median", "--cache", cache])
     assert bad.exit_code == 1 and bad.output.strip() == "error: --pool median: use one of avg, max, none"
     assert runner.invoke(app, ["extract", str(image_folder), "--model", "tiny", "--cache", cache, "-q"]).exit_code == 0
+    cut = runner.invoke(app, ["compare", "--finetune", "nope", "--cache", cache, "-q"])
+    assert cut.exit_code == 1 and cut.output.startswith("error: --finetune nope: no layer 'nope' in CountingNet")
+    assert len(cut.output.strip().splitlines()) == 1
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("an internal bug")
