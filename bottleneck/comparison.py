@@ -248,8 +248,9 @@ def _choose_features(cache: Path, dataset: str | None, models: Sequence[str] | N
         extracted = {fp: store.extractor_spec(fp) for fp in store.dataset_extractors(dataset)}
         counts = store.dataset_views(dataset)
         if models is None:
+            # whole maps (--pool none) are --finetune's input: a row only when named in --models
             chosen = [s for fp, s in extracted.items() if (s.augment and fp in counts) or
-                      not (s.augment or is_raw_name(s.model))] or [resolve_spec(DEFAULT_MODEL)]
+                      not (s.augment or is_raw_name(s.model) or s.pool == "none")] or [resolve_spec(DEFAULT_MODEL)]
         else:
             chosen = []
             for query in models:

@@ -107,11 +107,13 @@ def test_compare_adds_a_finetune_row_on_the_same_draws(shades: Path, tmp_path: P
     assert any(note.startswith("finetune cells:") for note in result.notes)
     with Store.open(cache) as store:  # the maps are cached: a second compare extracts nothing
         assert any(store.extractor_spec(fp).pool == "none" for fp in store.dataset_extractors("shades"))
-    again = run_compare(cache, heads=["logreg"], per_class=[4], repeats=2, pixels=None, finetune=["2"],
-                        out=tmp_path / "out", jobs=1)  # now an extraction of the dataset: a row of every head too
-    assert {(c.features, c.head) for c in again.cells} == {
+    plain = run_compare(cache, heads=["logreg"], per_class=[4], repeats=2, pixels=None, out=tmp_path / "out")
+    assert {c.features for c in plain.cells} == {"tinycnn"}  # cached maps are no row unless named
+    named = run_compare(cache, models=["tinycnn", "tinycnn[2,none]"], heads=["logreg"], per_class=[4], repeats=2,
+                        pixels=None, finetune=["2"], out=tmp_path / "out", jobs=1)
+    assert {(c.features, c.head) for c in named.cells} == {
         ("tinycnn", "logreg"), ("tinycnn[2,none]", "logreg"), ("tinycnn[2,none]", "finetune")}
-    assert {c.head: c.scores for c in again.cells if c.head == "finetune"} == {"finetune": cells[
+    assert {c.head: c.scores for c in named.cells if c.head == "finetune"} == {"finetune": cells[
         "tinycnn[2,none]", "finetune"].scores}
 
 
