@@ -95,6 +95,14 @@ def layer_model(model: nn.Module, layer: str, pool: str) -> Pooled:
     """Output of graph node `layer` (or the last node inside module `layer`), globally pooled."""
     import timm.models
 
+    _graph_nodes(model, layer)
+    return Pooled(timm.models.create_feature_extractor(model, [layer]), pool, node=layer)
+
+
+def _graph_nodes(model: nn.Module, layer: str) -> list[str]:
+    """The model's graph node names (eval mode), after checking that `layer` is among them."""
+    import timm.models
+
     nodes = timm.models.get_graph_node_names(model)[1]  # eval-mode graph; timm's wrapper also traces timm models
     if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes):
         tops = list(dict.fromkeys(n.split(".")[0] for n in nodes))
@@ -102,7 +110,7 @@ def layer_model(model: nn.Module, layer: str, pool: str) -> Pooled:
             f"no layer {layer!r} in {type(model).__name__}: try one of {', '.join(tops[-8:])} or a finer node "
             f"such as {nodes[len(nodes) // 2]} ({len(nodes)} nodes; see torchvision get_graph_node_names)"
         )
-    return Pooled(timm.models.create_feature_extractor(model, [layer]), pool, node=layer)
+    return nodes
 
 
 def split_tail(trunk: nn.Module, layer: str, input_size: int) -> tuple[nn.Module, tuple[int, ...]]:
@@ -115,11 +123,10 @@ def split_tail(trunk: nn.Module, layer: str, input_size: int) -> tuple[nn.Module
     makes it no cut: an error names block boundaries to cut at instead."""
     import timm.models
 
-    front = layer_model(trunk, layer, "none")  # checks the layer, naming candidates
-    with torch.inference_mode():
-        shape = tuple(front.features(torch.zeros(1, 3, input_size, input_size))[layer].shape[1:])
-    nodes = timm.models.get_graph_node_names(trunk)[1]
+    nodes = _graph_nodes(trunk, layer)
     full = timm.models.create_feature_extractor(trunk, {layer: "maps", nodes[-1]: "features"})
+    with torch.inference_mode():
+        shape = tuple(full(torch.zeros(1, 3, input_size, input_size))["maps"].shape[1:])
     graph = full.graph
     output = next(n for n in graph.nodes if n.op == "output")
     cut, features = output.args[0]["maps"], output.args[0]["features"]
