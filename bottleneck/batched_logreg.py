@@ -8,7 +8,8 @@ of the R objectives of scikit-learn's multinomial `LogisticRegression(C)`,
 
 is minimised by L-BFGS, each draw with its own weights, so the optimum is each draw's own. Tuning
 follows `heads.PathTunedLogisticRegression`: held-out parts of each draw (`heads.tuning_splits`),
-C walked upwards warm-started until it stops improving, the best C per draw, refitted on all of the draw from there.
+C walked upwards warm-started until it stops improving, the best C per draw, refitted on all of
+the draw from there.
 
 The same code runs on the CPU (tests) and on CUDA (where it pays: ~one solve for R draws).
 """

@@ -454,8 +454,9 @@ def tuning_splits(y: np.ndarray, folds: int | str, holdout: float,
 class PathTunedLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression whose C is chosen on held-out parts of the training data
     (`tuning_splits`), along a warm-started path of Cs (small to large, stopping at the first C
-    whose mean held-out score is no better than a smaller one's: larger Cs cost most), then refitted on all of it from the chosen C's solution: a few untuned
-    fits, where a 5 C x 5-fold grid search costs 25 cold ones. On CNN embeddings the C curve is
+    whose mean held-out score is no better than a smaller one's: larger Cs cost most), then
+    refitted on all of it from the chosen C's solution: a few untuned fits, where a 5 C x 5-fold
+    grid search costs 25 cold ones. On CNN embeddings the C curve is
     flat (FIELD_NOTES), so one held-out part chooses as well as five folds once it holds 50 images.
 
     With fewer than 2 images in some class nothing can be held out, and `default_C` is used.
@@ -529,6 +530,11 @@ class FastGaussianNB(GaussianNB):
         return constant - 0.5 * quadratic
 
 
+def _labels(classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Labels from decision values: a binary SVM's one column is positive for classes[1]."""
+    return classes[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)]
+
+
 class LinearSVMClassifier(ClassifierMixin, BaseEstimator):
     """A linear SVM, one class against the rest, each a libsvm problem on one shared Gram matrix.
 
@@ -571,8 +577,8 @@ class LinearSVMClassifier(ClassifierMixin, BaseEstimator):
         return scores.ravel() if len(self.classes_) == 2 else scores
 
     def predict(self, X: Any) -> np.ndarray:
-        scores = self.decision_function(X)
-        return self.classes_[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)]
+        scores = self.decision_function(X)  # first: it raises NotFittedError
+        return _labels(self.classes_, scores)
 
 
 class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
@@ -651,8 +657,8 @@ class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
         return votes + confidence / (3 * (np.abs(confidence) + 1))
 
     def predict(self, X: Any) -> np.ndarray:
-        scores = self.decision_function(X)
-        return self.classes_[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)]
+        scores = self.decision_function(X)  # first: it raises NotFittedError
+        return _labels(self.classes_, scores)
 
 
 def _svm(random_state: int | None, params: dict[str, Any], probabilities: bool = True) -> BaseEstimator:
@@ -687,7 +693,7 @@ _BUILDERS: dict[str, _Builder] = {
     "svm": _svm,
     # Extremely randomised trees, √d features per split (log2(d) on raw pixels, see input_params):
     # on openclipart22 and photo_vs_drawing (Lite0 and raw32, 15 / 30 per class) above the 300-tree
-    # random forest in 7 of 8 cells, at half its fit time or less (RESULTS.md 9).
+    # random forest in 7 of 8 cells and faster (0.7x its fit time there, 1/17 at 102 classes; RESULTS.md 9).
     "et": lambda rs, p: ExtraTreesClassifier(
         **{"n_estimators": 300, "max_features": "sqrt", "n_jobs": -1, "random_state": rs, **p}
     ),
