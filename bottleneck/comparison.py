@@ -28,6 +28,7 @@ from .cells import CellCache
 from .errors import BottleneckError, CompareError
 from .evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_splits, protocol_pool, run_cell
 from .extraction import ExtractOptions, extract_dataset
+from .finetune import FineTunedNetworkClassifier
 from .heads import HEADS, FineTunedTailClassifier, input_params, make_head
 from .progress import Progress, with_detail
 from .report import GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
@@ -46,6 +47,7 @@ DEFAULT_TUNED = ("logreg",)
 PIXEL_HEAD = "nb"  # raw pixels also get Gaussian naive Bayes, the classic pixel baseline
 PIXEL_ONLY = ("cnn",)  # heads that read raw pixels as images: no cells on embedding rows
 FINETUNE_HEAD = "finetune"  # the head column of --finetune cells
+WHOLE_NETWORK = "all"  # --finetune all: the whole network, trained on the image files
 
 
 @dataclass
@@ -101,7 +103,9 @@ def run_compare(
     device: where logreg cells train: "auto" (torch on CUDA, all draws of a cell in one solve, when
     CUDA is there; else scikit-learn), "sklearn", or a torch device ("cuda", "cuda:1", "cpu").
     finetune: layers (e.g. blocks.5) at which each embedding row's network is cut: a row of that
-    layer's cached maps (`--pool none`) on which the rest of the network and a linear layer train.
+    layer's cached maps (`--pool none`) on which the rest of the network and a linear layer train;
+    "all": a finetune cell on each embedding row that trains its whole network on augmented images
+    decoded from the files (`finetune.FineTunedNetworkClassifier`), the expensive reference.
     cap: take min(N, what a class can spare) instead of failing on small classes.
     """
     start = time.perf_counter()
@@ -112,7 +116,8 @@ def run_compare(
     if not specs:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
     chosen = len(specs)  # rows of every head; a --finetune row not among them gets only its own cells
-    tails = _tails(specs, finetune)  # built (and their layers checked) before any work
+    whole = _whole_networks(specs, root) if WHOLE_NETWORK in finetune else []
+    tails = _tails(specs, [layer for layer in finetune if layer != WHOLE_NETWORK])  # checked before any work
     specs += [spec for spec in tails if spec not in specs]
     notes: list[str] = []
     loaded = _load(cache, name, root, specs, progress, notes)
@@ -130,14 +135,28 @@ def run_compare(
             fingerprints.append(f"{spec.fingerprint()}+views{views}" + ("+tta" if test_time else ""))
             models_of.append(spec.model)
             tta.append(test_time)
+    whole_rows = {}  # row → spec of the network its finetune cells train on the files
+    items = np.array([[sha, str(root / path)] for path, sha in zip(paths, shas)], dtype=object).reshape(-1, 2)
+    for spec in whole:
+        whole_rows[len(Xs)] = spec
+        Xs.append(items)
+        names.append(names[specs.index(spec)])
+        fingerprints.append(f"{spec.fingerprint()}+files")
+        models_of.append(spec.model)
+        tta.append(False)
     if view_rows:
         notes.append("+viewsK rows: the head trains on the plain and K augmented views of each training image "
                      "and predicts from the plain view; +tta rows from the mean of its scores over all views")
     settings, protocol = _settings(labels, splits, per_class, cv, repeats, seed, cap, notes)
     tuned_tail = {specs.index(spec): tail for spec, tail in tails.items()}
-    grid = [(f, h, s) for f, model in enumerate(models_of)
-            for h in (_heads_for(model, heads) if f < chosen or f >= len(specs) else [])
-            + ([FINETUNE_HEAD] if f in tuned_tail else []) for s in range(len(settings))]
+
+    def row_heads(f: int) -> list[str]:
+        if f in whole_rows:
+            return [FINETUNE_HEAD]
+        return (_heads_for(models_of[f], heads) if f < chosen or f >= len(specs) else []) \
+            + ([FINETUNE_HEAD] if f in tuned_tail else [])
+
+    grid = [(f, h, s) for f in range(len(Xs)) for h in row_heads(f) for s in range(len(settings))]
     # Fits run in parallel across cells: a forest then builds its trees on one core.
     single: dict[str, Any] = {"n_jobs": 1} if jobs != 1 else {}
     heads_used = dict.fromkeys((h, is_raw_name(models_of[f])) for f, h, _ in grid if h != FINETUNE_HEAD)
@@ -154,6 +173,13 @@ def run_compare(
         notes.append(f"{FINETUNE_HEAD} cells: the network after the row's layer (pretrained, batch-norm statistics "
                      "kept) and a linear layer, trained on that layer's cached maps from the tuned logreg probe: "
                      "AdamW at 1e-4, up to 30 epochs, early stopping on a tenth of the training draw")
+    for f, spec in whole_rows.items():
+        estimators[f, FINETUNE_HEAD] = FineTunedNetworkClassifier(spec, random_state=seed)
+    if whole_rows:
+        notes.append(f"{FINETUNE_HEAD} cells of a model's own row (--finetune all): its whole network (batch-norm "
+                     "statistics kept) and a linear layer from the tuned logreg probe, trained on the image files, "
+                     f"view e of each image ({DEFAULT_AUGMENT}) decoded in epoch e: AdamW at 1e-5, up to 8 epochs, "
+                     "early stopping on a tenth of the training draw; fits one at a time, on every core (or CUDA)")
     pixel_params = [f"{h} {', '.join(f'{k}={v}' for k, v in input_params(h, True).items())}"
                     for h, raw in heads_used if raw and input_params(h, True)]
     if pixel_params:
@@ -182,6 +208,18 @@ def run_compare(
     files = write_report(out or Path("reports") / name, cells, best, root=root,
                          title=f"{name}: {protocol}", metric=metric, notes=notes)
     return CompareResult(name, root, protocol, metric, cells, best, files, notes, time.perf_counter() - start)
+
+
+def _whole_networks(specs: list[ExtractorSpec], root: Path) -> list[ExtractorSpec]:
+    """The embedding rows whose networks `--finetune all` trains on the files under `root`."""
+    if not root.is_dir():
+        raise CompareError(f"--finetune {WHOLE_NETWORK} trains on the image files, and {root} is gone: "
+                           "restore the folder, or leave out --finetune all")
+    whole = [s for s in specs if not is_raw_name(s.model) and s.pool != "none"]
+    if not whole:
+        raise CompareError(f"--finetune {WHOLE_NETWORK} needs an embedding row to train (a model extraction, "
+                           "not raw pixels alone)")
+    return whole
 
 
 def _tails(specs: list[ExtractorSpec], layers: Sequence[str]) -> dict[ExtractorSpec, tuple[torch.nn.Module, tuple]]:
@@ -359,7 +397,8 @@ def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimat
               keys: dict[tuple[int, str, int, int], str],
               torch_device: str | None) -> dict[tuple[int, str, int], list[CellRun]]:
     """Every (feature set, head, setting, draw) fit not cached yet: batched logreg cells in torch on
-    `torch_device`, the rest in parallel with `jobs` joblib workers."""
+    `torch_device`, whole networks one at a time in this process, the rest in parallel with `jobs`
+    joblib workers."""
     done: dict[tuple[tuple[int, str, int], int], CellRun] = {}
     tasks = []
     for key in grid:
@@ -376,10 +415,11 @@ def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimat
         return f"{names[key[0]]} + {key[1]}, " + (f"{k}-fold" if k else f"N={n}")
 
     batched = [t for t in tasks if isinstance(estimators[t[0][:2]], BatchedLogReg)]
-    pending = [t for t in tasks if not isinstance(estimators[t[0][:2]], BatchedLogReg)]
+    serial = [t for t in tasks if isinstance(estimators[t[0][:2]], FineTunedNetworkClassifier)]
+    pending = [t for t in tasks if t not in batched and t not in serial]
 
     def show() -> None:  # the current cell: the first unfinished one in the order fits start
-        now = next((cell_name(k) for k, r, _ in batched + pending if (k, r) not in done), "")
+        now = next((cell_name(k) for k, r, _ in batched + pending + serial if (k, r) not in done), "")
         report("fits", len(done), total, now)
 
     def finished(key: tuple[int, str, int], r: int, run: CellRun) -> None:
@@ -413,6 +453,11 @@ def _run_grid(grid: list[tuple[int, str, int]], settings: list[Setting], estimat
             if isinstance(run, str):
                 raise CompareError(f"{cell_name(key)}, draw {r + 1} failed: {run}")
             finished(key, r, run)
+    for key, r, split in serial:  # a whole network takes every core (or the GPU) for itself
+        _, _, run = _fit(key, r, estimators[key[:2]], Xs[key[0]], False, labels, split)
+        if isinstance(run, str):
+            raise CompareError(f"{cell_name(key)}, draw {r + 1} failed: {run}")
+        finished(key, r, run)
     return {key: [done[key, r] for r in range(len(settings[key[2]][2]))] for key in grid}
 
 

@@ -63,7 +63,7 @@ def _check_name(name: str) -> None:
 
 
 @contextmanager
-def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's RNGs for one fit and restore them afterwards.
 
     Weight init and dropout draw from torch's global generators (they take no generator
@@ -94,10 +94,22 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def holdout_split(y: np.ndarray, fraction: float, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray | None]:
+    """(train, validation) row indices of class indices `y` for early stopping; validation is None
+    when no stratified split fits (or `fraction` is 0)."""
+    rows = np.arange(len(y))
+    n_classes = int(y.max()) + 1
+    n_val = math.ceil(fraction * len(y))
+    if fraction <= 0 or np.bincount(y).min() < 2 or n_val < n_classes or len(y) - n_val < n_classes:
+        return rows, None
+    train, val = train_test_split(rows, test_size=n_val, stratify=y, random_state=rng)
+    return train, val
 
 
 class _TorchClassifier(ClassifierMixin, BaseEstimator):
@@ -123,9 +135,9 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class")
         rng = check_random_state(self.random_state)
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        with _one_torch_thread(), _seeded_rng(seed, device):
+        with _one_torch_thread(), seeded_rng(seed, device):
             module = self._build_module(X.shape[1], len(self.classes_)).to(device)
             self._initialise(module, X, y_index, device)
             self.n_iter_ = self._train(module, X, y_index, rng, device)
@@ -143,7 +155,7 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
         """Train in place; return the number of epochs run."""
         X_t = torch.tensor(X, device=device)
         y_t = torch.tensor(y, device=device)
-        train, val = self._validation_split(y, rng)
+        train, val = holdout_split(y, self.validation_fraction, rng)
         n_batches = math.ceil(len(train) / self.batch_size)
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         best_loss, best_state, waited = math.inf, None, 0
@@ -174,23 +186,6 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
 
     def _initialise(self, module: nn.Module, X: np.ndarray, y: np.ndarray, device: torch.device) -> None:
         """Set weights before training (the default: the modules' own random init)."""
-
-    def _validation_split(
-        self, y: np.ndarray, rng: np.random.RandomState
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(train, validation) row indices; validation is None when no stratified split fits."""
-        rows = np.arange(len(y))
-        n_classes = int(y.max()) + 1
-        n_val = math.ceil(self.validation_fraction * len(y))
-        if (
-            self.validation_fraction <= 0
-            or np.bincount(y).min() < 2
-            or n_val < n_classes
-            or len(y) - n_val < n_classes
-        ):
-            return rows, None
-        train, val = train_test_split(rows, test_size=n_val, stratify=y, random_state=rng)
-        return train, val
 
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
@@ -316,7 +311,7 @@ class SmallCNNClassifier(_TorchClassifier):
                              nn.Linear(128, n_classes))
 
 
-class _FrozenNorm(nn.Module):
+class FrozenNorm(nn.Module):
     """A pretrained part whose batch-norm layers keep their ImageNet statistics in training: with
     tens of images per class, batch statistics would replace them with noise."""
 
@@ -324,7 +319,7 @@ class _FrozenNorm(nn.Module):
         super().__init__()
         self.part = part
 
-    def train(self, mode: bool = True) -> _FrozenNorm:
+    def train(self, mode: bool = True) -> FrozenNorm:
         super().train(mode)
         for layer in self.part.modules():
             if isinstance(layer, nn.modules.batchnorm._BatchNorm):
@@ -376,7 +371,7 @@ class FineTunedTailClassifier(_TorchClassifier):
         if self.tail is None or math.prod(self.map_shape) != n_features:
             raise FitError(f"a fine-tuned tail reads a layer's whole map ({math.prod(self.map_shape)} values, "
                            f"shape {self.map_shape}), not {n_features} features: pass the --pool none extraction")
-        tail = _FrozenNorm(copy.deepcopy(self.tail).requires_grad_(True))
+        tail = FrozenNorm(copy.deepcopy(self.tail).requires_grad_(True))
         with torch.no_grad():
             width = tail.eval()(torch.zeros(1, *self.map_shape)).shape[1]
         return nn.Sequential(nn.Unflatten(1, self.map_shape), tail, nn.Linear(width, n_classes))
@@ -391,15 +386,21 @@ class FineTunedTailClassifier(_TorchClassifier):
         with torch.no_grad():
             features = torch.cat([frozen(torch.as_tensor(X[i:i + 256], device=device))
                                   for i in range(0, len(X), 256)]).cpu().numpy().astype(np.float64)
-        probe = make_head("logreg", tune=True, random_state=0).fit(features, y)
-        scaler, logreg = probe[0], probe[-1].model_
-        coef = logreg.coef_ / scaler.scale_  # the standardisation folded into the linear layer
-        intercept = logreg.intercept_ - coef @ scaler.mean_
-        if len(coef) == 1:  # two classes: one logit difference
-            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
-        with torch.no_grad():
-            linear.weight.copy_(torch.as_tensor(coef, dtype=torch.float32))
-            linear.bias.copy_(torch.as_tensor(intercept, dtype=torch.float32))
+        start_from_probe(linear, features, y)
+
+
+def start_from_probe(linear: nn.Linear, features: np.ndarray, y: np.ndarray) -> None:
+    """Set `linear` to compare's tuned logreg fitted on `features` (class indices `y`), the
+    standardisation folded in: fine-tuning then starts from the frozen features' best linear head."""
+    probe = make_head("logreg", tune=True, random_state=0).fit(features, y)
+    scaler, logreg = probe[0], probe[-1].model_
+    coef = logreg.coef_ / scaler.scale_
+    intercept = logreg.intercept_ - coef @ scaler.mean_
+    if len(coef) == 1:  # two classes: one logit difference
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(coef, dtype=torch.float32))
+        linear.bias.copy_(torch.as_tensor(intercept, dtype=torch.float32))
 
 
 # ---------------------------------------------------------------------------------------------

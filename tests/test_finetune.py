@@ -17,7 +17,7 @@ from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.heads import FineTunedTailClassifier, make_head
 from bottleneck_features.sources import build_tail, load_backbone, register_model, resolve_spec
 from bottleneck_features.sources._common import Net, finish, split_tail
-from bottleneck_features.store import Store
+from bottleneck_features.store import Store, load_features
 from tiny_backbone import PREPROCESS
 
 
@@ -142,3 +142,84 @@ def test_unknown_layer_fails_before_any_work(shades: Path, tmp_path: Path) -> No
     with pytest.raises(CompareError, match="--finetune needs an embedding row"):
         run_compare(cache, models=[], heads=["logreg"], per_class=[4], pixels=8, finetune=["2"],
                     out=tmp_path / "out")
+
+
+def _items(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    from bottleneck_features.images import sha256_file
+
+    paths = sorted(root.rglob("*.png"))
+    return (np.array([[sha256_file(p), str(p)] for p in paths], dtype=object),
+            np.array([p.parent.name for p in paths]))
+
+
+def test_the_whole_network_trains_on_augmented_images(shades: Path) -> None:
+    from bottleneck_features.finetune import FineTunedNetworkClassifier
+
+    X, y = _items(shades / "shades")
+    spec = resolve_spec("tinycnn")
+    before = {k: v.clone() for k, v in load_backbone("tinycnn").model.state_dict().items()}
+    head = FineTunedNetworkClassifier(spec, learning_rate=1e-2, max_epochs=3, validation_fraction=0,
+                                      random_state=0).fit(X, y)
+    assert head.n_iter_ == 3 and (head.predict(X) == y).mean() >= 0.9
+    tuned = head.module_[0].part.state_dict()
+    assert not torch.equal(tuned["0.weight"], before["0.weight"])  # the first convolution trained too
+    assert torch.equal(tuned["1.running_mean"], before["1.running_mean"])  # ImageNet statistics kept
+    assert head.predict_proba(X).shape == (len(X), 3)
+
+
+def test_the_whole_network_starts_from_the_probe(shades: Path) -> None:
+    from bottleneck_features.finetune import FineTunedNetworkClassifier
+
+    X, y = _items(shades / "shades")
+    probe_only = FineTunedNetworkClassifier(resolve_spec("tinycnn"), learning_rate=0.0, max_epochs=1,
+                                            validation_fraction=0, random_state=0).fit(X, y)
+    report = extract_dataset(shades / "shades", resolve_spec("tinycnn"), shades / "probe.h5",
+                             options=ExtractOptions(workers=0))  # the frozen features, made by extract
+    frozen = load_features(shades / "probe.h5", report.dataset, report.fingerprint)
+    rows = [frozen.shas.index(sha) for sha in X[:, 0]]
+    features = frozen.X[rows].astype(np.float64)
+    logreg = make_head("logreg", tune=True).fit(features, y)
+    np.testing.assert_array_equal(probe_only.predict(X), logreg.predict(features))
+
+
+def test_compare_finetune_all_trains_each_model_row_on_the_files(shades: Path, tmp_path: Path) -> None:
+    data = tmp_path / "shades"
+    shutil.copytree(shades / "shades", data)
+    cache = tmp_path / "cache.h5"
+    extract_dataset(data, resolve_spec("tinycnn"), cache, options=ExtractOptions(workers=0))
+    options = dict(heads=["logreg"], per_class=[4], repeats=2, pixels=8, out=tmp_path / "out", jobs=1)
+    result = run_compare(cache, finetune=["all"], **options)
+    cells = {(c.features, c.head): c for c in result.cells}
+    assert set(cells) == {("tinycnn", "logreg"), ("tinycnn", "finetune"), ("raw8", "logreg"), ("raw8", "nb")}
+    assert cells["tinycnn", "finetune"].mean_std("accuracy")[0] >= 0.6  # chance: 1/3
+    assert any("--finetune all" in note for note in result.notes)
+    again = run_compare(cache, finetune=["all"], **options)  # every fit is cached: the same scores
+    assert {(c.features, c.head): c.scores for c in again.cells} == {k: c.scores for k, c in cells.items()}
+
+    (data / "mid" / "0.png").write_bytes(b"not a png any more")  # extract skips it: no row of any set
+    assert run_compare(cache, finetune=["all"], **options).notes[0].startswith("23 images")
+
+
+def test_a_file_broken_since_extraction_names_itself(shades: Path, tmp_path: Path) -> None:
+    from bottleneck_features.errors import FitError
+    from bottleneck_features.finetune import FineTunedNetworkClassifier
+
+    data = tmp_path / "shades"
+    shutil.copytree(shades / "shades", data)
+    X, y = _items(data)
+    Path(X[5, 1]).write_bytes(b"<html>")
+    with pytest.raises(FitError, match=rf"^{X[5, 1]}: .*run `bottleneck extract` again"):
+        FineTunedNetworkClassifier(resolve_spec("tinycnn"), max_epochs=1).fit(X, y)
+
+
+def test_finetune_all_needs_the_files_and_a_model_row(shades: Path, tmp_path: Path) -> None:
+    data = tmp_path / "shades"
+    shutil.copytree(shades / "shades", data)
+    cache = tmp_path / "cache.h5"
+    extract_dataset(data, resolve_spec("tinycnn"), cache, options=ExtractOptions(workers=0))
+    with pytest.raises(CompareError, match="^--finetune all needs an embedding row"):
+        run_compare(cache, models=[], heads=["logreg"], per_class=[4], pixels=8, finetune=["all"],
+                    out=tmp_path / "out")
+    shutil.rmtree(data)
+    with pytest.raises(CompareError, match=r"^--finetune all trains on the image files, and .*shades is gone"):
+        run_compare(cache, heads=["logreg"], per_class=[4], pixels=8, finetune=["all"], out=tmp_path / "out")
