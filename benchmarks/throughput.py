@@ -44,7 +44,8 @@ from PIL import Image
 
 import _common as C
 from bottleneck_features.decode import collate, resize_crop
-from bottleneck_features.extraction import ExtractOptions, _forward, _prepare_model, extract_dataset
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.inference import forward_batch, prepare_model
 from bottleneck_features.images import decode_rgb, find_images
 from bottleneck_features.registry import Backbone
 from bottleneck_features.runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
@@ -55,20 +56,21 @@ STARTUP = """
 import statistics, time; t0 = time.perf_counter()
 import torch
 from bottleneck_features.sources import load_backbone
-from bottleneck_features.extraction import ExtractOptions, _forward, _prepare_model, extract_dataset
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.inference import forward_batch, prepare_model
 from bottleneck_features.runtime import cpu_runtime, resolve_device
 t1 = time.perf_counter()
 backbone = load_backbone({name!r}, weights={weights!r})
 t2 = time.perf_counter()
 device = resolve_device("auto")
-model = _prepare_model(backbone, device, ExtractOptions())
+model = prepare_model(backbone, device)
 t3 = time.perf_counter()
 size = backbone.preprocess.input_size
 batch = torch.zeros({batch}, 3, size, size, dtype=torch.uint8)
 times = []
 with torch.inference_mode(), cpu_runtime(device, None) as settle:
     for _ in range(4):
-        start = time.perf_counter(); _forward(model, backbone.preprocess, batch, device, None).cpu(); settle()
+        start = time.perf_counter(); forward_batch(model, backbone.preprocess, batch, device, None).cpu(); settle()
         times.append(time.perf_counter() - start)
 print(t1 - t0, t2 - t1, t3 - t2, times[0] - statistics.median(times[1:]))
 """
@@ -213,13 +215,13 @@ def _ceiling(files: list[Path], backbone: Backbone, options: ExtractOptions, dev
                        for i, f in enumerate(files[:batch])])[1]
     decoded = decoded.repeat(math.ceil(batch / len(decoded)), 1, 1, 1)[:batch]
     sizes = [batch] * (len(files) // batch) + ([len(files) % batch] if len(files) % batch else [])
-    model = _prepare_model(backbone, device, options)
+    model = prepare_model(backbone, device, options.compile)
     autocast = AUTOCAST[backbone.spec.precision]
     with torch.inference_mode(), cpu_runtime(device, options.threads) as settle:
-        _forward(model, p, decoded, device, autocast).cpu()  # warm-up, not timed
+        forward_batch(model, p, decoded, device, autocast).cpu()  # warm-up, not timed
         start = time.perf_counter()
         for n in sizes:
-            _forward(model, p, decoded[:n], device, autocast).cpu()
+            forward_batch(model, p, decoded[:n], device, autocast).cpu()
             settle()
         return time.perf_counter() - start
 

@@ -41,7 +41,7 @@ def main() -> None:
     weights = None if args.model in ("efficientnet_lite0", "squeezenet1_1") else "random"
     backbone = load_backbone(args.model, weights=weights)
     seconds = {"model": 0.0, "hdf5": 0.0}
-    extract._forward = _timed(extract._forward, seconds, "model")  # synchronous on CPU
+    extract.forward_batch = _timed(extract.forward_batch, seconds, "model")  # synchronous on CPU
     Store.add_vectors = _timed(Store.add_vectors, seconds, "hdf5")  # type: ignore[method-assign]
     workers_choices = [None if w == "auto" else int(w) for w in args.workers.split(",")]
     combos = itertools.product(_ints(args.batch_sizes), workers_choices, _ints(args.threads))

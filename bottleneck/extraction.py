@@ -14,26 +14,27 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
+import numpy as np
 import torch
-from torch import nn
 
 from .augment import DEFAULT_AUGMENT, parse_augment
 from .datasets import scan_dataset
-from .decode import DecodeDataset, alternating_batches, collate, loader_batches, normalize
+from .decode import DecodeDataset, alternating_batches, collate, loader_batches
 from .errors import ExtractError
-from .fold import fold_batchnorm
 from .images import READ_FAILED, sha256_file
+from . import ray_engine
+from .inference import forward_batch, prepare_model
 from .progress import Progress, no_progress
 from .runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
 from .sources import Backbone, build
-from .spec import ExtractorSpec, Preprocess
+from .spec import ExtractorSpec
 from .store import ManifestRow, Store, view_key
 
 PENDING = "pending: the run stopped before this image was computed"
 NOT_FINITE = "the model gave NaN or inf for this image"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -46,6 +47,11 @@ class ExtractOptions:
     device: str = "auto"  # auto | cpu | cuda | mps
     progress: Progress | None = None  # called as images are done; None: silent
     compile: bool = False  # torch.compile the backbone (pays off on long GPU runs)
+    engine: str = "local"  # local | ray (ray_engine: Ray Data on a cluster; the driver writes the cache)
+    address: str | None = None  # --engine ray: the cluster ("auto", HOST:PORT, ray://HOST:PORT); None: a local one
+    actors: int = 1  # --engine ray: actors holding the backbone
+    cpus_per_actor: int = 1  # its decode and torch threads
+    gpus_per_actor: float = 0.0
 
     def __post_init__(self) -> None:
         for option, value, least in (("batch-size", self.batch_size, 1), ("workers", self.workers, 0),
@@ -54,6 +60,13 @@ class ExtractOptions:
                 raise ExtractError(f"--{option} {value}: must be at least {least}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ExtractError(f"--device {self.device}: use one of {', '.join(DEVICES)} (or cuda:N)")
+        if self.engine not in ENGINES:
+            raise ExtractError(f"--engine {self.engine}: use local or ray")
+        if self.actors < 1 or self.cpus_per_actor < 1 or self.gpus_per_actor < 0:
+            raise ExtractError("--actors and --cpus-per-actor must be at least 1, --gpus-per-actor at least 0")
+        if self.engine != "ray" and (self.address is not None or (self.actors, self.cpus_per_actor) != (1, 1)
+                                     or self.gpus_per_actor):
+            raise ExtractError("--address, --actors, --cpus-per-actor and --gpus-per-actor go with --engine ray")
 
 
 @dataclass
@@ -110,6 +123,10 @@ def extract_dataset(
     start = time.perf_counter()
     spec_in = extractor.spec if isinstance(extractor, Backbone) else extractor
     check_views(spec_in.augment, views, spec_in.decode)
+    if options.engine == "ray":
+        if spec_in.decode != "pil":
+            raise ExtractError("--engine ray decodes with PIL: leave out --decode torchvision")
+        ray_engine.connect(options.address)  # first: a missing Ray or a wrong address fails in seconds
     dataset = scan_dataset(root, name)
     root_dir = str(dataset.root)
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
@@ -121,12 +138,13 @@ def extract_dataset(
         keys = _keys(shas, views)
         repaired = _forget_damaged(store, fp, {k: k for ks in keys.values() for k in ks})
         todo = _missing(store, fp, shas, bad, keys)
-        device = resolve_device(options.device)
+        device = resolve_device(options.device) if options.engine == "local" else torch.device("cpu")
         computed = 0
         try:
             view_of = {key: (sha, i) for sha, ks in keys.items() for i, key in enumerate(ks)} if views else {}
-            computed = _compute(store, spec, backbone, todo, options, device, bad,
-                                [view_of[key] for key, _ in todo] if views else None)
+            compute = _compute if options.engine == "local" else _compute_on_ray
+            computed = compute(store, spec, backbone, todo, options, device, bad,
+                               [view_of[key] for key, _ in todo] if views else None)
         finally:
             rows = []
             for entry, path in zip(dataset.entries, paths):
@@ -300,7 +318,7 @@ def _compute(store: Store, spec: ExtractorSpec, backbone: Backbone | Callable[[]
     batches = _batches(todo, spec, options, device, views)  # first: GPU decode workers start while the model is built
     if not isinstance(backbone, Backbone):
         backbone = backbone()
-    model = _prepare_model(backbone, device, options)
+    model = prepare_model(backbone, device, options.compile)
     autocast_dtype = AUTOCAST[spec.precision]
     progress = options.progress or no_progress
     task, done = f"extract {spec.label()}", 0
@@ -316,7 +334,7 @@ def _compute(store: Store, spec: ExtractorSpec, backbone: Backbone | Callable[[]
                     bad[todo[i][0]] = reason
                 queued = None
                 if batch is not None:
-                    vectors = _forward(model, backbone.preprocess, batch, device, autocast_dtype)
+                    vectors = forward_batch(model, backbone.preprocess, batch, device, autocast_dtype)
                     queued = ([todo[i][0] for i in indices], *_to_host(vectors))
                 written, pending = pending, queued
                 if written is not None:
@@ -327,6 +345,30 @@ def _compute(store: Store, spec: ExtractorSpec, backbone: Backbone | Callable[[]
         finally:  # also on Ctrl-C or a failure: a computed batch is kept (unless the disk is full)
             if pending is not None and not store.full:
                 computed += _write(store, fp, *pending, bad)
+    return computed
+
+
+def _compute_on_ray(store: Store, spec: ExtractorSpec, backbone: Backbone | Callable[[], Backbone],
+                    todo: list[tuple[str, str]], options: ExtractOptions, device: torch.device, bad: dict[str, str],
+                    views: list[tuple[str, int]] | None = None) -> int:
+    """`_compute` on the Ray cluster `ray_engine.connect` joined: this process only writes."""
+    if not todo:
+        return 0
+    if not isinstance(backbone, Backbone):
+        backbone = backbone()
+    fp, computed = spec.fingerprint(), 0
+    task, progress = f"extract {spec.label()} on ray", options.progress or no_progress
+
+    def write(keys: list[str], vectors: np.ndarray) -> None:
+        nonlocal computed
+        rejected = store.add_vectors(fp, keys, vectors)
+        bad.update((key, NOT_FINITE) for key in rejected)
+        computed += len(keys) - len(rejected)
+
+    progress(task, 0, len(todo))
+    ray_engine.embed(todo, views, backbone, batch_size=options.batch_size or 64, actors=options.actors,
+                     cpus_per_actor=options.cpus_per_actor, gpus_per_actor=options.gpus_per_actor, write=write, fail=bad.__setitem__,
+                     progress=lambda done: progress(task, done, len(todo)))
     return computed
 
 
@@ -350,15 +392,6 @@ def _batches(todo: list[tuple[str, str]], spec: ExtractorSpec, options: ExtractO
     return loader_batches(dataset, collate, batch_size, workers, device)
 
 
-def _forward(model: nn.Module, preprocess: Preprocess, batch: torch.Tensor, device: torch.device,
-             autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    """A uint8 (B, 3, S, S) batch → (B, D) vectors on `device`, exactly as extraction runs the model."""
-    x = normalize(batch.to(device, non_blocking=True), preprocess)
-    x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        return model(x)
-
-
 def _to_host(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     """Start copying `vectors` to CPU memory; on CUDA the copy is asynchronous until the event fires."""
     if vectors.device.type != "cuda":
@@ -377,13 +410,3 @@ def _write(store: Store, fp: str, shas: list[str], host: torch.Tensor, ready: to
     rejected = store.add_vectors(fp, shas, host.numpy())
     bad.update((sha, NOT_FINITE) for sha in rejected)
     return len(shas) - len(rejected)
-
-
-def _prepare_model(backbone: Backbone, device: torch.device, options: ExtractOptions) -> nn.Module:
-    """Inference-only speed-ups that keep the vectors (to float rounding): BatchNorm folded into
-    convolutions, and channels_last on every device (oneDNN and cuDNN run convolutions faster in it)."""
-    model = fold_batchnorm(backbone.model.eval(), backbone.preprocess.input_size)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    if options.compile:
-        model = cast(nn.Module, torch.compile(model))
-    return model
