@@ -26,10 +26,13 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
             weights: str | None = None, layer: str | None = None, pool: str = "avg", precision: str = "fp32",
             dtype: str = "float32", decode: str = "pil", name: str | None = None, batch_size: int | None = None,
             workers: int | None = None, threads: int | None = None, device: str = "auto", compile: bool = False,
-            views: int | None = None, augment: str | None = None, progress: Progress | None = None) -> ExtractReport:
+            views: int | None = None, augment: str | None = None, engine: str = "local", address: str | None = None,
+            actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0.0,
+            progress: Progress | None = None) -> ExtractReport:
     """Embed every image of `data` the cache lacks (see `bottleneck extract --help`). `views` K: also K
     augmented views of each image (`augment`, default augment.DEFAULT_AUGMENT), after the plain one;
-    the report is then the views'."""
+    the report is then the views'. engine "ray": on the Ray cluster at `address` (None: a local
+    one), `actors` each holding the network."""
     from .augment import DEFAULT_AUGMENT, parse_augment
     from .extraction import ExtractOptions, check_views, extract_dataset
     from .sources import resolve_spec
@@ -39,7 +42,8 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
     spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
                         decode=decode)
     options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
-                             progress=progress, compile=compile)
+                             progress=progress, compile=compile, engine=engine, address=address, actors=actors,
+                             cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
     report = extract_dataset(Path(data), spec, Path(cache), name=name, options=options)
     if not canonical:
         return report

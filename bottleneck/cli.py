@@ -92,6 +92,13 @@ def extract(
                                         "(view i is seeded by the image's sha256 and i; compare trains on them)."),
     augment: Optional[str] = typer.Option(None, "--augment", help="Augmentation of the views: crop=S+flip+jitter=J "
                                           "(default crop=0.35+flip+jitter=0.2)."),
+    engine: str = typer.Option("local", help="local, or ray: Ray Data on a cluster (pip install "
+                               "'bottleneck-features[ray]'); this process still writes the cache."),
+    address: Optional[str] = typer.Option(None, help="--engine ray: auto (the cluster `ray start` runs here), "
+                                          "HOST:PORT or ray://HOST:PORT; default: a local Ray instance."),
+    actors: int = typer.Option(1, help="--engine ray: actors holding the network."),
+    cpus_per_actor: int = typer.Option(1, help="--engine ray: CPUs (decode and torch threads) per actor."),
+    gpus_per_actor: float = typer.Option(0.0, help="--engine ray: GPUs per actor (e.g. 1, or 0.5 to share one)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Embed every image once with a frozen pretrained network and cache the vectors."""
@@ -99,7 +106,8 @@ def extract(
         report = api.extract(data, model, cache=cache, weights=weights, layer=layer, pool=pool, precision=precision,
                              dtype=dtype, decode=decode, name=name, batch_size=batch_size, workers=workers,
                              threads=threads, device=device, compile=compile, views=views, augment=augment,
-                             progress=progress)
+                             engine=engine, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                             gpus_per_actor=gpus_per_actor, progress=progress)
     for path, reason in report.skipped[:20]:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if len(report.skipped) > 20:
@@ -261,7 +269,8 @@ def compare(
                                "solve, when present; else scikit-learn), sklearn, cuda[:N] or cpu."),
     finetune: Optional[str] = typer.Option(None, "--finetune", help="Layers (comma list, e.g. blocks.5) to cut "
                                            "each model at: a row that trains the rest of the network and a linear "
-                                           "layer on that layer's cached maps."),
+                                           "layer on that layer's cached maps; 'all': the whole network trained on "
+                                           "augmented images decoded each epoch (minutes a draw on a CPU)."),
     cache: Path = CacheOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
