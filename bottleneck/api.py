@@ -18,6 +18,7 @@ from .progress import Progress
 from .store import DEFAULT_CACHE, Features, Store
 
 if TYPE_CHECKING:
+    from .audit import Audit
     from .comparison import CompareResult
     from .extraction import ExtractReport
     from .training import FitResult, Prediction
@@ -125,3 +126,16 @@ def export(out: str | Path, *, data: str | None = None, model: str | None = None
     from .formats import export_features
 
     return export_features(load_features(data, model, cache=cache), Path(out), format)
+
+
+def audit(*, data: str | None = None, model: str | None = None, threshold: float | None = None, folds: int = 5,
+          out: str | Path | None = None, cache: str | Path = DEFAULT_CACHE) -> Audit:
+    """Duplicates, leakage, likely label errors and outliers of a cached dataset (see `bottleneck audit
+    --help`); writes audit.csv, audit.json and audit.html under `out` (default reports/<dataset>/audit)."""
+    from .audit import DEFAULT_THRESHOLD, run_audit
+    from .audit_report import write_audit
+
+    result = run_audit(Path(cache), dataset=data, model=model,
+                       threshold=DEFAULT_THRESHOLD if threshold is None else threshold, folds=folds)
+    result.files = write_audit(Path(out) if out else Path("reports") / result.dataset / "audit", result)
+    return result

@@ -315,5 +315,38 @@ def export(
     console.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command()
+def audit(
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model name, a label or a fingerprint "
+                                        "(default: the dataset's last extraction)."),
+    threshold: Optional[float] = typer.Option(None, help="Cosine similarity from which two files are "
+                                              "near-duplicates (default 0.95)."),
+    folds: int = typer.Option(5, help="Cross-validation folds for the out-of-fold probabilities of label checks."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/<dataset>/audit/)."),
+    cache: Path = CacheOption,
+) -> None:
+    """Duplicates, train/test leakage, likely label errors and outliers, from the cached embeddings."""
+    from .audit import ISSUES
+
+    with _user_errors(cache):
+        result = api.audit(data=data, model=model, threshold=threshold, folds=folds, out=out_dir, cache=cache)
+    table = Table("class", "images", *ISSUES, title=escape(f"{result.dataset}: audit ({result.extractor})"))
+    for c in result.classes:
+        table.add_row(escape(c.label), str(c.images), *(str(n) for n in c.counts.values()))
+    console.print(table)
+    for issue in ISSUES:
+        found = [f for f in result.findings if f.issue == issue]
+        for f in found[:5]:
+            detail = f" → {f.suggested}" if f.suggested else f" ~ {f.related[0]}" if f.related else ""
+            flag = f" [{f.flag}]" if f.flag else ""
+            console.print(f"{issue}{flag} {f.score:.3f} {f.path} ({f.label}){detail}", markup=False, highlight=False,
+                          soft_wrap=True)
+        if len(found) > 5:
+            console.print(f"... {len(found) - 5} more {issue} findings", markup=False)
+    for kind, path in result.files.items():
+        console.print(f"{kind}: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

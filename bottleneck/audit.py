@@ -1,0 +1,189 @@
+"""`bottleneck audit`: duplicates, train/test leakage, likely label errors and outliers, found from a
+dataset's cached embeddings; no image is decoded (but for the report's thumbnails).
+
+- duplicates: one sha256 under several paths;
+- near-duplicates: distinct files whose embeddings' cosine similarity is `threshold` or more;
+- either kind is flagged when its copies carry different labels, and is leakage when they sit in
+  different splits (train and test or val);
+- label issues: cleanlab's confident learning on out-of-fold probabilities of a cross-validated
+  logistic regression, ranked by self-confidence;
+- outliers: images whose `k` nearest neighbours are all far (mean cosine distance beyond the upper
+  extreme fence, Q3 + 3 IQR, of every image's).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from .errors import BottleneckError
+from .heads import make_head
+from .neighbours import cosine_neighbours
+from .store import Features, load_features, select_extraction
+
+# Lite0 puts re-encoded, resized copies at 0.84-0.98 (benchmarks/audit.py), different flags of
+# openclipart22 at 0.85-0.89: a lower threshold finds more copies and more look-alikes.
+DEFAULT_THRESHOLD = 0.95
+ISSUES = ("duplicate", "near-duplicate", "label-issue", "outlier")
+LEAKAGE, LABELS_DIFFER = "leakage", "labels differ"
+
+
+class AuditError(BottleneckError):
+    """The dataset can't be audited as asked (one class, too few images for the folds...)."""
+
+
+@dataclass
+class Finding:
+    issue: str  # one of ISSUES
+    path: str  # relative to the dataset's root
+    label: str
+    split: str
+    score: float  # duplicate 1, near-duplicate the similarity, label issue 1 - self-confidence, outlier the distance
+    related: list[str] = field(default_factory=list)  # the other copies; the nearest image of an outlier
+    flag: str = ""  # LEAKAGE or LABELS_DIFFER for (near-)duplicates
+    suggested: str = ""  # label issues: the label the cross-validated head gives
+
+
+@dataclass
+class ClassSummary:
+    label: str
+    images: int
+    counts: dict[str, int]  # issue → findings naming an image of this class (first path of a group)
+
+
+@dataclass
+class Audit:
+    dataset: str
+    root: Path
+    extractor: str  # the label of the extraction audited
+    findings: list[Finding]
+    classes: list[ClassSummary]
+    threshold: float
+    seconds: float
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_records(self) -> list[dict]:
+        return [asdict(f) for f in self.findings]
+
+
+def run_audit(cache: Path, *, dataset: str | None = None, model: str | None = None,
+              threshold: float = DEFAULT_THRESHOLD, folds: int = 5, k: int = 5, seed: int = 0) -> Audit:
+    """Audit a cached dataset (default: the last extracted) with one of its extractions (default:
+    its last; `model` a model name, label or fingerprint)."""
+    start = time.perf_counter()
+    if not 0 < threshold <= 1:
+        raise AuditError(f"--threshold {threshold}: a cosine similarity above 0 and at most 1, e.g. 0.95")
+    name, fp = select_extraction(cache, dataset, model)
+    features = load_features(cache, name, fp)
+    findings = audit_features(features, threshold=threshold, folds=folds, k=k, seed=seed)
+    label = features.spec.label() if features.spec else fp
+    return Audit(name, features.root, label, findings, summarise(features, findings), threshold,
+                 time.perf_counter() - start)
+
+
+def audit_features(features: Features, *, threshold: float = DEFAULT_THRESHOLD, folds: int = 5, k: int = 5,
+                   seed: int = 0) -> list[Finding]:
+    """Every finding, grouped by issue, each issue's most certain first."""
+    _check(features, folds)
+    first_row: dict[str, int] = {}
+    copies: dict[str, list[int]] = defaultdict(list)
+    for row, sha in enumerate(features.shas):
+        first_row.setdefault(sha, row)
+        copies[sha].append(row)
+    findings = [_group_finding("duplicate", features, rows, 1.0) for rows in copies.values() if len(rows) > 1]
+    unique = np.array(list(first_row.values()))
+    neighbours = cosine_neighbours(features.X[unique], k)
+    findings += _near_duplicates(features, unique, neighbours.index, neighbours.similarity, threshold)
+    findings += _label_issues(features, folds, seed)
+    findings += _outliers(features, unique, neighbours.index, neighbours.similarity)
+    return findings
+
+
+def _check(features: Features, folds: int) -> None:
+    classes, counts = np.unique(features.labels, return_counts=True)
+    if len(classes) < 2:
+        raise AuditError(f"{features.root}: one class ({classes[0] if len(classes) else 'none'}); label checks "
+                         "compare classes: audit a dataset with two or more class folders")
+    if folds < 2:
+        raise AuditError(f"--folds {folds}: label checks need at least 2 folds")
+    if counts.min() < folds:
+        small = str(classes[counts.argmin()])
+        hint = f"pass --folds {counts.min()}" if counts.min() >= 2 else "add images to it or remove its folder"
+        raise AuditError(f"class {small!r} has {counts.min()} images, fewer than --folds {folds}: {hint}")
+
+
+def _group_finding(issue: str, features: Features, rows: list[int], score: float) -> Finding:
+    """One finding for copies `rows` of one image: flagged when they cross splits or labels."""
+    labels = {str(features.labels[r]) for r in rows}
+    splits = {str(features.splits[r]) for r in rows}
+    flag = LEAKAGE if len(splits) > 1 and "train" in splits else LABELS_DIFFER if len(labels) > 1 else ""
+    first = rows[0]
+    return Finding(issue, features.paths[first], str(features.labels[first]), str(features.splits[first]), score,
+                   [features.paths[r] for r in rows[1:]], flag)
+
+
+def _near_duplicates(features: Features, rows: np.ndarray, index: np.ndarray, similarity: np.ndarray,
+                     threshold: float) -> list[Finding]:
+    """Groups of distinct files around a leader, every member `threshold` or more similar to it
+    (pairs taken most similar first; its score the group's lowest similarity to the leader), most
+    similar groups first. Leaders, not connected components: on openclipart22 at 0.85, chains of
+    similar pairs joined 71 flags into one group."""
+    unit = features.X[rows] / np.maximum(np.linalg.norm(features.X[rows], axis=1, keepdims=True), 1e-12)
+    leader_of: dict[int, int] = {}
+    groups: dict[int, list[tuple[int, float]]] = {}
+    for flat in np.argsort(-similarity, axis=None):
+        a, column = divmod(int(flat), similarity.shape[1])
+        if similarity[a, column] < threshold:
+            break
+        b = int(index[a, column])
+        if a in leader_of and b in leader_of:
+            continue
+        if a not in leader_of and b not in leader_of:
+            leader_of[a] = leader_of[b] = a
+            groups[a] = [(b, float(similarity[a, column]))]
+            continue
+        joining, leader = (b, leader_of[a]) if a in leader_of else (a, leader_of[b])
+        to_leader = float(unit[joining] @ unit[leader])
+        if to_leader >= threshold:
+            leader_of[joining] = leader
+            groups[leader].append((joining, to_leader))
+    findings = [_group_finding("near-duplicate", features, [int(rows[leader])] + [int(rows[m]) for m, _ in members],
+                               min(s for _, s in members)) for leader, members in groups.items()]
+    return sorted(findings, key=lambda f: -f.score)
+
+
+def _label_issues(features: Features, folds: int, seed: int) -> list[Finding]:
+    """cleanlab's confident learning on out-of-fold probabilities, most confident issues first."""
+    from cleanlab.filter import find_label_issues
+
+    classes, y = np.unique(features.labels, return_inverse=True)
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    probabilities = cross_val_predict(make_head("logreg", random_state=seed), features.X, y, cv=cv,
+                                      method="predict_proba")
+    ranked = find_label_issues(labels=y, pred_probs=probabilities, return_indices_ranked_by="self_confidence")
+    return [Finding("label-issue", features.paths[i], str(classes[y[i]]), str(features.splits[i]),
+                    float(1 - probabilities[i, y[i]]), suggested=str(classes[probabilities[i].argmax()]))
+            for i in ranked]
+
+
+def _outliers(features: Features, rows: np.ndarray, index: np.ndarray, similarity: np.ndarray) -> list[Finding]:
+    distance = 1 - similarity.mean(axis=1)
+    q1, q3 = np.percentile(distance, [25, 75])
+    far = np.flatnonzero(distance > q3 + 3 * (q3 - q1))
+    return [Finding("outlier", features.paths[rows[i]], str(features.labels[rows[i]]), str(features.splits[rows[i]]),
+                    float(distance[i]), [features.paths[rows[index[i, 0]]]])
+            for i in far[np.argsort(-distance[far])]]
+
+
+def summarise(features: Features, findings: list[Finding]) -> list[ClassSummary]:
+    label_of = dict(zip(features.paths, features.labels.astype(str)))
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ISSUES, 0))
+    for finding in findings:
+        counts[label_of[finding.path]][finding.issue] += 1
+    classes, images = np.unique(features.labels.astype(str), return_counts=True)
+    return [ClassSummary(str(c), int(n), counts[str(c)]) for c, n in zip(classes, images)]
