@@ -367,8 +367,8 @@ def _compute_on_ray(store: Store, spec: ExtractorSpec, backbone: Backbone | Call
 
     progress(task, 0, len(todo))
     ray_engine.embed(todo, views, backbone, batch_size=options.batch_size or 64, actors=options.actors,
-                     cpus_per_actor=options.cpus_per_actor, gpus_per_actor=options.gpus_per_actor, write=write, fail=bad.__setitem__,
-                     progress=lambda done: progress(task, done, len(todo)))
+                     cpus_per_actor=options.cpus_per_actor, gpus_per_actor=options.gpus_per_actor,
+                     write=write, fail=bad.__setitem__, progress=lambda done: progress(task, done, len(todo)))
     return computed
 
 
