@@ -24,11 +24,16 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from .errors import BottleneckError
 from .heads import make_head
 from .neighbours import cosine_neighbours
-from .store import Features, load_features, select_extraction
+from .extraction import extract_dataset
+from .sources import resolve_spec
+from .store import Features, Store, load_features, select_extraction
 
 # Lite0 puts re-encoded, resized copies at 0.84-0.98 (benchmarks/audit.py), different flags of
-# openclipart22 at 0.85-0.89: a lower threshold finds more copies and more look-alikes.
+# openclipart22 at 0.85-0.89: a lower threshold finds more copies and more look-alikes. Below it,
+# a pair down to CANDIDATE_FLOOR is a near-duplicate when its 32 x 32 thumbnails (raw32) correlate
+# to PIXEL_THRESHOLD: the copies did (0.91-0.997), the set's other pairs above 0.8 did not (but one).
 DEFAULT_THRESHOLD = 0.95
+CANDIDATE_FLOOR, PIXEL_THRESHOLD, PIXELS = 0.8, 0.9, "raw32"
 ISSUES = ("duplicate", "near-duplicate", "label-issue", "outlier")
 LEAKAGE, LABELS_DIFFER = "leakage", "labels differ"
 
@@ -80,15 +85,17 @@ def run_audit(cache: Path, *, dataset: str | None = None, model: str | None = No
         raise AuditError(f"--threshold {threshold}: a cosine similarity above 0 and at most 1, e.g. 0.95")
     name, fp = select_extraction(cache, dataset, model)
     features = load_features(cache, name, fp)
-    findings = audit_features(features, threshold=threshold, folds=folds, k=k, seed=seed)
+    findings = audit_features(features, threshold=threshold, folds=folds, k=k, seed=seed,
+                              pixels=_pixels(cache, name, features))
     label = features.spec.label() if features.spec else fp
     return Audit(name, features.root, label, findings, summarise(features, findings), threshold,
                  time.perf_counter() - start)
 
 
 def audit_features(features: Features, *, threshold: float = DEFAULT_THRESHOLD, folds: int = 5, k: int = 5,
-                   seed: int = 0) -> list[Finding]:
-    """Every finding, grouped by issue, each issue's most certain first."""
+                   seed: int = 0, pixels: np.ndarray | None = None) -> list[Finding]:
+    """Every finding, grouped by issue, each issue's most certain first. `pixels`: each row's
+    thumbnail (raw32, NaN where missing), which confirms near-duplicates below `threshold`."""
     _check(features, folds)
     first_row: dict[str, int] = {}
     copies: dict[str, list[int]] = defaultdict(list)
@@ -98,7 +105,8 @@ def audit_features(features: Features, *, threshold: float = DEFAULT_THRESHOLD, 
     findings = [_group_finding("duplicate", features, rows, 1.0) for rows in copies.values() if len(rows) > 1]
     unique = np.array(list(first_row.values()))
     neighbours = cosine_neighbours(features.X[unique], k)
-    findings += _near_duplicates(features, unique, neighbours.index, neighbours.similarity, threshold)
+    findings += _near_duplicates(features, unique, neighbours.index, neighbours.similarity, threshold,
+                                 None if pixels is None else pixels[unique])
     findings += _label_issues(features, folds, seed)
     findings += _outliers(features, unique, neighbours.index, neighbours.similarity)
     return findings
@@ -127,20 +135,50 @@ def _group_finding(issue: str, features: Features, rows: list[int], score: float
                    [features.paths[r] for r in rows[1:]], flag)
 
 
+def _pixels(cache: Path, name: str, features: Features) -> np.ndarray | None:
+    """The dataset's raw32 thumbnails in `features`' row order (NaN rows where missing), extracted
+    first while the folder is there (about 1 ms an image, once); None without them."""
+    spec = resolve_spec(PIXELS)
+    if features.root.is_dir():
+        fp = extract_dataset(features.root, spec, cache, name=name, remember=False).fingerprint
+    else:
+        with Store.open(cache) as store:
+            found = store.match_extractors(name, PIXELS)
+        if not found:
+            return None
+        fp = found[0]
+    raw = load_features(cache, name, fp)
+    row_of = {path: i for i, path in enumerate(raw.paths)}
+    pixels = np.full((len(features.paths), raw.X.shape[1]), np.nan, dtype=np.float32)
+    for i, path in enumerate(features.paths):
+        if path in row_of:
+            pixels[i] = raw.X[row_of[path]]
+    return pixels
+
+
 def _near_duplicates(features: Features, rows: np.ndarray, index: np.ndarray, similarity: np.ndarray,
-                     threshold: float) -> list[Finding]:
+                     threshold: float, pixels: np.ndarray | None) -> list[Finding]:
     """Groups of distinct files around a leader, every member `threshold` or more similar to it
     (pairs taken most similar first; its score the group's lowest similarity to the leader), most
     similar groups first. Leaders, not connected components: on openclipart22 at 0.85, chains of
     similar pairs joined 71 flags into one group."""
-    unit = features.X[rows] / np.maximum(np.linalg.norm(features.X[rows], axis=1, keepdims=True), 1e-12)
+    unit = _unit(features.X[rows])
+    thumbnails = None if pixels is None else _unit(pixels - pixels.mean(axis=1, keepdims=True))  # correlation
+
+    def same(a: int, b: int, similarity: float) -> bool:
+        if similarity >= threshold:
+            return True
+        return thumbnails is not None and similarity >= CANDIDATE_FLOOR and thumbnails[a] @ thumbnails[b] >= PIXEL_THRESHOLD
+
     leader_of: dict[int, int] = {}
     groups: dict[int, list[tuple[int, float]]] = {}
     for flat in np.argsort(-similarity, axis=None):
         a, column = divmod(int(flat), similarity.shape[1])
-        if similarity[a, column] < threshold:
-            break
         b = int(index[a, column])
+        if similarity[a, column] < min(threshold, CANDIDATE_FLOOR if thumbnails is not None else 1.0):
+            break
+        if not same(a, b, float(similarity[a, column])):
+            continue
         if a in leader_of and b in leader_of:
             continue
         if a not in leader_of and b not in leader_of:
@@ -149,12 +187,16 @@ def _near_duplicates(features: Features, rows: np.ndarray, index: np.ndarray, si
             continue
         joining, leader = (b, leader_of[a]) if a in leader_of else (a, leader_of[b])
         to_leader = float(unit[joining] @ unit[leader])
-        if to_leader >= threshold:
+        if same(joining, leader, to_leader):
             leader_of[joining] = leader
             groups[leader].append((joining, to_leader))
     findings = [_group_finding("near-duplicate", features, [int(rows[leader])] + [int(rows[m]) for m, _ in members],
                                min(s for _, s in members)) for leader, members in groups.items()]
     return sorted(findings, key=lambda f: -f.score)
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def _label_issues(features: Features, folds: int, seed: int) -> list[Finding]:

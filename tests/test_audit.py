@@ -101,3 +101,18 @@ def test_cli_writes_csv_json_and_html_safe_for_hostile_names(tmp_path: Path) -> 
     assert page.count("data:image/jpeg;base64,") >= 4
     too_many = runner.invoke(app, ["audit", "--cache", cache, "--folds", "9"])
     assert too_many.exit_code == 1 and "pass --folds 7" in too_many.output
+
+
+def test_thumbnails_confirm_a_near_duplicate_below_the_threshold() -> None:
+    f = _features()
+    rng = np.random.default_rng(3)
+    f.X[40] = f.X[5] + rng.normal(scale=0.9, size=64)  # similar, not near-identical, embeddings
+    similarity = float(f.X[40] @ f.X[5] / np.linalg.norm(f.X[40]) / np.linalg.norm(f.X[5]))
+    assert 0.8 < similarity < 0.95
+    pixels = rng.uniform(0, 1, size=(len(f.X), 48)).astype(np.float32)
+    assert not [x for x in audit_features(f, pixels=pixels) if x.issue == "near-duplicate"]
+    pixels[40] = pixels[5] * 0.9 + 0.05  # the same thumbnail, darker: correlation 1
+    [near] = [x for x in audit_features(f, pixels=pixels) if x.issue == "near-duplicate"]
+    assert {near.path, *near.related} == {f.paths[5], f.paths[40]} and near.score == pytest.approx(similarity)
+    pixels[40] = np.nan  # no thumbnail: no confirmation
+    assert not [x for x in audit_features(f, pixels=pixels) if x.issue == "near-duplicate"]
