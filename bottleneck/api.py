@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .training import FitResult, Prediction
 
 def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str | Path = DEFAULT_CACHE,
-            weights: str | None = None, layer: str | None = None, pool: str = "avg", precision: str = "fp32",
+            weights: str | None = None, layer: str | None = None, pool: str = "avg", precision: str = "auto",
             dtype: str = "float32", decode: str = "pil", name: str | None = None, batch_size: int | None = None,
             workers: int | None = None, threads: int | None = None, device: str = "auto", compile: bool = False,
             views: int | None = None, augment: str | None = None, engine: str = "local", address: str | None = None,
@@ -33,26 +33,47 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
     """Embed every image of `data` the cache lacks (see `bottleneck extract --help`). `views` K: also K
     augmented views of each image (`augment`, default augment.DEFAULT_AUGMENT), after the plain one;
     the report is then the views'. engine "ray": on the Ray cluster at `address` (None: a local
-    one), `actors` each holding the network."""
+    one), `actors` each holding the network. precision "auto": see `runtime.auto_precision`; the
+    report's summary says which ran and why."""
     from .augment import DEFAULT_AUGMENT, parse_augment
     from .extraction import ExtractOptions, check_views, extract_dataset
     from .sources import resolve_spec
 
     check_views(DEFAULT_AUGMENT if augment is None and views is not None else augment, views, decode)
     canonical = parse_augment(augment or DEFAULT_AUGMENT).canonical() if views else None
+    chosen = ""
+    if precision == "auto":
+        precision, why = _auto_precision(model, device, engine)
+        chosen = f"{precision}, auto: {why}"
     spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
                         decode=decode)
     options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
                              progress=progress, compile=compile, engine=engine, address=address, actors=actors,
                              cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
     report = extract_dataset(Path(data), spec, Path(cache), name=name, options=options)
+    report.precision = chosen
     if not canonical:
         return report
     with Store.open(Path(cache)) as store:  # the plain spec completed (a layer's width is known now)
         views_spec = store.extractor_spec(report.fingerprint).replace(augment=canonical)
     # remember=False: the plain extraction stays the default of fit and compare --data
-    return extract_dataset(Path(data), views_spec, Path(cache), name=name, options=options, views=views,
-                           remember=False)
+    report = extract_dataset(Path(data), views_spec, Path(cache), name=name, options=options, views=views,
+                             remember=False)
+    report.precision = chosen
+    return report
+
+
+def _auto_precision(model: str, device: str, engine: str) -> tuple[str, str]:
+    """(precision, why) for --precision auto on this machine's `device`."""
+    from .runtime import BF16_GUARD_FAILED, auto_precision, detect_hardware, resolve_device
+
+    if engine == "ray":
+        return "fp32", "the Ray workers' hardware is not known here; pass --precision bf16 for GPUs of 8.0 or later"
+    run_on = resolve_device(device)
+    precision, why = auto_precision(run_on, detect_hardware(run_on))
+    if precision != "fp32" and model in BF16_GUARD_FAILED:
+        return "fp32", f"{model}'s half-precision features failed the accuracy guard (benchmarks/RESULTS.md 15)"
+    return precision, why
 
 
 def load_features(data: str | None = None, model: str | None = None, *,

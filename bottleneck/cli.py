@@ -83,7 +83,8 @@ def extract(
     threads: Optional[int] = typer.Option(None, help="torch threads for the model (default: one per core; "
                                           "1 can be faster for light models on large photos)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
-    precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 (autocast; for GPUs)."),
+    precision: str = typer.Option("auto", help="auto: bf16 where the hardware computes it natively (AVX-512 BF16 "
+                                  "or AMX CPUs, CUDA 8.0+), fp16 on CUDA 7.x, else fp32; or fp32, fp16, bf16."),
     dtype: str = typer.Option("float32", help="Storage dtype of the vectors: float32 or float16."),
     decode: str = typer.Option("pil", help="pil: decode in the worker processes; torchvision: decode JPEGs "
                                "on the model's device (nvJPEG on a GPU, when the CPU can't keep up)."),

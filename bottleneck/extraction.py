@@ -82,6 +82,7 @@ class ExtractReport:
     device: str = "cpu"
     repaired: int = 0  # cached vectors that failed their checksum and were computed again
     views: int | None = None  # augmented views per image: computed and reused then count views
+    precision: str = ""  # how --precision auto chose, when it did
 
     @property
     def images_per_second(self) -> float:
@@ -96,6 +97,7 @@ class ExtractReport:
             f"{len(self.skipped)} skipped, {rate} "
             f"({self.seconds:.1f} s on {self.device})"
             + (f"; {self.repaired} damaged vectors computed again" if self.repaired else "")
+            + (f"; precision {self.precision}" if self.precision else "")
         )
 
 
