@@ -41,15 +41,15 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
 
     check_views(DEFAULT_AUGMENT if augment is None and views is not None else augment, views, decode)
     canonical = parse_augment(augment or DEFAULT_AUGMENT).canonical() if views else None
+    options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
+                             progress=progress, compile=compile, engine=engine, address=address, actors=actors,
+                             cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)  # checked first
     chosen = ""
     if precision == "auto":
         precision, why = _auto_precision(model, device, engine)
         chosen = f"{precision}, auto: {why}"
     spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
                         decode=decode)
-    options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
-                             progress=progress, compile=compile, engine=engine, address=address, actors=actors,
-                             cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
     report = extract_dataset(Path(data), spec, Path(cache), name=name, options=options)
     report.precision = chosen
     if not canonical:

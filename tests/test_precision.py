@@ -58,3 +58,10 @@ def test_extract_says_which_precision_ran_and_why(image_folder: Path, tmp_path: 
     guarded = api.extract(image_folder, "tiny", cache=tmp_path / "c.h5")
     assert guarded.fingerprint == report.fingerprint and "failed the accuracy guard" in guarded.summary()
     assert api.extract(image_folder, "tiny", cache=tmp_path / "c.h5", precision="fp32").precision == ""
+
+
+def test_a_bad_device_is_still_one_line_under_auto(image_folder: Path, tmp_path: Path, tiny: None) -> None:
+    from bottleneck_features.errors import ExtractError
+
+    with pytest.raises(ExtractError, match="^--device tpu: use one of"):
+        api.extract(image_folder, "tiny", cache=tmp_path / "c.h5", device="tpu")
