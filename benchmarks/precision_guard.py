@@ -1,6 +1,6 @@
 """The bf16 accuracy guard of `--precision auto`: for every backbone with offline weights, bf16
-features must give a 5-fold cross-validated logreg accuracy within 0.3 points of fp32's on
-photo_vs_drawing, hymenoptera (train and val together) and openclipart22.
+features must give a 5-fold cross-validated logreg accuracy no more than 0.3 points below fp32's on
+photo_vs_drawing, hymenoptera (train and val together) and openclipart22 (a gain is no failure).
 
 Both precisions are extracted into one cache (benchmarks/out/guard.h5, reused by reruns), then
 scored on the same folds. openclipart22 is built by ../shared/datasets/build_openclipart22.py;
@@ -52,8 +52,8 @@ def main() -> None:
                                                                   cv=folds)))
             delta = scores["bf16"] - scores["fp32"]
             rows.append((model, name, scores["fp32"], scores["bf16"], f"{100 * delta:+.2f}",
-                         "ok" if abs(delta) <= GUARD else "FAILS"))
-            results.append({"model": model, "dataset": name, **scores, "passes": abs(delta) <= GUARD})
+                         "ok" if delta >= -GUARD else "FAILS"))
+            results.append({"model": model, "dataset": name, **scores, "passes": delta >= -GUARD})
             print(*rows[-1], flush=True)
     C.print_table(["model", "dataset", "fp32", "bf16", "points", "guard"], rows)
     C.write_json(C.OUT / "precision_guard.json", {"machine": machine, "guard": GUARD, "results": results})
