@@ -168,14 +168,16 @@ def _near_duplicates(features: Features, rows: np.ndarray, index: np.ndarray, si
     def same(a: int, b: int, similarity: float) -> bool:
         if similarity >= threshold:
             return True
-        return thumbnails is not None and similarity >= CANDIDATE_FLOOR and thumbnails[a] @ thumbnails[b] >= PIXEL_THRESHOLD
+        return (thumbnails is not None and similarity >= CANDIDATE_FLOOR
+                and thumbnails[a] @ thumbnails[b] >= PIXEL_THRESHOLD)
 
+    floor = threshold if thumbnails is None else min(threshold, CANDIDATE_FLOOR)  # the pairs worth a look
     leader_of: dict[int, int] = {}
     groups: dict[int, list[tuple[int, float]]] = {}
     for flat in np.argsort(-similarity, axis=None):
         a, column = divmod(int(flat), similarity.shape[1])
         b = int(index[a, column])
-        if similarity[a, column] < min(threshold, CANDIDATE_FLOOR if thumbnails is not None else 1.0):
+        if similarity[a, column] < floor:
             break
         if not same(a, b, float(similarity[a, column])):
             continue
