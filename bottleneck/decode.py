@@ -123,6 +123,14 @@ def loader_batches(dataset: DecodeDataset, collate: Callable, batch_size: int, w
                            pin_memory=device.type == "cuda"))
 
 
+def decoded_batches(dataset: DecodeDataset, batch_size: int, workers: int, device: torch.device) -> Iterator:
+    """`dataset`'s batches for a model on `device`: decode threads taking turns with it on a CPU,
+    DataLoader worker processes running ahead of a GPU."""
+    if device.type == "cpu":
+        return alternating_batches(dataset, batch_size, workers)
+    return loader_batches(dataset, collate, batch_size, workers, device)
+
+
 def alternating_batches(dataset: DecodeDataset, batch_size: int,
                          threads: int) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
     """CPU: each batch is decoded by `threads` threads while the model waits, and the model then runs

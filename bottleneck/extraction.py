@@ -20,7 +20,7 @@ import torch
 
 from .augment import DEFAULT_AUGMENT, parse_augment
 from .datasets import scan_dataset
-from .decode import DecodeDataset, alternating_batches, collate, loader_batches
+from .decode import DecodeDataset, decoded_batches, loader_batches
 from .errors import ExtractError
 from .images import READ_FAILED, sha256_file
 from . import ray_engine
@@ -363,9 +363,7 @@ def _compute_on_ray(store: Store, spec: ExtractorSpec, backbone: Backbone | Call
 
     def write(keys: list[str], vectors: np.ndarray) -> None:
         nonlocal computed
-        rejected = store.add_vectors(fp, keys, vectors)
-        bad.update((key, NOT_FINITE) for key in rejected)
-        computed += len(keys) - len(rejected)
+        computed += _write(store, fp, keys, torch.from_numpy(vectors), None, bad)
 
     progress(task, 0, len(todo))
     ray_engine.embed(todo, views, backbone, batch_size=options.batch_size or 64, actors=options.actors,
@@ -389,9 +387,7 @@ def _batches(todo: list[tuple[str, str]], spec: ExtractorSpec, options: ExtractO
                                 batch_size, workers, device)
         return (device_decode.finish_batch(batch, spec.preprocess, device) for batch in loader)
     dataset = DecodeDataset(todo, spec.preprocess, parse_augment(spec.augment) if spec.augment else None, views or ())
-    if device.type == "cpu":
-        return alternating_batches(dataset, batch_size, workers)
-    return loader_batches(dataset, collate, batch_size, workers, device)
+    return decoded_batches(dataset, batch_size, workers, device)
 
 
 def _to_host(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:

@@ -9,10 +9,7 @@ so its first K epochs see exactly the views a `+viewsK` row caches.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -25,9 +22,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from .augment import DEFAULT_AUGMENT, parse_augment
-from .decode import DecodeDataset, alternating_batches, collate, loader_batches, normalize
+from .decode import DecodeDataset, decoded_batches
 from .errors import FitError
-from .heads import FrozenNorm, holdout_split, resolve_device, seeded_rng, start_from_probe
+from .heads import (EarlyStopping, FrozenNorm, holdout_split, resolve_device, seeded_rng, start_from_probe,
+                    torch_threads)
+from .inference import forward_batch
 from .sources import build
 from .spec import ExtractorSpec, Preprocess
 
@@ -85,7 +84,8 @@ class FineTunedNetworkClassifier(ClassifierMixin, BaseEstimator):
         backbone = build(self.spec.replace(precision="fp32"))
         preprocess = self.preprocess_ = backbone.preprocess
         train, val = holdout_split(y_index, self.validation_fraction, rng)
-        with _torch_threads(self.threads), seeded_rng(int(rng.randint(np.iinfo(np.int32).max)), device):
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        with torch_threads(self.threads or os.cpu_count() or 1), seeded_rng(seed, device):
             network = FrozenNorm(backbone.model.requires_grad_(True)).to(device)
             network.to(memory_format=torch.channels_last)
             # the probe sees every training image: held out from it, a tenth of 30 images cost 2 points
@@ -93,51 +93,44 @@ class FineTunedNetworkClassifier(ClassifierMixin, BaseEstimator):
             linear = nn.Linear(features.shape[1], len(self.classes_)).to(device)
             start_from_probe(linear, features.astype(np.float64), y_index)
             module = nn.Sequential(network, linear)
-            initial = {k: v.detach().clone() for k, v in module.state_dict().items()} if val is not None else {}
             optimizer = torch.optim.AdamW(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
             target = torch.as_tensor(y_index, device=device)
-            best_loss, best_state, waited = self._validation_loss(module, items, val, target, preprocess, device), None, 0
+            # the probe itself is the first candidate: an epoch must beat it to be kept
+            stopping = EarlyStopping(self.patience)
+            if val is not None:
+                stopping.update(self._validation_loss(module, items, val, target, preprocess, device), module)
             for epoch in range(1, self.max_epochs + 1):
                 module.train()
                 order = rng.permutation(train)
                 views = DecodeDataset(items[order].tolist(), preprocess, augment,
                                       [(sha, epoch - 1) for sha in items[order, 0]])
-                for indices, batch, failed in _batches(views, self.batch_size, device):
+                for indices, batch, failed in decoded_batches(views, self.batch_size, os.cpu_count() or 1, device):
                     _check_decoded(failed, items[order])
                     if batch is None:
                         continue
                     optimizer.zero_grad()
-                    logits = module(_input(batch, preprocess, device))
+                    logits = forward_batch(module, preprocess, batch, device, None)
                     F.cross_entropy(logits, target[torch.as_tensor(order[indices], device=device)]).backward()
                     optimizer.step()
                 if val is None:
                     continue
-                loss = self._validation_loss(module, items, val, target, preprocess, device)
-                if loss < best_loss:
-                    best_loss, waited = loss, 0
-                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-                else:
-                    waited += 1
-                    if waited >= self.patience:
-                        break
-            if val is not None:  # the best epoch, or the probe itself if no epoch beat it
-                module.load_state_dict(best_state or initial)
+                if stopping.update(self._validation_loss(module, items, val, target, preprocess, device), module):
+                    break
+            stopping.restore(module)
         self.n_iter_ = epoch
         self.module_ = module.cpu().eval()
         return self
 
-    def _validation_loss(self, module: nn.Module, items: np.ndarray, val: np.ndarray | None, target: torch.Tensor,
+    def _validation_loss(self, module: nn.Module, items: np.ndarray, val: np.ndarray, target: torch.Tensor,
                          preprocess: Preprocess, device: torch.device) -> float:
-        """Cross-entropy on the plain views of the validation images (inf without any)."""
-        if val is None:
-            return math.inf
+        """Cross-entropy on the plain views of the validation images."""
         logits = torch.as_tensor(_forward(module.eval(), items[val], preprocess, device), device=device)
         return F.cross_entropy(logits, target[torch.as_tensor(val, device=device)]).item()
 
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         device = resolve_device(self.device)
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads or os.cpu_count() or 1):
             logits = _forward(self.module_.to(device), _items(X), self.preprocess_, device)
         self.module_.cpu()  # it pickles and loads anywhere
         return torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
@@ -155,27 +148,6 @@ def _items(X: Any) -> np.ndarray:
     return items
 
 
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _batches(dataset: DecodeDataset, batch_size: int, device: torch.device) -> Iterator:
-    """Decoded batches: CPU threads taking turns with the model, or worker processes ahead of a GPU."""
-    if device.type == "cpu":
-        return alternating_batches(dataset, batch_size, os.cpu_count() or 1)
-    return loader_batches(dataset, collate, batch_size, os.cpu_count() or 1, device)
-
-
-def _input(batch: torch.Tensor, preprocess: Preprocess, device: torch.device) -> torch.Tensor:
-    return normalize(batch.to(device, non_blocking=True), preprocess).contiguous(memory_format=torch.channels_last)
-
-
 def _check_decoded(failed: list[tuple[int, str]], items: np.ndarray) -> None:
     if failed:
         i, reason = failed[0]
@@ -188,8 +160,8 @@ def _forward(module: nn.Module, items: np.ndarray, preprocess: Preprocess, devic
     dataset = DecodeDataset(items.tolist(), preprocess)
     outputs = []
     with torch.no_grad():
-        for _, batch, failed in _batches(dataset, 64, device):
+        for _, batch, failed in decoded_batches(dataset, 64, os.cpu_count() or 1, device):
             _check_decoded(failed, items)
             if batch is not None:
-                outputs.append(module(_input(batch, preprocess, device)).float().cpu())
+                outputs.append(forward_batch(module, preprocess, batch, device, None).float().cpu())
     return torch.cat(outputs).numpy()

@@ -80,18 +80,38 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 
 @contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Run torch on one CPU thread, restoring the caller's setting afterwards.
-
-    These modules are tiny: more intra-op threads only add synchronisation, and under CPU
-    contention (search workers, a random forest, other processes) they made fits 10-20x slower.
-    """
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run torch on `threads` CPU threads, restoring the caller's setting afterwards."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+class EarlyStopping:
+    """Keeps a copy of the weights at the lowest validation loss seen; says when `patience` updates
+    in a row brought none lower."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_loss, self.waited = math.inf, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, loss: float, module: nn.Module) -> bool:
+        """Record `module`'s loss; True when training should stop."""
+        if loss < self.best_loss:
+            self.best_loss, self.waited = loss, 0
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+    def restore(self, module: nn.Module) -> None:
+        """Load the best weights seen (nothing when no loss was recorded)."""
+        if self.best_state is not None:
+            module.load_state_dict(self.best_state)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -137,7 +157,9 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         device = resolve_device(self.device)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        with _one_torch_thread(), seeded_rng(seed, device):
+        # tiny modules: more intra-op threads only add synchronisation, and under CPU contention
+        # (search workers, a random forest, other processes) they made fits 10-20x slower
+        with torch_threads(1), seeded_rng(seed, device):
             module = self._build_module(X.shape[1], len(self.classes_)).to(device)
             self._initialise(module, X, y_index, device)
             self.n_iter_ = self._train(module, X, y_index, rng, device)
@@ -158,7 +180,7 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
         train, val = holdout_split(y, self.validation_fraction, rng)
         n_batches = math.ceil(len(train) / self.batch_size)
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        best_loss, best_state, waited = math.inf, None, 0
+        stopping = EarlyStopping(self.patience)
         for epoch in range(1, self.max_epochs + 1):
             module.train()
             # array_split keeps batches near-equal, so none has the single sample BatchNorm rejects
@@ -173,15 +195,9 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
             index = torch.as_tensor(val, device=device)
             with torch.no_grad():
                 loss = F.cross_entropy(module(X_t[index]), y_t[index]).item()
-            if loss < best_loss:
-                best_loss, waited = loss, 0
-                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
-        if best_state is not None:
-            module.load_state_dict(best_state)
+            if stopping.update(loss, module):
+                break
+        stopping.restore(module)
         return epoch
 
     def _initialise(self, module: nn.Module, X: np.ndarray, y: np.ndarray, device: torch.device) -> None:
@@ -190,7 +206,7 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        with _one_torch_thread(), torch.no_grad():
+        with torch_threads(1), torch.no_grad():
             logits = self.module_(torch.tensor(X))
         return torch.softmax(logits.double(), dim=1).numpy()
 
