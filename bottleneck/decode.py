@@ -57,10 +57,21 @@ def resize_crop(img: Image.Image, preprocess: Preprocess) -> torch.Tensor:
         img = img.resize((size, size), resample, box=(0, top * sy, size, (top + size) * sy))
     return _to_tensor(img)
 
+
 def normalize(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    mean = torch.tensor(preprocess.mean, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std, device=batch.device).view(1, 3, 1, 1)
-    return batch.float().div_(255).sub_(mean).div_(std)
+    """uint8 (B, 3, H, W) -> float32 (x / 255 - mean) / std, as x * scale + shift in one pass.
+
+    A channels_last batch is worked on as its (B * H, W * 3) rows of pixels, with scale and shift
+    repeated W times: broadcasting a (1, 3, 1, 1) operand over channels_last memory runs an
+    unvectorised loop, 3-5x slower (benchmarks/RESULTS.md, section 16). Other layouts broadcast per channel."""
+    n, c, h, w = batch.shape
+    scale = torch.tensor([1 / (255 * s) for s in preprocess.std], device=batch.device)
+    shift = torch.tensor([-m / s for m, s in zip(preprocess.mean, preprocess.std)], device=batch.device)
+    if batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous():
+        rows = batch.permute(0, 2, 3, 1).reshape(n * h, w * c)
+        out = torch.addcmul(shift.repeat(w), rows, scale.repeat(w))
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    return torch.addcmul(shift.view(1, c, 1, 1), batch, scale.view(1, c, 1, 1))
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
