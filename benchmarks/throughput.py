@@ -6,7 +6,9 @@ For each image set and model, in one process, on the same files and the same loa
   (b) naive    the tutorial loop: PIL open -> RGB -> Resize -> CenterCrop -> ToTensor -> Normalize ->
                model, batch by batch in the main process, no workers (files evicted first too)
   (c) ceiling  the model alone, run as extract runs it, on already-decoded batches, same batch size
-               and threads, after one warm-up batch
+               and threads, after one warm-up batch; in the precision --precision gives (default:
+               what `extract --precision auto` picks for the model here), with (c32), the fp32
+               ceiling, beside it where that is not fp32
   (d) rerun    (a) again on the now-cached folder
   (a0) before  with --before REF: (a) with the bottleneck package as it was at git REF
   (aT) device decode  with --device-decode: (a) with `--decode torchvision`, JPEGs decoded on the
@@ -48,7 +50,8 @@ from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.inference import forward_batch, prepare_model
 from bottleneck_features.images import decode_rgb, find_images
 from bottleneck_features.registry import Backbone
-from bottleneck_features.runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
+from bottleneck_features.runtime import AUTOCAST, auto_precision, cpu_runtime, default_batch_size, detect_hardware
+from bottleneck_features.runtime import resolve_device
 from bottleneck_features.sources import load_backbone
 
 MODELS = {"efficientnet_lite0": None, "squeezenet1_1": None, "resnet50": "random", "inception_v3": "random"}
@@ -83,7 +86,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=434, help="small JPEGs per model")
     ap.add_argument("--large", type=int, default=64, help="large photos per model")
     ap.add_argument("--batch-size", type=int, default=None, help="default: extract's own choice")
-    ap.add_argument("--precision", default="fp32", help="fp32, or bf16 / fp16 autocast on a GPU")
+    ap.add_argument("--precision", default="auto", help="auto (as extract), fp32, bf16 or fp16")
     ap.add_argument("--before", metavar="REF", help="also time extract as of this git ref (column a0)")
     ap.add_argument("--device-decode", action="store_true", help="also time (a) with --decode torchvision (column aT)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds per measurement; the median is reported")
@@ -110,11 +113,16 @@ def main() -> None:
         startup[model_name] = one["startup"]
 
     print(f"\nimages/s on {device}; (a) extract, (b) naive loop, (c) model alone, (d) cached rerun")
-    extra = (["a0", "a/a0"] if args.before else []) + (["aT", "aT/c"] if args.device_decode else [])
+    for model_name, (precision, why) in {r["model"]: (r["precision"], r["why"]) for r in results}.items():
+        print(f"{model_name}: {precision}{f' ({why})' if why else ''}")
+    c32 = any("c32" in r for r in results)
+    extra = (["c32", "c/c32"] if c32 else []) + (["a0", "a/a0"] if args.before else []) + \
+        (["aT", "aT/c"] if args.device_decode else [])
     C.print_table(
         ["set", "model", "images", "a", "b", "c", "d", "a/c", "a/b", "d/a", *extra],
         [[r["set"], r["model"], r["images"], r["a"], r["b"], r["c"], r["d"], r["a"] / r["c"], r["a"] / r["b"],
-          r["d"] / r["a"], *([r["a0"], r["a"] / r["a0"]] if args.before else []),
+          r["d"] / r["a"], *([r.get("c32", r["c"]), r["c"] / r.get("c32", r["c"])] if c32 else []),
+          *([r["a0"], r["a"] / r["a0"]] if args.before else []),
           *([r["aT"], r["aT"] / r["c"]] if args.device_decode else [])] for r in results],
     )
     print("\nfixed start-up cost, seconds (fresh process)")
@@ -129,7 +137,10 @@ def _measure_model(args: argparse.Namespace, model_name: str, device: torch.devi
     before = _package_at(args.before) if args.before else None
     sets = {"small": lambda: C.small_set(args.small), "large": lambda: C.large_set(args.large)}
     weights = MODELS.get(model_name, "random")
-    backbone = load_backbone(model_name, weights=weights).using(precision=args.precision)
+    precision, why = args.precision, ""
+    if precision == "auto":
+        precision, why = auto_precision(device, detect_hardware(device), model_name)
+    backbone = load_backbone(model_name, weights=weights).using(precision=precision)
     naive_model = copy.deepcopy(backbone.model)  # extract converts its model to channels_last in place
     batch = args.batch_size or default_batch_size(device)
     results = []
@@ -137,7 +148,7 @@ def _measure_model(args: argparse.Namespace, model_name: str, device: torch.devi
         root = sets[set_name]()
         r = _measure(root, backbone, naive_model, options, device, batch, not args.warm_files, args.repeat, before,
                      args.device_decode)
-        r.update(set=set_name, model=model_name, weights=weights or "pretrained",
+        r.update(set=set_name, model=model_name, weights=weights or "pretrained", precision=precision, why=why,
                  mb_per_image=C.folder_bytes(root) / r["images"] / 1e6)
         results.append(r)
         print(f"{set_name} {model_name}: " + ", ".join(f"{k} {v:.3g}" for k, v in r.items()
@@ -175,6 +186,9 @@ def _measure(root: Path, backbone: Backbone, naive_model: torch.nn.Module, optio
             samples["aT"].append(_cold_run(extract_dataset, root, backbone.using(decode="torchvision"), options,
                                            evict))
         samples["c"].append(_ceiling(files, backbone, options, device, batch))
+        if backbone.spec.precision != "fp32":
+            samples.setdefault("c32", []).append(_ceiling(files, backbone.using(precision="fp32"), options, device,
+                                                          batch))
     result: dict = {"images": len(files), "batch": batch, "samples_s": samples}
     for key, seconds in samples.items():
         result[f"{key}_seconds"] = statistics.median(seconds)

@@ -65,15 +65,12 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
 
 def _auto_precision(model: str, device: str, engine: str) -> tuple[str, str]:
     """(precision, why) for --precision auto on this machine's `device`."""
-    from .runtime import BF16_GUARD_FAILED, auto_precision, detect_hardware, resolve_device
+    from .runtime import auto_precision, detect_hardware, resolve_device
 
     if engine == "ray":
         return "fp32", "the Ray workers' hardware is not known here; pass --precision bf16 for GPUs of 8.0 or later"
     run_on = resolve_device(device)
-    precision, why = auto_precision(run_on, detect_hardware(run_on))
-    if precision != "fp32" and model in BF16_GUARD_FAILED:
-        return "fp32", f"{model}'s half-precision features failed the accuracy guard (benchmarks/RESULTS.md 15)"
-    return precision, why
+    return auto_precision(run_on, detect_hardware(run_on), model)
 
 
 def load_features(data: str | None = None, model: str | None = None, *,
