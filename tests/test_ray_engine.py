@@ -53,6 +53,17 @@ def test_ray_fills_the_cache_as_the_local_engine_does(ray_instance: None, tmp_pa
     assert again.computed == 0  # nothing sent to the cluster
 
 
+def test_a_lost_actor_is_restarted_and_its_batch_retried(ray_instance: None, tmp_path: Path) -> None:
+    root = _images(tmp_path / "data", 12)
+    died = tmp_path / "died"
+    run = extract_dataset(root, tiny_backbone(die_once=died), tmp_path / "ray.h5",
+                          options=ExtractOptions(engine="ray", actors=2, batch_size=4))
+    assert died.exists() and (run.computed, run.skipped) == (12, [])
+    local = extract_dataset(root, tiny_backbone(), tmp_path / "local.h5", options=ExtractOptions(workers=0))
+    np.testing.assert_allclose(load_features(tmp_path / "ray.h5", "data", run.fingerprint).X,
+                               load_features(tmp_path / "local.h5", "data", local.fingerprint).X, rtol=1e-5, atol=1e-6)
+
+
 _KILLED_DRIVER = """
 import sys, time
 sys.path.insert(0, {tests!r})
