@@ -51,7 +51,7 @@ def main() -> None:
                 scores[precision] = float(np.mean(cross_val_score(make_head("logreg"), features.X, features.y,
                                                                   cv=folds)))
             delta = scores["bf16"] - scores["fp32"]
-            rows.append((model, name, scores["fp32"], scores["bf16"], f"{100 * delta:+.2f}",
+            rows.append((model, name, f"{scores['fp32']:.4f}", f"{scores['bf16']:.4f}", f"{100 * delta:+.2f}",
                          "ok" if delta >= -GUARD else "FAILS"))
             results.append({"model": model, "dataset": name, **scores, "passes": delta >= -GUARD})
             print(*rows[-1], flush=True)
