@@ -80,17 +80,16 @@ def test_normalize_values() -> None:
     assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected))
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
-def test_normalize_is_per_channel_in_either_layout(layout: str) -> None:
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_normalize_is_per_channel_in_either_layout(layout: torch.memory_format) -> None:
     # Channels differ in mean and std, and W differs from C, so a scale repeated along the wrong
     # axis of the channels_last rows would show.
     pre = Preprocess(5, 5, "nearest", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     pixels = torch.randint(0, 256, (2, 3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    batch = pixels.contiguous(memory_format=getattr(torch, layout.replace("contiguous", "contiguous_format")))
-    out = normalize(batch, pre)
+    out = normalize(pixels.contiguous(memory_format=layout), pre)
     mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
     assert torch.allclose(out, (pixels.float() / 255 - mean) / std, atol=1e-6)
-    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == torch.channels_last)
 
 
 def test_preprocess_checks_interpolation_and_dicts_are_json() -> None:
