@@ -3,8 +3,9 @@
 1. Faults: photo_vs_drawing is copied into train/ and test/ folders (a content-hash 75/25 split),
    then 10 train files are copied into test under new names (exact duplicates, leakage), 10 files
    are re-encoded (JPEG quality 60) and resized to 90 % beside their original (near-duplicates), 10
-   files are moved to the other class (swapped labels) and 5 hymenoptera photos are added to
-   photo/ (outliers). The copy is extracted with EfficientNet-Lite0 and audited with the defaults;
+   files are moved to the other class (swapped labels), 5 hymenoptera photos are added to photo/
+   (outliers that are still photos) and 5 off-domain files to drawing/ (junk: noise, a page of
+   text, a flat colour, a checkerboard, a colour ramp). The copy is extracted with EfficientNet-Lite0 and audited with the defaults;
    each detector's recall is the injected faults it finds, its precision the share of its findings
    that are injected (the set's own near-duplicates and label errors count against it). Swapped
    labels are scored on the top 20 label issues. Near-duplicates also at --threshold 0.85.
@@ -26,13 +27,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import _common as C
 from bottleneck_features.audit import run_audit
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.neighbours import cosine_neighbours
 from bottleneck_features.sources import load_backbone
+from bottleneck_features.store import Features, load_features
 
 HYMENOPTERA = C.SHARED / "hymenoptera" / "train"
 
@@ -51,7 +53,8 @@ def inject(root: Path) -> dict[str, set]:
     train = [f for f in files if split[f] == "train"]
     chosen = rng.permutation(len(train))
     leaked, near, swapped = ([train[i] for i in chosen[a:a + 10]] for a in (0, 10, 20))
-    faults: dict[str, set] = {"duplicate": set(), "near-duplicate": set(), "label-issue": set(), "outlier": set()}
+    faults: dict[str, set] = {"duplicate": set(), "near-duplicate": set(), "label-issue": set(), "outlier": set(),
+                              "outlier (junk)": set()}
     for i, f in enumerate(leaked):
         copy = root / "test" / f.parent.name / f"leaked{i}.jpg"
         shutil.copy(f, copy)
@@ -71,7 +74,28 @@ def inject(root: Path) -> dict[str, set]:
         copy = root / "train" / "photo" / f"insect{i}.jpg"
         shutil.copy(f, copy)
         faults["outlier"].add(_rel(root, copy))
+    for name, img in junk(rng).items():
+        copy = root / "train" / "drawing" / f"junk-{name}.png"
+        img.save(copy)
+        faults["outlier (junk)"].add(_rel(root, copy))
     return faults
+
+
+def junk(rng: np.random.Generator, size: int = 256) -> dict[str, Image.Image]:
+    """Files that creep into scraped folders and belong to no class."""
+    text = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(text)
+    for line in range(12):
+        draw.text((8, 8 + 20 * line), " ".join("lorem ipsum dolor sit amet".split()[line % 5:]), fill="black")
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    return {
+        "noise": Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+        "text": text,
+        "flat": Image.new("RGB", (size, size), (90, 140, 200)),
+        "checkerboard": Image.fromarray(((np.indices((size, size)).sum(0) // 32 % 2) * 255).astype(np.uint8)).convert("RGB"),
+        "ramp": Image.fromarray(np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)),
+                                          np.full((size, size), 128, np.uint8)], axis=2)),
+    }
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -83,20 +107,21 @@ def faults_table() -> list[dict]:
         root = Path(tmp) / "faulty"
         faults = inject(root)
         cache = Path(tmp) / "cache.h5"
-        extract_dataset(root, load_backbone("efficientnet_lite0"), cache, options=ExtractOptions())
+        report = extract_dataset(root, load_backbone("efficientnet_lite0"), cache, options=ExtractOptions())
         start = time.perf_counter()
         audit = run_audit(cache)
         seconds = time.perf_counter() - start
         lower = run_audit(cache, threshold=0.85)
+        _print_outlier_ranks(load_features(cache, report.dataset, report.fingerprint), faults)
     rows = []
     for issue, injected in [*faults.items(), ("near-duplicate at 0.85", faults["near-duplicate"])]:
         findings = lower.findings if issue.endswith("0.85") else audit.findings
-        found = [f for f in findings if f.issue == issue.split()[0]]
+        found = [f for f in findings if f.issue == issue.split()[0]]  # "outlier (junk)": outlier findings
         if issue == "label-issue":
             found = found[:20]
             hits = [f for f in found if f.path in injected]
             recall = len({f.path for f in hits}) / len(injected)
-        elif issue == "outlier":
+        elif issue.startswith("outlier"):
             hits = [f for f in found if f.path in injected]
             recall = len(hits) / len(injected)
         else:  # a group counts when it holds an injected pair
@@ -109,6 +134,16 @@ def faults_table() -> list[dict]:
     print(f"audit of {sum(1 for _ in audit.findings)} findings on {sum(c.images for c in audit.classes)} images: "
           f"{seconds:.1f} s")
     return rows
+
+
+def _print_outlier_ranks(features: Features, faults: dict[str, set]) -> None:
+    """Where the injected outliers rank among all images by the outlier score (mean cosine distance
+    to the 5 nearest), flagged or not."""
+    neighbours = cosine_neighbours(features.X, 5)
+    order = np.argsort(-(1 - neighbours.similarity.mean(axis=1)))
+    rank = {features.paths[row]: r + 1 for r, row in enumerate(order)}
+    for issue in ("outlier", "outlier (junk)"):
+        print(f"{issue}: ranks {sorted(rank[path] for path in faults[issue])} of {len(rank)}")
 
 
 def synthetic(n: int, seed: int = 0) -> np.ndarray:
