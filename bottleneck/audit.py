@@ -96,8 +96,9 @@ def run_audit(cache: Path, *, dataset: str | None = None, model: str | None = No
 
 def audit_features(features: Features, *, threshold: float = DEFAULT_THRESHOLD, folds: int = 5, k: int = 5,
                    seed: int = 0, pixels: np.ndarray | None = None) -> list[Finding]:
-    """Every finding, grouped by issue, each issue's most certain first. `pixels`: each row's
-    thumbnail (raw32, NaN where missing), which confirms near-duplicates below `threshold`."""
+    """Every finding, grouped by issue, each issue's most certain first. `k`: the neighbours searched
+    for near-duplicates (outliers use OUTLIER_K). `pixels`: each row's thumbnail (raw32, NaN where
+    missing), which confirms near-duplicates below `threshold`."""
     _check(features, folds)
     first_row: dict[str, int] = {}
     copies: dict[str, list[int]] = defaultdict(list)
