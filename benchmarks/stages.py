@@ -27,7 +27,7 @@ from bottleneck_features.decode import collate, normalize, resize_crop
 from bottleneck_features.images import _draft, _to_rgb, find_images, read_bytes
 from bottleneck_features.inference import prepare_model
 from bottleneck_features.registry import Backbone
-from bottleneck_features.runtime import AUTOCAST, auto_precision, cpu_runtime, detect_hardware
+from bottleneck_features.runtime import AUTOCAST, auto_precision, cpu_runtime
 from bottleneck_features.sources import load_backbone
 
 BATCH = 16
@@ -47,7 +47,7 @@ def main() -> None:
     with cpu_runtime(cpu, 1):
         for model_name in args.models.split(","):
             backbone = load_backbone(model_name).using(precision="fp32")
-            precision, _ = auto_precision(cpu, detect_hardware(cpu), model_name)
+            precision, _ = auto_precision(cpu, model=model_name)
             for set_name, root in sets.items():
                 ms = _stages(find_images(root), backbone, precision)
                 decode = sum(v for k, v in ms.items() if k in DECODE_STAGES)

@@ -50,8 +50,7 @@ from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.inference import forward_batch, prepare_model
 from bottleneck_features.images import decode_rgb, find_images
 from bottleneck_features.registry import Backbone
-from bottleneck_features.runtime import AUTOCAST, auto_precision, cpu_runtime, default_batch_size, detect_hardware
-from bottleneck_features.runtime import resolve_device
+from bottleneck_features.runtime import AUTOCAST, auto_precision, cpu_runtime, default_batch_size, resolve_device
 from bottleneck_features.sources import load_backbone
 
 MODELS = {"efficientnet_lite0": None, "squeezenet1_1": None, "resnet50": "random", "inception_v3": "random"}
@@ -139,7 +138,7 @@ def _measure_model(args: argparse.Namespace, model_name: str, device: torch.devi
     weights = MODELS.get(model_name, "random")
     precision, why = args.precision, ""
     if precision == "auto":
-        precision, why = auto_precision(device, detect_hardware(device), model_name)
+        precision, why = auto_precision(device, model=model_name)
     backbone = load_backbone(model_name, weights=weights).using(precision=precision)
     naive_model = copy.deepcopy(backbone.model)  # extract converts its model to channels_last in place
     batch = args.batch_size or default_batch_size(device)

@@ -65,12 +65,11 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
 
 def _auto_precision(model: str, device: str, engine: str) -> tuple[str, str]:
     """(precision, why) for --precision auto on this machine's `device`."""
-    from .runtime import auto_precision, detect_hardware, resolve_device
+    from .runtime import auto_precision, resolve_device
 
     if engine == "ray":
         return "fp32", "the Ray workers' hardware is not known here; pass --precision bf16 for GPUs of 8.0 or later"
-    run_on = resolve_device(device)
-    return auto_precision(run_on, detect_hardware(run_on), model)
+    return auto_precision(resolve_device(device), model=model)
 
 
 def load_features(data: str | None = None, model: str | None = None, *,

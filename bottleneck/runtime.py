@@ -57,12 +57,12 @@ def _cpu_flags() -> frozenset[str]:
     return next((frozenset(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), frozenset())
 
 
-def auto_precision(device: torch.device, hardware: Hardware, model: str | None = None) -> tuple[str, str]:
+def auto_precision(device: torch.device, hardware: Hardware | None = None, model: str | None = None) -> tuple[str, str]:
     """(precision, why) for `--precision auto`: bf16 where the hardware computes it natively (CPUs
     with AVX-512 BF16 or AMX, CUDA GPUs of compute capability 8.0 and later), fp16 on CUDA GPUs with
     tensor cores but no bf16 (7.x), fp32 elsewhere, where bf16 would be emulated and slower, and for
-    a `model` that failed the accuracy guard."""
-    precision, why = _hardware_precision(device, hardware)
+    a `model` that failed the accuracy guard. `hardware`: detected on `device` when not given."""
+    precision, why = _hardware_precision(device, hardware or detect_hardware(device))
     if precision != "fp32" and model in BF16_GUARD_FAILED:
         return "fp32", f"{model}'s half-precision features failed the accuracy guard (benchmarks/RESULTS.md 15)"
     return precision, why
