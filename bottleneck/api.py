@@ -33,8 +33,8 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
     """Embed every image of `data` the cache lacks (see `bottleneck extract --help`). `views` K: also K
     augmented views of each image (`augment`, default augment.DEFAULT_AUGMENT), after the plain one;
     the report is then the views'. engine "ray": on the Ray cluster at `address` (None: a local
-    one), `actors` each holding the network. precision "auto": see `runtime.auto_precision`; the
-    report's summary says which ran and why."""
+    one), `actors` each holding the network. precision "auto": decided where the vectors are computed
+    (`extraction.decide_precision`); the report's summary says which ran and why."""
     from .augment import DEFAULT_AUGMENT, parse_augment
     from .extraction import ExtractOptions, check_views, extract_dataset
     from .sources import resolve_spec
@@ -44,32 +44,19 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
     options = ExtractOptions(batch_size=batch_size, workers=workers, threads=threads, device=device,
                              progress=progress, compile=compile, engine=engine, address=address, actors=actors,
                              cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)  # checked first
-    chosen = ""
-    if precision == "auto":
-        precision, why = _auto_precision(model, device, engine)
-        chosen = f"{precision}, auto: {why}"
     spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
                         decode=decode)
     report = extract_dataset(Path(data), spec, Path(cache), name=name, options=options)
-    report.precision = chosen
     if not canonical:
         return report
     with Store.open(Path(cache)) as store:  # the plain spec completed (a layer's width is known now)
         views_spec = store.extractor_spec(report.fingerprint).replace(augment=canonical)
     # remember=False: the plain extraction stays the default of fit and compare --data
+    chosen = report.precision  # the views run inherits the plain run's decision
     report = extract_dataset(Path(data), views_spec, Path(cache), name=name, options=options, views=views,
                              remember=False)
     report.precision = chosen
     return report
-
-
-def _auto_precision(model: str, device: str, engine: str) -> tuple[str, str]:
-    """(precision, why) for --precision auto on this machine's `device`."""
-    from .runtime import auto_precision, resolve_device
-
-    if engine == "ray":
-        return "fp32", "the Ray workers' hardware is not known here; pass --precision bf16 for GPUs of 8.0 or later"
-    return auto_precision(resolve_device(device), model=model)
 
 
 def load_features(data: str | None = None, model: str | None = None, *,

@@ -309,7 +309,7 @@ def _choose_features(cache: Path, dataset: str | None, models: Sequence[str] | N
 def _row_names(specs: list[ExtractorSpec]) -> list[str]:
     """Each spec's label; labels two specs share get their fingerprint's hash appended."""
     labels = [s.label() for s in specs]
-    return [f"{label}~{s.fingerprint()[-6:]}" if labels.count(label) > 1 and s.feature_dim else label
+    return [f"{label}~{s.fingerprint()[-6:]}" if labels.count(label) > 1 and s.complete else label
             for label, s in zip(labels, specs)]
 
 
@@ -322,7 +322,7 @@ def _load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], progre
         notes.append(f"{root} is gone: compared the images cached when it was last extracted")
     loaded = []
     for spec in specs:
-        if root.is_dir() or spec.feature_dim is None:
+        if root.is_dir() or not spec.complete:
             report = extract_dataset(root, spec, cache, name=name, options=ExtractOptions(progress=progress),
                                      remember=False)
             fp = report.fingerprint

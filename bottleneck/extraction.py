@@ -26,9 +26,9 @@ from .images import READ_FAILED, sha256_file
 from . import ray_engine
 from .inference import forward_batch, prepare_model
 from .progress import Progress, no_progress
-from .runtime import AUTOCAST, cpu_runtime, default_batch_size, resolve_device
+from .runtime import AUTOCAST, auto_precision, cpu_runtime, default_batch_size, resolve_device
 from .sources import Backbone, build
-from .spec import ExtractorSpec
+from .spec import AUTO, ExtractorSpec
 from .store import ManifestRow, Store, view_key
 
 PENDING = "pending: the run stopped before this image was computed"
@@ -82,7 +82,7 @@ class ExtractReport:
     device: str = "cpu"
     repaired: int = 0  # cached vectors that failed their checksum and were computed again
     views: int | None = None  # augmented views per image: computed and reused then count views
-    precision: str = ""  # how --precision auto chose, when it did
+    precision: str = ""  # how precision auto was decided, when it was
 
     @property
     def images_per_second(self) -> float:
@@ -129,6 +129,7 @@ def extract_dataset(
         if spec_in.decode != "pil":
             raise ExtractError("--engine ray decodes with PIL: leave out --decode torchvision")
         ray_engine.connect(options.address)  # first: a missing Ray or a wrong address fails in seconds
+    extractor, chosen = decide_precision(extractor, options)
     dataset = scan_dataset(root, name)
     root_dir = str(dataset.root)
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
@@ -159,10 +160,29 @@ def extract_dataset(
         dataset=dataset.name, fingerprint=fp, found=len(rows), computed=computed, views=views,
         reused=ok * (views or 1) - computed, skipped=[(r.path, r.status) for r in rows if r.status != "ok"],
         ignored=dataset.ignored, seconds=time.perf_counter() - start, device=str(device), repaired=len(repaired),
+        precision=chosen,
     )
     if ok == 0:
         raise ExtractError(f"{dataset.root}: none of the {len(rows)} images could be used; first: {report.skipped[0][1]}")
     return report
+
+
+def decide_precision(extractor: ExtractorSpec | Backbone, options: ExtractOptions
+                     ) -> tuple[ExtractorSpec | Backbone, str]:
+    """`extractor` with precision auto decided for where `options` run it (this machine's device, or
+    the Ray nodes), and how it was decided ("" when the precision was given). Every path that
+    extracts comes through here, so one folder gets one precision on one host, whoever asks."""
+    spec = extractor.spec if isinstance(extractor, Backbone) else extractor
+    if spec.precision != AUTO:
+        return extractor, ""
+    if options.engine == "ray":
+        precision, why = ray_engine.worker_precision(spec.model, cpus_per_actor=options.cpus_per_actor,
+                                                     gpus_per_actor=options.gpus_per_actor)
+    else:
+        precision, why = auto_precision(resolve_device(options.device), model=spec.model)
+    decided = extractor.using(precision=precision) if isinstance(extractor, Backbone) else \
+        extractor.replace(precision=precision)
+    return decided, f"{precision}, auto: {why}"
 
 
 def check_views(augment: str | None, views: int | None, decode: str) -> None:
@@ -183,6 +203,7 @@ def extract_files(paths: Sequence[Path], extractor: ExtractorSpec | Backbone, ca
     the spec's weights file is now, if it moved."""
     options = options or ExtractOptions()
     resolved = [str(Path(p).resolve()) for p in paths]
+    extractor, _ = decide_precision(extractor, options)
     with Store.open(cache, writable=True) as store:
         spec, fp, backbone = _open_extractor(store, extractor, weights_file)
         shas, unreadable = _hash_files(store, resolved)

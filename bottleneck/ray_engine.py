@@ -15,6 +15,7 @@ package installed.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from .decode import DecodeDataset, alternating_batches
 from .errors import ExtractError
 from .inference import forward_batch, prepare_model
 from .registry import Backbone
-from .runtime import AUTOCAST
+from .runtime import AUTOCAST, HARDWARE_ENV, auto_precision
 
 INSTALL_HINT = "pip install 'bottleneck-features[ray]'"
 
@@ -65,6 +66,48 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise ExtractError(f"--address {address}: cannot reach {host}:{port} ({exc.strerror or exc}); "
                            "is `ray start --head` running there?") from None
+
+
+PROBE_SECONDS = 120.0
+
+
+def worker_precision(model: str, *, cpus_per_actor: int, gpus_per_actor: float) -> tuple[str, str]:
+    """(precision, why) for `--precision auto` on the cluster: every alive node with room for an
+    actor says what it computes natively, in a task of an actor's shape (so a GPU actor's probe sees
+    its GPU), before any batch is sent; `agree` turns the answers into one precision for all."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= cpus_per_actor
+             and n["Resources"].get("GPU", 0) >= gpus_per_actor]
+    pinned = os.environ.get(HARDWARE_ENV)
+    probe = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+                       runtime_env={"env_vars": {HARDWARE_ENV: pinned}} if pinned is not None else None
+                       )(_native_precision)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+        model, gpus_per_actor > 0) for node in nodes]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PROBE_SECONDS)
+    return agree([ray.get(ref) for ref in ready], len(refs))
+
+
+def _native_precision(model: str, gpu: bool) -> tuple[str, str]:
+    """Run on a Ray node: what `--precision auto` picks there."""
+    return auto_precision(torch.device("cuda" if gpu else "cpu"), model=model)
+
+
+def agree(answers: Sequence[tuple[str, str]], asked: int) -> tuple[str, str]:
+    """One (precision, why) for a cluster from each node's own: theirs when all agree, fp32 when they
+    differ or a node did not answer, so that every vector of a run is computed the same way."""
+    if asked == 0:
+        return "fp32", "no Ray node has room for an actor to say what it computes natively"
+    if len(answers) < asked:
+        return "fp32", (f"{asked - len(answers)} of {asked} Ray nodes did not say what they compute natively "
+                        f"within {PROBE_SECONDS:.0f} s")
+    chosen = {precision for precision, _ in answers}
+    if len(chosen) == 1:
+        return answers[0][0], f"{'the Ray node' if asked == 1 else f'all {asked} Ray nodes'}: {answers[0][1]}"
+    counts = ", ".join(f"{sum(p == c for p, _ in answers)} {c}" for c in sorted(chosen))
+    return "fp32", f"the Ray nodes differ ({counts}), and one run's vectors are computed one way"
 
 
 def embed(todo: Sequence[tuple[str, str]], views: Sequence[tuple[str, int]] | None, backbone: Backbone,

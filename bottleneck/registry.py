@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BackboneError, UnknownModelError, WeightsUnavailableError
 from .images import sha256_file
-from .spec import ExtractorSpec, Preprocess
+from .spec import AUTO, ExtractorSpec, Preprocess
 
 if TYPE_CHECKING:
     from torch import nn
@@ -43,6 +43,7 @@ class ModelConfig:
     preprocess: Preprocess
     weights: str  # identity of the default weights
     feature_dim: int | None  # width of the default (penultimate) features; None: known once built
+    kind: str = "network"  # "network" | "pixels": no network runs, so no precision, layer or weights
 
 
 @dataclass
@@ -110,12 +111,17 @@ def source_for(model: str) -> Source:
 
 
 def resolve_spec(model: str, *, weights: str | None = None, layer: str | None = None, pool: str = "avg",
-                 precision: str = "fp32", dtype: str = "float32", decode: str = "pil") -> ExtractorSpec:
+                 precision: str = AUTO, dtype: str = "float32", decode: str = "pil") -> ExtractorSpec:
     """The spec of `model` with these options, without building it. `weights`: None for the default
-    pretrained weights, "random", or a state_dict file (identified by its sha256)."""
+    pretrained weights, "random", or a state_dict file (identified by its sha256). `precision` auto
+    is decided where the vectors are computed (`extraction`), on that machine; pixels have none."""
     source = source_for(model)
     source.check(model, weights, layer, pool)
     config = source.config(model)
+    if config.kind == "pixels":
+        if precision not in (AUTO, "fp32"):
+            raise BackboneError(f"{model} is raw pixels: no network runs, so it takes no --precision")
+        precision = "fp32"
     weights_id, weights_file = config.weights, None
     if config.weights == "none":  # a model without weights (raw pixels)
         pass

@@ -42,10 +42,35 @@ class Hardware:
     cuda_capability: tuple[int, int] | None = None
 
 
+HARDWARE_ENV = "BOTTLENECK_HARDWARE"
+
+
 def detect_hardware(device: torch.device) -> Hardware:
-    """Cheap and safe anywhere: /proc/cpuinfo's flags (none off Linux), the GPU's capability on CUDA."""
+    """Cheap and safe anywhere: /proc/cpuinfo's flags (none off Linux), the GPU's capability on CUDA.
+
+    `BOTTLENECK_HARDWARE` replaces what is detected, e.g. "avx2 fma" or "avx512_bf16 amx_bf16
+    cuda=8.0" (CPU flags, and a CUDA capability): a simulated host for tests, which child processes
+    and Ray workers inherit, or a decision forced on a machine that misreports its flags."""
+    pinned = os.environ.get(HARDWARE_ENV)
+    if pinned is not None:
+        return parse_hardware(pinned)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     return Hardware(_cpu_flags(), capability)
+
+
+def parse_hardware(text: str) -> Hardware:
+    """`BOTTLENECK_HARDWARE`'s value: CPU flags, and optionally cuda=MAJOR.MINOR, space-separated."""
+    flags: set[str] = set()
+    capability = None
+    for word in text.split():
+        if not word.startswith("cuda="):
+            flags.add(word)
+            continue
+        major, _, minor = word[5:].partition(".")
+        if not (major.isdigit() and minor.isdigit()):
+            raise ExtractError(f"{HARDWARE_ENV}={text!r}: write a CUDA capability as cuda=MAJOR.MINOR, e.g. cuda=8.0")
+        capability = (int(major), int(minor))
+    return Hardware(frozenset(flags), capability)
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from .errors import SpecError
 
 POOLS = ("avg", "max", "none")  # none: a layer's whole map, flattened (what a fine-tuned tail reads)
 PRECISIONS = ("fp32", "fp16", "bf16")  # autocast dtype of the forward pass
+AUTO = "auto"  # precision not decided yet: the machine that extracts decides (runtime.auto_precision)
 STORAGE_DTYPES = ("float32", "float16")
 DECODERS = ("pil", "torchvision")  # PIL on CPU threads/workers | torchvision.io on the model's device
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -63,7 +64,7 @@ class ExtractorSpec:
     feature_dim: int | None = None  # None until known: a layer's width is only known once its net is built
     layer: str | None = None  # graph node read instead of the penultimate features
     pool: str = "avg"
-    precision: str = "fp32"
+    precision: str = AUTO
     dtype: str = "float32"
     decode: str = "pil"
     augment: str | None = None  # augment.Augment.canonical(): vectors of augmented views (see augment.py)
@@ -71,7 +72,7 @@ class ExtractorSpec:
     weights_file: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for option, value, allowed in (("pool", self.pool, POOLS), ("precision", self.precision, PRECISIONS),
+        for option, value, allowed in (("pool", self.pool, POOLS), ("precision", self.precision, (*PRECISIONS, AUTO)),
                                        ("dtype", self.dtype, STORAGE_DTYPES), ("decode", self.decode, DECODERS)):
             if value not in allowed:
                 raise SpecError(f"--{option} {value}: use one of {', '.join(allowed)}")
@@ -81,10 +82,17 @@ class ExtractorSpec:
     def replace(self, **changes: Any) -> ExtractorSpec:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def complete(self) -> bool:
+        """Whether the vectors are named yet: the width known and the precision decided."""
+        return self.feature_dim is not None and self.precision != AUTO
+
     def fingerprint(self) -> str:
         """`<model>-<16 hex>`: a readable name that changes whenever the vectors would."""
         if self.feature_dim is None:
             raise SpecError(f"{self.model}: the feature width is not known until the model is built")
+        if self.precision == AUTO:
+            raise SpecError(f"{self.model}: precision auto is decided by the machine that extracts")
         return fingerprint(self._identity())
 
     def _identity(self) -> dict[str, Any]:
@@ -134,7 +142,7 @@ class ExtractorSpec:
         elif self.weights_file:
             parts.append(f"weights={PurePath(self.weights_file).name}")
         parts += [v for v, default in ((self.precision, "fp32"), (self.dtype, "float32"), (self.decode, "pil"))
-                  if v != default]
+                  if v != default and v != AUTO]
         if self.augment:
             parts.append(f"augment={self.augment}")
         return f"{self.model}[{','.join(parts)}]" if parts else self.model

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,29 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+# The hosts the suite runs as, whatever it runs on: what `--precision auto` is told about the hardware
+# (runtime.HARDWARE_ENV). Every test assumes the first unless it asks for another through the `host`
+# fixture; the flows that matter are marked every_host and run as each. Set here, at import, so that
+# child processes, Ray workers and session fixtures see the same host.
+SIMULATED_HOSTS = {
+    "no-bf16": "avx2 fma",  # AMD EPYC up to Zen 3, Xeons before Cooper Lake: fp32
+    "bf16": "avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile",  # Sapphire Rapids and later, Zen 4: bf16
+}
+os.environ["BOTTLENECK_HARDWARE"] = SIMULATED_HOSTS["no-bf16"]
+
+
+@pytest.fixture(autouse=True)
+def host(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The simulated host this test runs as (see SIMULATED_HOSTS)."""
+    name = getattr(request, "param", "no-bf16")
+    monkeypatch.setenv("BOTTLENECK_HARDWARE", SIMULATED_HOSTS[name])
+    return name
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("every_host"):
+        metafunc.parametrize("host", list(SIMULATED_HOSTS), indirect=True)
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str | None = None,

@@ -187,7 +187,7 @@ def test_spec_tracks_what_changes_vectors(tmp_path: Path) -> None:
         load_backbone("squeezenet1_1", weights="random", layer="features.10").spec,
         load_backbone("squeezenet1_1", weights=str(path)).spec,
     ]
-    assert len({s.fingerprint() for s in specs}) == len(specs)
+    assert len({s.replace(precision="fp32").fingerprint() for s in specs}) == len(specs)
     assert specs[0] == load_backbone("squeezenet1_1", weights="random").spec
     assert specs[3].weights == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     assert specs[3].weights_file == str(path.resolve())

@@ -26,7 +26,7 @@ def test_reads_the_first_releases_identity_dict() -> None:
 
 def test_fingerprints_are_the_first_releases() -> None:
     """Caches written before the spec existed keep serving their vectors (values from release 0.1.0)."""
-    assert resolve_spec("efficientnet_lite0").fingerprint() == "efficientnet_lite0-0722225b07fe1a7f"
+    assert resolve_spec("efficientnet_lite0", precision="fp32").fingerprint() == "efficientnet_lite0-0722225b07fe1a7f"
     assert resolve_spec("raw32").fingerprint() == "raw32-5dcfc66f797a5c01"
 
 
@@ -50,6 +50,22 @@ def test_bad_values_are_one_line_errors(option: str, value: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_precision_auto_names_no_vectors_until_decided() -> None:
+    spec = resolve_spec("efficientnet_lite0")
+    assert spec.precision == "auto" and not spec.complete and spec.label() == "efficientnet_lite0"
+    with pytest.raises(SpecError, match="precision auto is decided by the machine that extracts"):
+        spec.fingerprint()
+    assert spec.replace(precision="bf16").complete
+
+
+def test_raw_pixels_have_no_precision() -> None:
+    """No network runs on raw pixels: one spec, one label and one fingerprint on every host."""
+    assert {resolve_spec("raw32", precision=p) for p in ("auto", "fp32")} == {resolve_spec("raw32")}
+    assert resolve_spec("raw32").precision == "fp32" and resolve_spec("raw32").label() == "raw32"
+    with pytest.raises(BackboneError, match="raw32 is raw pixels: no network runs, so it takes no --precision"):
+        resolve_spec("raw32", precision="bf16")
+
+
 def test_width_unknown_until_built() -> None:
     spec = resolve_spec("squeezenet1_1", layer="features.10", pool="max")
     assert spec.feature_dim is None
@@ -62,7 +78,7 @@ def test_resolving_packaged_and_raw_models_imports_neither_torchvision_nor_timm(
     import sys
 
     code = ("import sys; from bottleneck_features.sources import resolve_spec; "
-            "[resolve_spec(m).fingerprint() for m in ('efficientnet_lite0', 'squeezenet1_1', 'raw32')]; "
+            "[resolve_spec(m, precision='fp32').fingerprint() for m in ('efficientnet_lite0', 'squeezenet1_1', 'raw32')]; "
             "print('torchvision' in sys.modules, 'timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
@@ -72,7 +88,7 @@ def test_weights_file_is_identified_by_content(tmp_path) -> None:
     a, b = tmp_path / "a.pth", tmp_path / "b.pth"
     a.write_bytes(b"weights")
     b.write_bytes(b"weights")
-    sa, sb = resolve_spec("efficientnet_lite0", weights=str(a)), resolve_spec("efficientnet_lite0", weights=str(b))
+    sa, sb = (resolve_spec("efficientnet_lite0", weights=str(w), precision="bf16") for w in (a, b))
     assert sa == sb and sa.weights_file != sb.weights_file and sa.fingerprint() == sb.fingerprint()
     with pytest.raises(BackboneError, match="weights file not found"):
         resolve_spec("efficientnet_lite0", weights=str(tmp_path / "missing.pth"))

@@ -12,7 +12,7 @@ PRE = Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.5,) * 3)
 
 
 def spec(dim: int = 4, **changes) -> ExtractorSpec:
-    return ExtractorSpec("tiny", "random", PRE, dim).replace(**changes)
+    return ExtractorSpec("tiny", "random", PRE, dim, precision="fp32").replace(**changes)
 
 
 def _sha(i: int) -> str:

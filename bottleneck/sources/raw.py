@@ -37,14 +37,16 @@ class RawSource(Source):
 
     def config(self, model: str) -> ModelConfig:
         n = int(model[3:])
-        return ModelConfig(Preprocess(n, n, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), "none", 3 * n * n)
+        return ModelConfig(Preprocess(n, n, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), "none", 3 * n * n,
+                           kind="pixels")
 
     def build(self, model: str, weights: str | None, layer: str | None, pool: str) -> Backbone:
         from torch import nn
 
         self.check(model, weights, layer, pool)
         config = self.config(model)
-        return Backbone(nn.Flatten().eval(), ExtractorSpec(model, "none", config.preprocess, config.feature_dim))
+        return Backbone(nn.Flatten().eval(),
+                        ExtractorSpec(model, "none", config.preprocess, config.feature_dim, precision="fp32"))
 
     def infos(self) -> list[ModelInfo]:
         note = f"raw pixels / 255, {{n}}x{{n}}x3 = {{d}}-d; any raw<N> with {RAW_SIZES[0]} <= N <= {RAW_SIZES[-1]}"
