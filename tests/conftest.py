@@ -31,6 +31,20 @@ def host(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     return name
 
 
+def on_host(label: str, host: str) -> str:
+    """The label an extraction made under precision auto has on `host`: `tiny[conv,max]` is
+    `tiny[conv,max,bf16]` where bf16 is native (the precision goes before dtype, decoder and augment)."""
+    if SIMULATED_HOSTS[host] == SIMULATED_HOSTS["no-bf16"]:
+        return label
+    model, _, rest = label.partition("[")
+    parts, _, suffix = rest.partition("]") if rest else ("", "", "")
+    names = parts.split(",") if parts else []
+    at = next((i for i, p in enumerate(names) if p in ("float16", "torchvision") or p.startswith("augment=")),
+              len(names))
+    names.insert(at, "bf16")
+    return f"{model}[{','.join(names)}]{suffix}"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("every_host"):
         metafunc.parametrize("host", list(SIMULATED_HOSTS), indirect=True)

@@ -11,6 +11,7 @@ import bottleneck_features as bf
 from bottleneck_features import api, cli
 from bottleneck_features.comparison import DEFAULT_HEADS, DEFAULT_TUNED
 from bottleneck_features.sources import register_model
+from conftest import on_host
 from tiny_backbone import tiny_backbone
 
 
@@ -58,7 +59,8 @@ def test_api_defaults_are_the_clis(command: str) -> None:
             assert default == parameter.default or str(default) == str(parameter.default), (command, name)
 
 
-def test_a_notebook_session(image_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.every_host
+def test_a_notebook_session(image_folder: Path, tmp_path: Path, host: str) -> None:
     register_model("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone().using(layer=layer, pool=pool))
     cache = tmp_path / "cache.h5"
     report = bf.extract(image_folder, "tiny", cache=cache, workers=0)
@@ -71,11 +73,11 @@ def test_a_notebook_session(image_folder: Path, tmp_path: Path) -> None:
     predictions = bf.predict(image_folder / "cat", fitted.head_path, cache=cache)
     assert len(predictions.items) == 6 and not predictions.skipped
     result = bf.compare(heads=["knn"], per_class=[3], repeats=1, pixels=8, cache=cache, out=tmp_path / "report")
-    assert {c.features for c in result.cells} == {"tiny", "raw8"}
+    assert {c.features for c in result.cells} == {on_host("tiny", host), "raw8"}
     written = bf.export(tmp_path / "features.npz", cache=cache)
     assert written.is_file()
     pd = pytest.importorskip("pandas")
     frame = features.to_frame()
     assert isinstance(frame, pd.DataFrame) and frame.shape == (18, 4 + 8) and list(frame.columns[:4]) == [
         "path", "label", "split", "sha256"]
-    assert len(predictions.to_frame()) == 6 and set(result.to_frame()["features"]) == {"tiny", "raw8"}
+    assert len(predictions.to_frame()) == 6 and set(result.to_frame()["features"]) == {on_host("tiny", host), "raw8"}

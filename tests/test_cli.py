@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 import bottleneck_features.training
 from bottleneck_features.cli import app
 from bottleneck_features.sources import register_model
+from conftest import on_host
 from tiny_backbone import tiny_backbone
 
 
@@ -34,15 +35,17 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(image_folder: Pa
     assert isinstance(crashed.exception, ValueError) and crashed.exception.__traceback__ is not None
 
 
-def test_progress_and_results_show_labels_as_text(image_folder: Path, tmp_path: Path, tiny: None) -> None:
+@pytest.mark.every_host
+def test_progress_and_results_show_labels_as_text(image_folder: Path, tmp_path: Path, tiny: None, host: str) -> None:
     """A label such as tiny[conv,max] is data: rich must not read [conv,max] as markup."""
     runner, cache = CliRunner(), str(tmp_path / "c.h5")
     result = runner.invoke(app, ["extract", str(image_folder), "--model", "tiny", "--layer", "conv", "--pool", "max",
                                  "--workers", "0", "--cache", cache])
     assert result.exit_code == 0, result.output
-    assert "extract tiny[conv,max]" in result.output
+    label = on_host("tiny[conv,max]", host)
+    assert f"extract {label}" in result.output
     fitted = runner.invoke(app, ["fit", "--head", "knn", "--cache", cache])
-    assert fitted.exit_code == 0 and "(tiny[conv,max])" in fitted.output
+    assert fitted.exit_code == 0 and f"({label})" in fitted.output
     info = runner.invoke(app, ["info", "--cache", cache])
     assert "tiny[conv" in info.output
 

@@ -192,6 +192,7 @@ app()
 """
 
 
+@pytest.mark.every_host
 def test_ctrl_c_exits_130_and_keeps_what_was_computed(tmp_path: Path) -> None:
     proc, root, cache, log = _start_slow_run(_CTRL_C_SCRIPT, tmp_path, stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGINT)

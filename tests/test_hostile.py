@@ -49,6 +49,7 @@ def noise_folder(root: Path, classes: int = 2, per_class: int = 30, size: tuple[
 # 1. full disk ------------------------------------------------------------------------------------
 
 
+@pytest.mark.every_host
 def test_full_disk_stops_with_one_line_and_keeps_what_was_written(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills after two batches: the third is refused before HDF5 writes a byte of it."""
@@ -87,6 +88,7 @@ def _tmpfs(path: Path, size: str) -> None:
         pytest.skip("cannot mount a tmpfs here (needs root)")
 
 
+@pytest.mark.every_host
 def test_full_tmpfs_never_serves_unwritten_vectors(tmp_path: Path) -> None:
     """A real full disk: raw64 vectors (48 KiB each) into a 9 MiB tmpfs. The run stops with one line
     (no segfault), the cache opens, and every vector it serves is one that was computed."""

@@ -38,6 +38,7 @@ def _images(root: Path, count: int) -> Path:
     return root
 
 
+@pytest.mark.every_host
 def test_ray_fills_the_cache_as_the_local_engine_does(ray_instance: None, tmp_path: Path) -> None:
     root = _images(tmp_path / "data", 12)
     (root / "a" / "broken.jpg").write_bytes(b"<b>not a jpeg</b>")

@@ -73,6 +73,7 @@ def test_width_unknown_until_built() -> None:
         spec.fingerprint()
 
 
+@pytest.mark.every_host
 def test_resolving_packaged_and_raw_models_imports_neither_torchvision_nor_timm() -> None:
     import subprocess
     import sys

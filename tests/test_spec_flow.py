@@ -21,6 +21,7 @@ from bottleneck_features.errors import CompareError, FitError, StoreError
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.images import decode_rgb, sha256_file
 from bottleneck_features.sources import load_backbone, packaged, register_model, resolve_spec
+from bottleneck_features.spec import ExtractorSpec
 from bottleneck_features.store import Store
 from bottleneck_features.training import fit_head, predict_files, sidecar_path
 from conftest import write_image
@@ -82,7 +83,9 @@ def test_fit_takes_a_label_and_refuses_an_ambiguous_model_name(two_tiny_extracti
     assert (meta["extractor"]["spec"]["layer"], meta["extractor"]["spec"]["pool"]) == ("conv", "max")
 
 
-def test_predict_rebuilds_a_layer_and_pool_extraction_of_a_registry_model(image_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.every_host
+def test_predict_rebuilds_a_layer_and_pool_extraction_of_a_registry_model(image_folder: Path, tmp_path: Path,
+                                                                          host: str) -> None:
     """squeezenet1_1 (real packaged weights) at features.10 with max pooling, through the CLI: predict on
     new files rebuilds exactly that extractor from the head's spec."""
     if packaged._ndf_squeezenet_file() is None:
@@ -100,18 +103,22 @@ def test_predict_rebuilds_a_layer_and_pool_extraction_of_a_registry_model(image_
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 4
 
-    fp = json.loads(sidecar_path(head).read_text())["extractor"]["fingerprint"]
+    extractor = json.loads(sidecar_path(head).read_text())["extractor"]
     with Store.open(cache) as store:
-        stored = store.get_vectors(fp, [sha256_file(p) for p in new])
+        stored = store.get_vectors(extractor["fingerprint"], [sha256_file(p) for p in new])
+    precision = ExtractorSpec.from_dict(extractor["spec"]).precision
+    assert precision == {"no-bf16": "fp32", "bf16": "bf16"}[host]
     backbone = load_backbone("squeezenet1_1", layer="features.10", pool="max")
     pre = backbone.preprocess
     pixels = torch.stack([resize_crop(decode_rgb(p.read_bytes(), draft_to=pre.resize_size), pre) for p in new])
-    with torch.inference_mode():
-        expected = backbone.model(normalize(pixels, pre)).numpy()
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        expected = backbone.model(normalize(pixels, pre)).float().numpy()
     assert stored.shape == (3, 384)
-    np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    tolerance = 1e-4 if precision == "fp32" else 2e-2  # bf16 keeps 8 bits of mantissa; BN is folded first
+    np.testing.assert_allclose(stored, expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
 
 
+@pytest.mark.every_host
 def test_cached_rerun_and_compare_build_nothing_and_import_neither_torchvision_nor_timm(
         image_folder: Path, tmp_path: Path) -> None:
     if packaged._ndf_squeezenet_file() is None:

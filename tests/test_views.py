@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from bottleneck_features.extraction import extract_files
 from bottleneck_features.registry import Backbone
 from bottleneck_features.sources import register_model, resolve_spec
 from bottleneck_features.store import Store, StoreError, load_views, view_key
-from conftest import write_image
+from conftest import on_host, write_image
 from tiny_backbone import PREPROCESS, tiny_backbone
 
 
@@ -66,8 +67,9 @@ def test_a_view_depends_only_on_the_image_the_index_and_the_spec() -> None:
     assert torch.equal(flipped, plain) or torch.equal(flipped, plain.flip(2))
 
 
+@pytest.mark.every_host
 def test_views_are_computed_once_and_only_what_is_missing(image_folder: Path, tmp_path: Path,
-                                                          counting: dict) -> None:
+                                                          counting: dict, host: str) -> None:
     cache = tmp_path / "c.h5"
     report = bf.extract(image_folder, "tiny", cache=cache, views=2, workers=0)
     assert (report.found, report.computed, report.views) == (18, 36, 2)
@@ -81,10 +83,10 @@ def test_views_are_computed_once_and_only_what_is_missing(image_folder: Path, tm
     with Store.open(cache) as store:
         (fp,) = [fp for fp in store.dataset_extractors("data") if store.extractor_spec(fp).augment]
         spec = store.extractor_spec(fp)
-        assert spec.augment == DEFAULT_AUGMENT and spec.label() == f"tiny[augment={DEFAULT_AUGMENT}]"
+        assert spec.augment == DEFAULT_AUGMENT and spec.label() == on_host(f"tiny[augment={DEFAULT_AUGMENT}]", host)
         assert store.dataset_views("data") == {fp: 3}
         shas = [r.sha256 for r in store.read_manifest("data")]
-        plain = store.get_vectors(resolve_spec("tiny", precision="fp32").fingerprint(), shas)  # no-bf16 host
+        plain = store.get_vectors(spec.replace(augment=None).fingerprint(), shas)
     views = load_views(cache, "data", fp, shas)
     assert views.shape == (19, 3, 8)
     assert not np.allclose(views[:, 0], plain) and not np.allclose(views[:, 0], views[:, 1])
@@ -94,13 +96,14 @@ def test_views_are_computed_once_and_only_what_is_missing(image_folder: Path, tm
     np.testing.assert_allclose(load_views(fresh, "data", fp, shas), views, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.every_host
 def test_fit_keeps_the_plain_extraction_and_refuses_views_with_the_fix(image_folder: Path, tmp_path: Path,
-                                                                       counting: dict) -> None:
+                                                                       counting: dict, host: str) -> None:
     cache = tmp_path / "c.h5"
     bf.extract(image_folder, "tiny", cache=cache, views=2, workers=0)
-    assert bf.fit(head="knn", cache=cache).sidecar["extractor"]["label"] == "tiny"  # the default: plain
-    with pytest.raises(StoreError, match=r"holds augmented views.*--model tiny$"):
-        bf.fit(head="knn", model=f"tiny[augment={DEFAULT_AUGMENT}]", cache=cache)
+    assert bf.fit(head="knn", cache=cache).sidecar["extractor"]["label"] == on_host("tiny", host)  # the plain one
+    with pytest.raises(StoreError, match=r"holds augmented views.*--model " + re.escape(on_host("tiny", host)) + "$"):
+        bf.fit(head="knn", model=on_host(f"tiny[augment={DEFAULT_AUGMENT}]", host), cache=cache)
 
 
 def test_view_keys_are_distinct_hex_keys() -> None:
@@ -124,8 +127,9 @@ def test_bad_views_options_are_one_line_errors_before_any_work(image_folder: Pat
     assert seen(counting) == 0 and not cache.exists()
 
 
+@pytest.mark.every_host
 def test_compare_has_a_views_row_and_its_tta_twin(image_folder: Path, tmp_path: Path, counting: dict,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch, host: str) -> None:
     cache = tmp_path / "c.h5"
     bf.extract(image_folder, "tiny", cache=cache, views=4, workers=0)
     trained: dict[str, set] = {}
@@ -139,17 +143,20 @@ def test_compare_has_a_views_row_and_its_tta_twin(image_folder: Path, tmp_path: 
     kwargs = dict(heads=["logreg", "svm"], per_class=[2, 3], repeats=2, pixels=None, jobs=1, out=tmp_path / "r")
     result = compare.run_compare(cache, **kwargs)
     rows = sorted({c.features for c in result.cells})
-    assert rows == ["tiny", "tiny+views4", "tiny+views4+tta"]
+    tiny = on_host("tiny", host)
+    assert rows == [tiny, f"{tiny}+views4", f"{tiny}+views4+tta"]
     assert trained == {"2-False": {1}, "3-False": {5}, "3-True": {5}}  # the plain view + 4 augmented ones
     assert any("+tta rows" in note for note in result.notes)
     assert seen(counting) == 18 * 5  # compare computed nothing
     again = compare.run_compare(cache, **kwargs)  # every cell from cache/cells
     assert [c.scores for c in again.cells] == [c.scores for c in result.cells]
-    only_views = compare.run_compare(cache, models=[f"tiny[augment={DEFAULT_AUGMENT}]"], **kwargs)
+    only_views = compare.run_compare(cache, models=[on_host(f"tiny[augment={DEFAULT_AUGMENT}]", host)], **kwargs)
     assert sorted({c.features for c in only_views.cells}) == rows  # a views row brings its plain row
 
 
-def test_compare_brings_views_up_to_date_for_new_images(image_folder: Path, tmp_path: Path, counting: dict) -> None:
+@pytest.mark.every_host
+def test_compare_brings_views_up_to_date_for_new_images(image_folder: Path, tmp_path: Path, counting: dict,
+                                                        host: str) -> None:
     cache = tmp_path / "c.h5"
     bf.extract(image_folder, "tiny", cache=cache, views=2, workers=0)
     for i in range(2):
@@ -157,7 +164,8 @@ def test_compare_brings_views_up_to_date_for_new_images(image_folder: Path, tmp_
     before = seen(counting)
     result = compare.run_compare(cache, heads=["knn"], per_class=[2], repeats=1, pixels=None, out=tmp_path / "r")
     assert seen(counting) - before == 2 * 3  # the new images' plain view and 2 augmented views
-    assert {c.features for c in result.cells} == {"tiny", "tiny+views2", "tiny+views2+tta"}
+    tiny = on_host("tiny", host)
+    assert {c.features for c in result.cells} == {tiny, f"{tiny}+views2", f"{tiny}+views2+tta"}
 
 
 def test_loose_files_have_no_views(tmp_path: Path) -> None:
