@@ -39,7 +39,7 @@ def _images(root: Path, count: int) -> Path:
 
 
 @pytest.mark.every_host
-def test_ray_fills_the_cache_as_the_local_engine_does(ray_instance: None, tmp_path: Path) -> None:
+def test_ray_fills_the_cache_as_the_local_engine_does(ray_instance: None, tmp_path: Path, host: str) -> None:
     root = _images(tmp_path / "data", 12)
     (root / "a" / "broken.jpg").write_bytes(b"<b>not a jpeg</b>")
     ray_run = extract_dataset(root, tiny_backbone(), tmp_path / "ray.h5",
@@ -47,6 +47,8 @@ def test_ray_fills_the_cache_as_the_local_engine_does(ray_instance: None, tmp_pa
     local = extract_dataset(root, tiny_backbone(), tmp_path / "local.h5", options=ExtractOptions(workers=0))
     assert (ray_run.fingerprint, ray_run.computed, ray_run.skipped) == (local.fingerprint, 12, local.skipped)
     assert ray_run.skipped == [("a/broken.jpg", local.skipped[0][1])]
+    precision = {"no-bf16": "fp32", "bf16": "bf16"}[host]  # the node said what it computes natively
+    assert ray_run.precision.startswith(f"{precision}, auto: the Ray node: this CPU ")
     on_ray, here = (load_features(tmp_path / f"{n}.h5", "data", local.fingerprint) for n in ("ray", "local"))
     assert on_ray.paths == here.paths
     np.testing.assert_allclose(on_ray.X, here.X, rtol=1e-5, atol=1e-6)
