@@ -109,7 +109,7 @@ def synthetic_cache(path: Path) -> None:
     rows = [ManifestRow(f"{label}/{i}.jpg", label, "", sha, "ok") for i, (label, sha) in enumerate(zip(y, shas))]
     with Store.open(path, writable=True) as store:
         for model, dim in (("efficientnet_lite0", 1280), ("raw32", 3072)):
-            spec = resolve_spec(model)
+            spec = resolve_spec(model, precision="fp32")
             fp = spec.fingerprint()
             store.ensure_extractor(fp, spec)
             X, _ = clusters(dim, seed=dim)

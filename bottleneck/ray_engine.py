@@ -82,10 +82,12 @@ def worker_precision(model: str, *, cpus_per_actor: int, gpus_per_actor: float) 
              and n["Resources"].get("GPU", 0) >= gpus_per_actor]
     pinned = os.environ.get(HARDWARE_ENV)
     probe = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
-                       runtime_env={"env_vars": {HARDWARE_ENV: pinned}} if pinned is not None else None
+                       runtime_env={"env_vars": {HARDWARE_ENV: pinned}} if pinned is not None else {}
                        )(_native_precision)
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
         model, gpus_per_actor > 0) for node in nodes]
+    if not refs:
+        return agree([], 0)
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PROBE_SECONDS)
     return agree([ray.get(ref) for ref in ready], len(refs))
 
