@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DatasetError
 from .images import find_image_parts
+
+# The store writes a manifest as `<name>.writing` and marks its temporary copies with "~".
+WRITING = ".writing"
+_NOT_IN_NAMES = "/\\~"  # "/" nests HDF5 groups, a backslash is a path elsewhere, "~" marks temporary copies
 
 # Folder names the tutorials use for splits, mapped to one canonical name each.
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -36,7 +41,45 @@ class Dataset:
 
 def dataset_name(root: Path) -> str:
     """A default name for the dataset at `root`: its folder name, safe as an HDF5 group name."""
-    return re.sub(r"[^\w.\-]+", "_", root.resolve().name) or "dataset"
+    return _safe(root.resolve().name) or "dataset"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^\w.\-]+", "_", text)
+
+
+def _name_problem(name: str) -> str:
+    """Why `name` cannot be a dataset's group in the cache ("" when it can)."""
+    if not name:
+        return "a dataset name cannot be empty"
+    if not name.strip("."):
+        return "a dataset name cannot be only dots"
+    if any(c in _NOT_IN_NAMES for c in name):
+        return "a dataset name cannot contain '/', '\\' or '~'"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        return "a dataset name cannot contain control characters"
+    if name.endswith(WRITING):
+        return f"a dataset name cannot end in {WRITING}, the cache's name for a manifest being written"
+    return ""
+
+
+def suggest_name(text: str) -> str:
+    """A valid dataset name close to `text`, for error messages."""
+    name = _safe(text).strip("._")
+    if name.endswith(WRITING):
+        name = name[: -len(WRITING)] + "-writing"
+    return name if name.strip(".") else "dataset"
+
+
+def check_dataset_name(name: str, root: Path | None = None) -> str:
+    """`name`, if the cache can hold a dataset under it; every path that writes a manifest checks
+    its name here before it opens the cache. `root`: the name was derived from this folder's name."""
+    problem = _name_problem(name)
+    if not problem:
+        return name
+    given, fix = (f"{root}: its folder name {name!r} would name the dataset, and", "pass --name") \
+        if root is not None else (f"--name {name!r}:", "pass another --name")
+    raise DatasetError(f"{given} {problem}; {fix}, e.g. --name {suggest_name(name)}")
 
 
 def scan_dataset(root: Path, name: str | None = None) -> Dataset:
@@ -67,7 +110,14 @@ def scan_dataset(root: Path, name: str | None = None) -> Dataset:
         )
     ignored = tuple(loose)
     layout = "splits" if is_split else "classes"
-    return Dataset(root, name or dataset_name(root), layout, entries, ignored)
+    return Dataset(root, _name_for(root, name), layout, entries, ignored)
+
+
+def _name_for(root: Path, name: str | None) -> str:
+    """The dataset name given, or the one `root`'s folder name makes; either checked."""
+    if name is not None:
+        return check_dataset_name(name)
+    return check_dataset_name(dataset_name(root), root)
 
 
 def hash_split(sha256: str, test_size: float, seed: int = 0) -> str:

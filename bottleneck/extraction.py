@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .augment import DEFAULT_AUGMENT, parse_augment
-from .datasets import scan_dataset
+from .datasets import check_dataset_name, scan_dataset, suggest_name
 from .decode import DecodeDataset, decoded_batches, loader_batches
 from .errors import ExtractError
 from .images import READ_FAILED, sha256_file
@@ -29,9 +29,8 @@ from .progress import Progress, no_progress
 from .runtime import AUTOCAST, auto_precision, cpu_runtime, default_batch_size, resolve_device
 from .sources import Backbone, build
 from .spec import AUTO, ExtractorSpec
-from .store import ManifestRow, Store, view_key
+from .store import PENDING, ManifestRow, Store, view_key
 
-PENDING = "pending: the run stopped before this image was computed"
 NOT_FINITE = "the model gave NaN or inf for this image"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ENGINES = ("local", "ray")
@@ -123,6 +122,8 @@ def extract_dataset(
     """
     options = options or ExtractOptions()
     start = time.perf_counter()
+    if name is not None:
+        check_dataset_name(name)  # first: a bad name is refused before the cache is created or touched
     spec_in = extractor.spec if isinstance(extractor, Backbone) else extractor
     check_views(spec_in.augment, views, spec_in.decode)
     if options.engine == "ray":
@@ -135,9 +136,10 @@ def extract_dataset(
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
     with Store.open(cache, writable=True) as store:
         _check_same_dataset(store, dataset.name, dataset.root, cache)
+        shas, unreadable = _hash_files(store, paths)
+        _check_moved(store, dataset.name, dataset.root, cache, set(shas.values()))  # before anything else is written
         spec, fp, backbone = _open_extractor(store, extractor)
         bad = _previous_failures(store, dataset.name)
-        shas, unreadable = _hash_files(store, paths)
         keys = _keys(shas, views)
         repaired = _forget_damaged(store, fp, {k: k for ks in keys.values() for k in ks})
         todo = _missing(store, fp, shas, bad, keys)
@@ -220,13 +222,32 @@ def extract_files(paths: Sequence[Path], extractor: ExtractorSpec | Backbone, ca
 
 
 def _check_same_dataset(store: Store, name: str, root: Path, cache: Path) -> None:
-    """Two folders of one name must not replace each other's manifest; a folder that moved may."""
+    """Two folders of one name must not replace each other's manifest (a folder that moved may:
+    `_check_moved`, once its files are hashed)."""
     if name not in store.datasets():
         return
     old = store.dataset_root(name)
     if old != root and old.is_dir():
         raise ExtractError(f"{cache} already holds a dataset named {name!r}, from {old}; pass --name to keep "
-                           f"both (e.g. --name {root.parent.name or 'other'}-{name})")
+                           f"both (e.g. --name {_other_name(root, name)})")
+
+
+def _check_moved(store: Store, name: str, root: Path, cache: Path, shas: set[str]) -> None:
+    """A dataset whose folder is gone follows a new folder only when the contents say it moved there:
+    at least half of either side's images are in the other (so images added or removed since keep it)."""
+    if name not in store.datasets() or store.dataset_root(name) == root:
+        return
+    old = {r.sha256 for r in store.read_manifest(name) if r.sha256}
+    shared = len(old & shas)
+    if shared and (2 * shared >= len(shas) or 2 * shared >= len(old)):
+        return
+    raise ExtractError(f"{cache} already holds a dataset named {name!r}, from {store.dataset_root(name)} (gone now), "
+                       f"with other images than {root}; pass --name to keep both (e.g. --name {_other_name(root, name)})")
+
+
+def _other_name(root: Path, name: str) -> str:
+    """A name for a second folder called like `name`: its parent folder's name before it."""
+    return suggest_name(f"{root.parent.name or 'other'}-{name}")
 
 
 def _open_extractor(store: Store, extractor: ExtractorSpec | Backbone, weights_file: str | None = None

@@ -8,11 +8,15 @@ not re-read unchanged files.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import shutil
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,12 +36,14 @@ FORMAT_VERSION = 1
 DEFAULT_CACHE = Path("cache/bottleneck.h5")
 _STR = h5py.string_dtype()
 _SHA = "S64"
-_MANIFEST_FIELDS = ("path", "label", "split", "sha256", "status")
+MANIFEST_FIELDS = ("path", "label", "split", "sha256", "status")
 _KEY_CHUNK = 4096
 # Free space kept for HDF5's own bookkeeping: a write that would leave less is refused before it
 # starts, because HDF5 cannot survive running out of space mid-write (it leaves a file it can't open).
 _RESERVE = 4 << 20
-_GONE = b""  # the key of a row whose vector failed its checksum: the image is computed again
+_GONE = b""  # the key of a hidden row (older releases hid damaged vectors this way)
+ASIDE = "~"  # in a group name: a temporary copy (fingerprints and dataset names never contain it)
+PENDING = "pending: the run stopped before this image was computed"
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,11 @@ def _now() -> str:
 
 
 def _size(nbytes: int) -> str:
-    return f"{nbytes / (1 << 20):.1f} MiB"
+    """MiB with one decimal, or whole KiB below 100 MiB, where two sizes of one message may round alike."""
+    return f"{nbytes / (1 << 20):,.1f} MiB" if nbytes >= 100 << 20 else f"{nbytes / 1024:,.0f} KiB"
 
 
-def _blocks(dataset: h5py.Dataset, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+def readable_blocks(dataset: h5py.Dataset, rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """(start, rows) of `dataset` in blocks of `rows`; a block that fails its checksum is left out."""
     for start in range(0, dataset.shape[0], rows):
         try:
@@ -112,6 +119,7 @@ class Store:
         self.h5 = h5
         self.path = path
         self._keys: dict[str, dict[str, int]] = {}
+        self._unreadable_keys: dict[str, int] = {}  # rows whose key fails its checksum, per group
         self._specs: dict[str, ExtractorSpec] = {}
         self.full = False  # a write was refused for lack of space
 
@@ -123,17 +131,15 @@ class Store:
         if not writable and not path.exists():
             raise StoreError(f"{path}: no cache here yet; run `bottleneck extract DATA --cache {path}` first")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _lock(path, exclusive=writable):
+        with cache_lock(path, exclusive=writable):
             try:
                 h5 = h5py.File(path, "a" if writable else "r")
             except OSError as exc:
-                if "lock" in str(exc).lower():  # HDF5's own lock: a process that bypassed ours holds the file
+                if "unable to lock file" in str(exc).lower():  # HDF5's lock: a process that bypassed ours holds it
                     raise CacheBusyError(f"{path} is in use by another process; wait for it to finish or pass "
                                          "another --cache") from None
-                raise StoreError(
-                    f"{path}: not a readable HDF5 cache ({exc}); move it aside and rerun extract"
-                ) from None
-            with h5:
+                raise StoreError(f"{path}: not a readable HDF5 cache ({_first_line(exc)}); {_repair_hint(path)}") from None
+            with _one_line_errors(path), h5:
                 store = cls(h5, path)
                 if writable:
                     store._init_root()
@@ -150,13 +156,23 @@ class Store:
         if attrs.get("bottleneck_version") != __version__:
             attrs["bottleneck_version"] = __version__
 
+    def _get(self, path: str, default: Any = None) -> Any:
+        """The object at `path`, or `default` when a link on the way does not exist. Unlike h5py's
+        `get`, an object that exists but cannot be opened (damaged) raises, and is not taken for absent."""
+        obj = self.h5
+        for name in path.split("/"):
+            if not obj.id.links.exists(name.encode()):
+                return default
+            obj = obj[name]
+        return obj
+
     # -- embeddings ---------------------------------------------------------------------------
 
     def extractors(self) -> list[str]:
-        return sorted(self.h5.get("extractors", {}).keys())
+        return sorted(k for k in self._get("extractors", {}).keys() if ASIDE not in k)
 
     def extractor_attrs(self, fp: str) -> dict:
-        if fp not in self.h5.get("extractors", {}):
+        if self._get(f"extractors/{fp}") is None:
             raise StoreError(f"{self.path}: no extractor {fp}; see `bottleneck info`")
         return dict(self.h5["extractors"][fp].attrs)
 
@@ -173,11 +189,11 @@ class Store:
                      "label": spec.label(), "spec": spec.to_dict(), "bottleneck_version": __version__, **attrs}
         g.attrs.update({k: _attr(v) for k, v in described.items()})
         g.attrs.update(feature_dim=dim, dtype=dtype, created=_now(), updated=_now())
-        chunk = _chunk_rows(dim, np.dtype(dtype).itemsize)
-        # fletcher32: every chunk carries a checksum, so damage on disk is found when it is read.
-        g.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=_SHA, chunks=(_KEY_CHUNK,), fletcher32=True)
-        g.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk, dim),
-                         fletcher32=True)
+        create_rows(g, dim, dtype)
+        # Copies on the datasets themselves: `bottleneck repair` can still tell whose rows these are
+        # when the group above them is damaged.
+        g["keys"].attrs["fingerprint"] = fp
+        g["vectors"].attrs.update(fingerprint=fp, spec=_attr(spec.to_dict()))
 
     def extractor_spec(self, fp: str) -> ExtractorSpec:
         """The spec the vectors under `fp` were made with (also from caches of the first release)."""
@@ -215,12 +231,16 @@ class Store:
     def _key_index(self, fp: str) -> dict[str, int]:
         """sha256 → row; rows whose key is gone or unreadable are left out (so they count as missing)."""
         if fp not in self._keys:
-            group = self.h5.get(f"extractors/{fp}")
+            group = self._get(f"extractors/{fp}")
             index: dict[str, int] = {}
             if group is not None:
                 keys = group["keys"]
-                for start, block in _blocks(keys, _KEY_CHUNK):
+                read = 0
+                for start, block in readable_blocks(keys, _KEY_CHUNK):
                     index.update((k.decode(), start + i) for i, k in enumerate(block) if k != _GONE)
+                    read += len(block)
+                if read < keys.shape[0]:
+                    self._unreadable_keys[fp] = keys.shape[0] - read
             self._keys[fp] = index
         return self._keys[fp]
 
@@ -245,12 +265,47 @@ class Store:
         return bad
 
     def forget(self, fp: str, shas: Sequence[str]) -> None:
-        """Hide the vectors of `shas` (damaged ones): the next extract computes those images again."""
+        """Drop the vectors of `shas` (damaged ones): the next extract computes those images again.
+
+        The group is rewritten without them and without every block that fails its checksum:
+        appending reads the last, partly filled chunk first, so a damaged chunk left in place would
+        fail every later write. Every intact vector is kept, and the old group is only replaced once
+        the new one is complete."""
         index = self._key_index(fp)
-        keys = self.h5["extractors"][fp]["keys"]
-        for row in sorted(index.pop(s) for s in shas if s in index):
-            keys[row] = _GONE
+        drop = {index[s] for s in shas if s in index}
+        if drop or fp in self._unreadable_keys:
+            self._rewrite(fp, drop)
+
+    def _rewrite(self, fp: str, drop: set[int]) -> None:
+        parent = self.h5["extractors"]
+        old, copy_name, old_name = parent[fp], f"{fp}{ASIDE}rewrite", f"{fp}{ASIDE}old"
+        data = old["vectors"]
+        self._room(data.shape[0] * data.shape[1] * data.dtype.itemsize)
+        for leftover in (copy_name, old_name):
+            if leftover in parent:
+                del parent[leftover]
+        new = parent.create_group(copy_name)
+        new.attrs.update(dict(old.attrs))
+        create_rows(new, data.shape[1], data.dtype)
+        for member in ("keys", "vectors"):
+            new[member].attrs.update(dict(old[member].attrs))
+        key_of = {row: sha for sha, row in self._key_index(fp).items()}
+        for start, block in readable_blocks(data, data.chunks[0] if data.chunks else len(data)):
+            rows = [i for i in range(len(block)) if start + i in key_of and start + i not in drop
+                    and np.isfinite(block[i]).all()]
+            append_rows(new, [key_of[start + i] for i in rows], block[rows])
         self.h5.flush()
+        parent.move(fp, old_name)
+        parent.move(copy_name, fp)
+        del parent[old_name]
+        self._keys.pop(fp, None)
+        self._unreadable_keys.pop(fp, None)
+        self.h5.flush()
+
+    def unreadable_keys(self, fp: str) -> int:
+        """How many rows of `fp` have a key that fails its checksum (their images are not known)."""
+        self._key_index(fp)
+        return self._unreadable_keys.get(fp, 0)
 
     def has(self, fp: str, sha: str) -> bool:
         return sha in self._key_index(fp)
@@ -269,16 +324,10 @@ class Store:
         if not fresh:
             return rejected
         group = self.h5["extractors"][fp]
-        keys, data = group["keys"], group["vectors"]
-        start = keys.shape[0]
-        end = start + len(fresh)
+        data = group["vectors"]
         chunk_bytes = int(np.prod(data.chunks)) * data.dtype.itemsize if data.chunks else 0
         self._room(len(fresh) * data.shape[1] * data.dtype.itemsize + 2 * chunk_bytes + _KEY_CHUNK * 64 * 2)
-        data.resize(end, axis=0)
-        data[start:end] = vectors[fresh].astype(data.dtype, copy=False)
-        self.h5.flush()  # the vectors are on disk before the keys that make them visible
-        keys.resize(end, axis=0)
-        keys[start:end] = np.array([shas[i] for i in fresh], dtype=_SHA)
+        start = append_rows(group, [shas[i] for i in fresh], vectors[fresh])
         for offset, i in enumerate(fresh):
             index[shas[i]] = start + offset
         group.attrs["updated"] = _now()
@@ -286,13 +335,11 @@ class Store:
         return rejected
 
     def _room(self, nbytes: int, reserve: int = _RESERVE) -> None:
-        """Refuse a write of about `nbytes` that would leave less than `reserve` bytes free."""
-        free = shutil.disk_usage(self.path.parent).free
-        if free < nbytes + reserve:
+        try:
+            check_room(self.path, nbytes, reserve)
+        except DiskFullError:
             self.full = True
-            raise DiskFullError(
-                f"{self.path}: the disk is full ({_size(free)} free; the next write needs {_size(nbytes + reserve)}); "
-                "free some space or pass --cache on another disk, then rerun: everything computed so far is kept")
+            raise
 
     def get_vectors(self, fp: str, shas: Sequence[str]) -> np.ndarray:
         """Vectors for `shas`, in that order, as float32."""
@@ -325,7 +372,7 @@ class Store:
     # -- datasets -----------------------------------------------------------------------------
 
     def datasets(self) -> list[str]:
-        return sorted(self.h5.get("datasets", {}).keys())
+        return sorted(self._get("datasets", {}).keys())
 
     def dataset_attrs(self, name: str) -> dict:
         return dict(self._dataset_group(name).attrs)
@@ -334,7 +381,7 @@ class Store:
         return Path(self._dataset_group(name).attrs["root"])
 
     def _dataset_group(self, name: str) -> h5py.Group:
-        group = self.h5.get(f"datasets/{name}")
+        group = self._get(f"datasets/{name}")
         if group is None:
             known = ", ".join(self.datasets()) or "none yet"
             raise StoreError(f"{self.path}: no dataset named {name!r} (cached: {known}); run `bottleneck extract` on it")
@@ -349,7 +396,7 @@ class Store:
         the defaults of `fit` and `compare`.
         """
         parent = self.h5.require_group("datasets")
-        old = parent.get(name)
+        old = self._get(f"datasets/{name}")
         extractors = sorted(set(json.loads(old.attrs.get("extractors", "[]"))) | {fp}) if old is not None else [fp]
         last = fp if remember or old is None else old.attrs.get("last_extractor", fp)
         counts = json.loads(old.attrs.get("views", "{}")) if old is not None else {}
@@ -362,13 +409,13 @@ class Store:
             return
         self._room(len(rows) * 512, reserve=1 << 20)  # within the reserve kept when vectors filled the disk
         tmp = parent.require_group(f"{name}.writing")  # left over if a previous write was killed
-        for field in _MANIFEST_FIELDS:
+        for field in MANIFEST_FIELDS:
             if field in tmp:
                 del tmp[field]
             values = [getattr(r, field) for r in rows]
             tmp.create_dataset(field, data=np.array(values, dtype=_SHA if field == "sha256" else _STR))
         tmp.attrs.update(
-            root=str(root), layout=layout, images=len(rows), extractors=json.dumps(extractors), views=json.dumps(counts),
+            name=name, root=str(root), layout=layout, images=len(rows), extractors=json.dumps(extractors), views=json.dumps(counts),
             last_extractor=last, created=old.attrs["created"] if old is not None else _now(), updated=_now(),
         )
         if old is not None:
@@ -381,7 +428,7 @@ class Store:
 
     def read_manifest(self, name: str) -> list[ManifestRow]:
         group = self._dataset_group(name)
-        columns = [group[f].asstr()[()] if f != "sha256" else [s.decode() for s in group[f][()]] for f in _MANIFEST_FIELDS]
+        columns = [group[f].asstr()[()] if f != "sha256" else [s.decode() for s in group[f][()]] for f in MANIFEST_FIELDS]
         return [ManifestRow(*values) for values in zip(*columns)]
 
     def dataset_views(self, name: str) -> dict[str, int]:
@@ -401,7 +448,7 @@ class Store:
 
     def read_path_index(self) -> dict[str, tuple[int, int, str]]:
         """abs path → (size, mtime_ns, sha256) as of the last run."""
-        group = self.h5.get("paths")
+        group = self._get("paths")
         if group is None:
             return {}
         paths = group["path"].asstr()[()]
@@ -410,7 +457,7 @@ class Store:
 
     def write_path_index(self, index: dict[str, tuple[int, int, str]]) -> None:
         self._room(len(index) * 512, reserve=1 << 20)
-        if "paths" in self.h5:
+        if self._get("paths") is not None:
             del self.h5["paths"]
         group = self.h5.create_group("paths")
         items = sorted(index.items())
@@ -500,17 +547,21 @@ def verify_cache(cache: Path) -> list[tuple[str, int, list[str]]]:
     with Store.open(cache, writable=True) as store:
         where = {r.sha256: f"{name}/{r.path}" for name in store.datasets() for r in store.read_manifest(name)}
         for fp in store.extractors():
-            checked = store.count(fp)
+            unknown = store.unreadable_keys(fp)
+            checked = store.count(fp) + unknown
             bad = store.damaged(fp)
             store.forget(fp, bad)
-            report.append((fp, checked, [where.get(sha, sha) for sha in bad]))
+            report.append((fp, checked, [where.get(sha, sha) for sha in bad]
+                           + ([f"{unknown} vectors whose keys fail their checksum"] if unknown else [])))
     return report
 
 
 def compact_cache(cache: Path) -> tuple[int, int]:
     """Copy everything the cache holds into a new file and swap it in; (bytes before, bytes after).
     HDF5 does not give back the space of deleted objects (old manifests and path indexes)."""
-    before = Path(cache).stat().st_size if Path(cache).exists() else 0
+    if not Path(cache).is_file():
+        raise StoreError(f"{cache}: no cache here; pass the --cache that `bottleneck extract` wrote")
+    before = Path(cache).stat().st_size
     with Store.open(cache, writable=True) as store:
         store._room(before)
         partial = store.path.with_name(store.path.name + ".compacting")
@@ -522,8 +573,98 @@ def compact_cache(cache: Path) -> tuple[int, int]:
     return before, Path(cache).stat().st_size
 
 
+def create_rows(group: h5py.Group, dim: int, dtype: Any) -> None:
+    """An extractor group's empty, growable `keys` and `vectors`, with ~1 MiB chunks of vectors."""
+    chunk = _chunk_rows(dim, np.dtype(dtype).itemsize)
+    # fletcher32: every chunk carries a checksum, so damage on disk is found when it is read.
+    group.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=_SHA, chunks=(_KEY_CHUNK,), fletcher32=True)
+    group.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk, dim),
+                         fletcher32=True)
+
+
+def append_rows(group: h5py.Group, shas: Sequence[str], vectors: np.ndarray) -> int:
+    """Append rows to an extractor group, vectors flushed before the keys that make them visible;
+    returns the first new row."""
+    keys, data = group["keys"], group["vectors"]
+    start = keys.shape[0]
+    end = start + len(shas)
+    if not len(shas):
+        return start
+    data.resize(end, axis=0)
+    data[start:end] = vectors.astype(data.dtype, copy=False)
+    group.file.flush()
+    keys.resize(end, axis=0)
+    keys[start:end] = np.array(shas, dtype=_SHA)
+    return start
+
+
+_FALLOC_FL_KEEP_SIZE = 1  # from linux/falloc.h
+
+
+@functools.cache
+def _fallocate() -> Any:
+    """glibc's fallocate(2), or None where there is none (then only the free-space check guards)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return function
+
+
+def _hold_space(path: Path, nbytes: int) -> bool:
+    """Allocate `nbytes` of disk past the end of `path` without changing its size (HDF5 writes
+    there next); False when the disk cannot give them."""
+    fallocate = _fallocate()
+    if fallocate is None or not path.exists():
+        return True
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if fallocate(fd, _FALLOC_FL_KEEP_SIZE, os.fstat(fd).st_size, nbytes) == 0:
+            return True
+        return ctypes.get_errno() not in (errno.ENOSPC, errno.EDQUOT)  # unsupported here: the check alone
+    finally:
+        os.close(fd)
+
+
+def check_room(path: Path, nbytes: int, reserve: int = _RESERVE) -> None:
+    """Refuse a write of about `nbytes` to `path` that would leave less than `reserve` bytes free, and
+    hold that much disk past the file's end before HDF5 writes anything: another process that fills
+    the disk meanwhile cannot make HDF5 run out mid-write (it would leave a file it can't open)."""
+    free = shutil.disk_usage(path.parent).free
+    if free < nbytes + reserve or not _hold_space(path, nbytes + reserve):
+        raise DiskFullError(
+            f"{path}: the disk is full ({_size(free)} free; the next write needs {_size(nbytes + reserve)}); "
+            "free some space or pass --cache on another disk, then rerun: everything computed so far is kept")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _repair_hint(path: Path) -> str:
+    return f"`bottleneck repair --cache {path}` rebuilds it from everything still readable"
+
+
 @contextmanager
-def _lock(path: Path, exclusive: bool) -> Iterator[None]:
+def _one_line_errors(path: Path) -> Iterator[None]:
+    """HDF5 failing inside the cache (its own structures damaged, or the disk full under it) as one
+    line naming the fix, instead of h5py's traceback."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        if not any("h5py" in frame.filename for frame in traceback.extract_tb(exc.__traceback__)):
+            raise
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space left" in str(exc).lower():
+            raise DiskFullError(f"{path}: the disk filled up during a write; free some space or pass --cache on "
+                                "another disk, then rerun") from None
+        raise StoreError(f"{path}: the cache's HDF5 structures are damaged ({_first_line(exc)}); "
+                         f"{_repair_hint(path)}") from None
+
+
+@contextmanager
+def cache_lock(path: Path, exclusive: bool) -> Iterator[None]:
     """One writer at a time: a second writer, or a reader during a write, fails at once with a message
     naming the holder. The lock belongs to the file itself, whatever path or link it is reached by."""
     real = path.resolve()
