@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .outputs import check_outputs, writing
 from .progress import Progress
 from .store import DEFAULT_CACHE, Features, Store
 
@@ -94,17 +95,32 @@ class Predictions:
 
 
 def predict(inputs: str | Path | Sequence[str | Path], head: str | Path, *, cache: str | Path = DEFAULT_CACHE,
-            top_k: int = 1, weights: str | None = None, progress: Progress | None = None) -> Predictions:
-    """Label image files or folders with a head written by `fit` (cached images cost nothing)."""
+            top_k: int = 1, weights: str | None = None, out: str | Path | None = None, format: str | None = None,
+            progress: Progress | None = None) -> Predictions:
+    """Label image files or folders with a head written by `fit` (cached images cost nothing). `out`:
+    also write the predictions there, when any image could be used, as `format` (csv or json;
+    default: from out's suffix, else csv)."""
     from .errors import FitError
     from .extraction import ExtractOptions
-    from .training import predict_files
+    from .training import predict_files, sidecar_path, write_predictions
 
     if top_k < 1:
         raise FitError(f"--top-k {top_k}: must be at least 1")
+    fmt = format or (Path(out).suffix.lstrip(".") if out and Path(out).suffix else "csv")
+    if fmt not in ("csv", "json"):
+        raise FitError(f"--format {fmt}: use csv or json")
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+    if out is not None:
+        read = [*(("the input", p) for p in paths), ("the head", Path(head)),
+                ("the head's sidecar", sidecar_path(Path(head))),
+                *([("the weights file", Path(weights))] if weights and Path(weights).is_file() else [])]
+        check_outputs([("--out", Path(out))], cache=Path(cache), inputs=read)
     items, skipped = predict_files(paths, Path(head), Path(cache), top_k=top_k, weights=weights,
                                    options=ExtractOptions(progress=progress))
+    if out is not None and items:
+        with writing(Path(out)):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(write_predictions(items, fmt, top_k))
     return Predictions(items, skipped)
 
 
@@ -129,7 +145,10 @@ def export(out: str | Path, *, data: str | None = None, model: str | None = None
     """Write cached features as npz, csv or parquet (`format`, default from `out`'s suffix)."""
     from .formats import export_features
 
-    return export_features(load_features(data, model, cache=cache), Path(out), format)
+    check_outputs([("OUT", Path(out))], option="OUT", cache=Path(cache))
+    features = load_features(data, model, cache=cache)
+    with writing(Path(out), "OUT"):
+        return export_features(features, Path(out), format)
 
 
 def audit(*, data: str | None = None, model: str | None = None, threshold: float | None = None, folds: int = 5,
@@ -137,9 +156,14 @@ def audit(*, data: str | None = None, model: str | None = None, threshold: float
     """Duplicates, leakage, likely label errors and outliers of a cached dataset (see `bottleneck audit
     --help`); writes audit.csv, audit.json and audit.html under `out` (default reports/<dataset>/audit)."""
     from .audit import DEFAULT_THRESHOLD, run_audit
-    from .audit_report import write_audit
+    from .audit_report import audit_files, write_audit
+    from .store import select_extraction
 
+    folder = Path(out) if out else Path("reports") / select_extraction(Path(cache), data, model)[0] / "audit"
+    check_outputs([("the audit report", f) for f in audit_files(folder).values()], cache=Path(cache),
+                  folder=folder)
     result = run_audit(Path(cache), dataset=data, model=model,
                        threshold=DEFAULT_THRESHOLD if threshold is None else threshold, folds=folds)
-    result.files = write_audit(Path(out) if out else Path("reports") / result.dataset / "audit", result)
+    with writing(folder):
+        result.files = write_audit(folder, result)
     return result

@@ -20,9 +20,13 @@ HTML_CAP = 100  # findings of each issue shown with thumbnails; the CSV and JSON
 COLUMNS = ("issue", "flag", "path", "label", "split", "suggested", "score", "related")
 
 
+def audit_files(out: Path) -> dict[str, Path]:
+    return {"csv": out / "audit.csv", "json": out / "audit.json", "html": out / "audit.html"}
+
+
 def write_audit(out: Path, audit: Audit) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": out / "audit.csv", "json": out / "audit.json", "html": out / "audit.html"}
+    files = audit_files(out)
     with files["csv"].open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)

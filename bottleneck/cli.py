@@ -25,6 +25,7 @@ app = typer.Typer(no_args_is_help=True,
 console = Console()
 stderr = Console(stderr=True)
 
+# Help text is rich markup to typer: escape() keeps `[ray]` and `resnet50[layer3,max]` literal.
 CacheOption = typer.Option(DEFAULT_CACHE, "--cache", help="HDF5 cache file.")
 
 
@@ -93,8 +94,8 @@ def extract(
                                         "(view i is seeded by the image's sha256 and i; compare trains on them)."),
     augment: Optional[str] = typer.Option(None, "--augment", help="Augmentation of the views: crop=S+flip+jitter=J "
                                           "(default crop=0.35+flip+jitter=0.2)."),
-    engine: str = typer.Option("local", help="local, or ray: Ray Data on a cluster (pip install "
-                               "'bottleneck-features[ray]'); this process still writes the cache."),
+    engine: str = typer.Option("local", help=escape("local, or ray: Ray Data on a cluster (pip install "
+                               "'bottleneck-features[ray]'); this process still writes the cache.")),
     address: Optional[str] = typer.Option(None, help="--engine ray: auto (the cluster `ray start` runs here), "
                                           "HOST:PORT or ray://HOST:PORT; default: a local Ray instance."),
     actors: int = typer.Option(1, help="--engine ray: actors holding the network."),
@@ -177,8 +178,8 @@ def info(cache: Path = CacheOption,
 def fit(
     head: str = typer.Option("logreg", "--head", help="softmax, logreg, svm, rf, knn, mlp or nb."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Use these features: a model name, a label "
-                                        "such as resnet50[layer3,max], or a fingerprint (default: the last extracted)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=escape("Use these features: a model name, a label "
+                                        "such as resnet50[layer3,max], or a fingerprint (default: the last extracted).")),
     tune: bool = typer.Option(False, "--tune", help="Search the key hyperparameter by stratified CV on the training split."),
     test_size: float = typer.Option(0.25, help="Held-out fraction when the dataset has no split folders."),
     seed: int = typer.Option(0, help="Seed of the content-hash split and of the head."),
@@ -215,23 +216,17 @@ def predict(
     from .training import write_predictions
 
     fmt = fmt or (out_file.suffix.lstrip(".") if out_file and out_file.suffix else "csv")
-    if fmt not in ("csv", "json"):  # before any work
-        stderr.print(f"[red]error:[/red] --format {escape(fmt)}: use csv or json", highlight=False)
-        raise typer.Exit(1)
-    with _user_errors(cache), _progress_bars(not quiet) as progress:
-        result = api.predict(inputs, head, cache=cache, top_k=top_k, weights=weights, progress=progress)
+    with _user_errors(cache), _progress_bars(not quiet) as progress:  # --format and --out checked before any work
+        result = api.predict(inputs, head, cache=cache, top_k=top_k, weights=weights, out=out_file, format=fmt,
+                             progress=progress)
     predictions, skipped = result.items, result.skipped
     for path, reason in skipped:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if not predictions:
         stderr.print(f"[red]error:[/red] none of the {len(skipped)} inputs could be used", highlight=False)
         raise typer.Exit(1)
-    text = write_predictions(predictions, fmt, top_k)
-    if out_file:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(text)
-    else:
-        sys.stdout.write(text)
+    if not out_file:  # api.predict wrote --out
+        sys.stdout.write(write_predictions(predictions, fmt, top_k))
     counts = Counter(p.labels[0] for p in predictions)
     summary = ", ".join(f"{label} {n}" for label, n in counts.most_common())
     stderr.print(escape(f"{len(predictions)} images labelled ({summary}), {len(skipped)} skipped"
@@ -252,8 +247,8 @@ def _ints(value: str | None, option: str) -> list[int] | None:
 
 @app.command()
 def compare(
-    models: Optional[str] = typer.Option(None, "--models", help="Comma list of model names, labels such as "
-                                         "resnet50[layer3,max], or fingerprints (default: every extraction of the dataset)."),
+    models: Optional[str] = typer.Option(None, "--models", help=escape("Comma list of model names, labels such as "
+                                         "resnet50[layer3,max], or fingerprints (default: every extraction of the dataset).")),
     heads: str = typer.Option("logreg,svm,et", "--heads", help="Comma list of heads."),
     per_class: Optional[str] = typer.Option(None, "--per-class", help="Training images per class, comma list (default 15,30)."),
     cv: Optional[int] = typer.Option(None, "--cv", help="Stratified K-fold instead of --per-class draws."),
@@ -302,11 +297,22 @@ def compact(cache: Path = CacheOption) -> None:
 
 
 @app.command()
+def repair(cache: Path = CacheOption) -> None:
+    """Rebuild a cache whose HDF5 structures are damaged from everything still readable (every intact
+    vector, manifest and the path index); the damaged file is kept beside it."""
+    from .repair import repair_cache
+
+    with _user_errors(cache):
+        report = repair_cache(cache)
+    console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def export(
     out: Path = typer.Argument(..., help="File to write; its suffix picks the format unless --format is given."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model name, a label such as "
-                                        "resnet50[layer3,max], or a fingerprint (default: the dataset's last)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=escape("A model name, a label such as "
+                                        "resnet50[layer3,max], or a fingerprint (default: the dataset's last).")),
     fmt: Optional[str] = typer.Option(None, "--format", help="npz, csv or parquet (parquet needs pyarrow)."),
     cache: Path = CacheOption,
 ) -> None:

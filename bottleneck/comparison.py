@@ -30,8 +30,9 @@ from .evaluate import METRICS, Cell, CellRun, Split, draw_per_class, kfold_split
 from .extraction import ExtractOptions, extract_dataset
 from .finetune import FineTunedNetworkClassifier
 from .heads import HEADS, FineTunedTailClassifier, input_params, make_head
+from .outputs import check_outputs, writing
 from .progress import Progress, with_detail
-from .report import GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
+from .report import FILES, GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
 from .sources import DEFAULT_MODEL, build_tail, is_raw_name, resolve_spec
 from .spec import ExtractorSpec
 from .store import Features, Store, load_features, load_views
@@ -115,6 +116,9 @@ def run_compare(
     name, root, specs, view_rows = _choose_features(cache, dataset, models, pixels)
     if not specs:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
+    out = out or Path("reports") / name
+    check_outputs([("the report", out / f) for f in FILES.values()], cache=cache,
+                  inputs=[("the dataset folder", root)], folder=out)
     chosen = len(specs)  # rows of every head; a --finetune row not among them gets only its own cells
     whole = _whole_networks(specs, root) if WHOLE_NETWORK in finetune else []
     tails = _tails(specs, [layer for layer in finetune if layer != WHOLE_NETWORK])  # checked before any work
@@ -205,8 +209,8 @@ def run_compare(
     best_index = int(np.argmax([c.mean_std(metric)[0] for c in cells]))
     f, h, s = grid[best_index]
     best = _best_run(cells[best_index], settings[s][2], runs[(f, h, s)], labels, paths, seed)
-    files = write_report(out or Path("reports") / name, cells, best, root=root,
-                         title=f"{name}: {protocol}", metric=metric, notes=notes)
+    with writing(out):
+        files = write_report(out, cells, best, root=root, title=f"{name}: {protocol}", metric=metric, notes=notes)
     return CompareResult(name, root, protocol, metric, cells, best, files, notes, time.perf_counter() - start)
 
 

@@ -54,5 +54,9 @@ class FitError(BottleneckError):
     """Data a head cannot be trained or used on."""
 
 
+class OutputError(BottleneckError):
+    """An output path that is the cache, an input or another output, or where nothing can be written."""
+
+
 class CompareError(BottleneckError):
     """A comparison that cannot run as asked."""

@@ -118,7 +118,8 @@ class ExtractorSpec:
         """From `to_dict()`, or from the identity dict the first release stored (JSON text or dict)."""
         if isinstance(d, str):
             d = json.loads(d)
-        assert isinstance(d, dict)
+        if not isinstance(d, dict):
+            raise SpecError(f"not an extractor spec (a JSON {type(d).__name__}, not an object)")
         try:
             return cls(
                 model=d["model"] if "model" in d else d["name"],

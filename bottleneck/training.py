@@ -25,6 +25,7 @@ from .errors import FitError, SpecError
 from .formats import spreadsheet_safe
 from .heads import input_params, make_head
 from .images import find_images, is_image_file, sha256_file
+from .outputs import check_outputs, writing
 from .sources import is_raw_name
 from .spec import ExtractorSpec
 from .store import Features, Store, load_features, select_extraction
@@ -83,6 +84,11 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     if not 0 < test_size < 1:
         raise FitError(f"--test-size {test_size}: give a fraction between 0 and 1, e.g. 0.25")
     dataset, fp = select_extraction(cache, dataset, model)
+    out = Path(out) if out else Path(cache).parent / "heads" / f"{dataset}-{head}.joblib"
+    partial = out.with_name(out.name + ".partial")  # the head and its sidecar land together or not at all
+    partial_sidecar = out.with_name(out.name + ".json.partial")
+    check_outputs([("--out", out), ("its sidecar", sidecar_path(out)), ("its temporary file", partial),
+                   ("its sidecar's temporary file", partial_sidecar)], cache=cache)
     features = load_features(cache, dataset, fp)
     with Store.open(cache) as store:
         spec = store.extractor_spec(fp)
@@ -102,14 +108,12 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
         fit_seconds = time.perf_counter() - started
         y_true, y_pred = features.labels[test], estimator.predict(features.X[test])
 
-    out = Path(out) if out else Path(cache).parent / "heads" / f"{dataset}-{head}.joblib"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # the head and its sidecar land together or not at all
-    partial_sidecar = out.with_name(out.name + ".json.partial")
     classes = list(estimator.classes_)  # a class can be missing from a small test split: report it as 0
     per_class = classification_report(y_true, y_pred, labels=classes, output_dict=True, zero_division=0)
     try:
-        joblib.dump(estimator, partial)
+        with writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            joblib.dump(estimator, partial)
         sidecar = {
             "head": head,
             "params": {k: _jsonable(v) for k, v in estimator.get_params(deep=False).items()},
@@ -133,9 +137,10 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "sha256": sha256_file(partial),
         }
-        partial_sidecar.write_text(json.dumps(sidecar, indent=2))
-        os.replace(partial, out)
-        os.replace(partial_sidecar, sidecar_path(out))
+        with writing(out):
+            partial_sidecar.write_text(json.dumps(sidecar, indent=2))
+            os.replace(partial, out)
+            os.replace(partial_sidecar, sidecar_path(out))
     finally:
         partial.unlink(missing_ok=True)
         partial_sidecar.unlink(missing_ok=True)
@@ -166,9 +171,20 @@ def load_head(head_path: Path) -> tuple[Any, dict]:
         meta = json.loads(meta_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FitError(f"{meta_path}: not a JSON sidecar ({exc}); refit with `bottleneck fit`") from None
+    if not isinstance(meta, dict):
+        raise FitError(f"{meta_path}: not a sidecar (a JSON {type(meta).__name__}, not an object); refit with "
+                       "`bottleneck fit`")
     if sha256_file(head_path) != meta.get("sha256"):
         raise FitError(f"{head_path}: sha256 does not match {meta_path.name}; refusing to load it (joblib runs code on load)")
-    return joblib.load(head_path), meta
+    try:
+        estimator = joblib.load(head_path)
+    except Exception as exc:  # its hash matched, yet it is anything at all: a truncated or foreign file
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise FitError(f"{head_path}: not a head joblib can load ({reason}); refit with `bottleneck fit`") from None
+    if not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
+        raise FitError(f"{head_path}: holds a {type(estimator).__name__}, not a fitted head; refit with "
+                       "`bottleneck fit`")
+    return estimator, meta
 
 
 def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: int = 1,
@@ -179,6 +195,7 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
 
     estimator, meta = load_head(head_path)
     spec, fp = head_spec(meta, sidecar_path(head_path))
+    _check_width(estimator, spec.feature_dim, head_path, f"its sidecar's extractor {spec.label()}")
     files = _expand(inputs)
     # The spec fixes every vector; the caller's options only how fast they are made.
     result = extract_files(files, spec, cache, options, weights_file=weights)
@@ -190,6 +207,7 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
         X = store.get_vectors(result.fingerprint, [result.shas[p] for p in paths])
     predictions = []
     if paths:
+        _check_width(estimator, X.shape[1], head_path, spec.label())
         proba = estimator.predict_proba(X)
         classes = np.asarray(estimator.classes_)
         for path, row in zip(paths, proba):
@@ -201,7 +219,8 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
 def head_spec(meta: dict, meta_path: Path) -> tuple[ExtractorSpec, str]:
     """The extractor a head's features came from, and their fingerprint, from its sidecar."""
     extractor = meta.get("extractor") or {}
-    if extractor.get("spec") is None or "fingerprint" not in extractor:
+    if not isinstance(extractor, dict) or not isinstance(extractor.get("spec"), (dict, str)) \
+            or "fingerprint" not in extractor:
         raise FitError(f"{meta_path}: no extractor spec in this sidecar (an older release?); refit the head "
                        "with `bottleneck fit`")
     try:
@@ -211,6 +230,14 @@ def head_spec(meta: dict, meta_path: Path) -> tuple[ExtractorSpec, str]:
     except (SpecError, ValueError) as exc:
         raise FitError(f"{meta_path}: unreadable extractor spec ({exc}); refit the head with `bottleneck fit`") from None
     return spec, extractor["fingerprint"]
+
+
+def _check_width(estimator: Any, width: int | None, head_path: Path, source: str) -> None:
+    """A head trained on other features (an edited or swapped sidecar) fails here, not deep in scikit-learn."""
+    expected = getattr(estimator, "n_features_in_", None)
+    if width is not None and expected is not None and int(expected) != width:
+        raise FitError(f"{head_path}: the head takes {expected}-d features but {source} gives {width}-d; "
+                       "the sidecar is not this head's: refit with `bottleneck fit`")
 
 
 def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -> str:

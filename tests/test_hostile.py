@@ -376,3 +376,166 @@ def test_a_noop_rerun_does_not_grow_the_file_and_compact_shrinks_it(image_folder
     again = extract_dataset(image_folder, tiny_backbone(), cache, options=QUIET)
     assert again.computed == 0
     np.testing.assert_array_equal(load_features(cache, "data", again.fingerprint).X, before_X)
+
+
+# 11. issue 24: damage anywhere, a truncated file, disk space that comes and goes ---------------------
+
+
+def _raw32_cache(tmp_path: Path, name: str = "cache.h5") -> tuple[Path, Path, str]:
+    """200 images as raw32 (3,072-d, 85 rows a chunk: two full chunks and a partly filled third)."""
+    root, cache = noise_folder(tmp_path / "data", classes=4, per_class=50), tmp_path / name
+    report = extract_dataset(root, load_backbone("raw32"), cache, options=QUIET)
+    return root, cache, report.fingerprint
+
+
+def _cli(*args: str):  # noqa: ANN202
+    return CliRunner().invoke(app, list(args))
+
+
+def test_damage_in_the_last_partly_filled_chunk_is_computed_again(tmp_path: Path) -> None:
+    """Appending reads the last chunk first: left in place, its damage failed every later extract."""
+    root, cache, fp = _raw32_cache(tmp_path)
+    _corrupt_chunk(cache, fp, 2)
+    assert "30 damaged" in _cli("info", "--verify", "--cache", str(cache)).output
+    again = extract_dataset(root, load_backbone("raw32"), cache, options=QUIET)
+    assert (again.computed, again.reused) == (30, 170)
+    verified = _cli("info", "--verify", "--cache", str(cache))
+    assert verified.exit_code == 0 and "200 vectors checked, 0 damaged" in verified.output
+    assert len(load_features(cache, "data", fp).paths) == 200
+
+
+def test_a_truncated_cache_is_damaged_not_busy_and_repair_keeps_what_is_before_the_cut(tmp_path: Path) -> None:
+    root, cache, fp = _raw32_cache(tmp_path)
+    os.truncate(cache, cache.stat().st_size * 3 // 5)
+    for args in (["info"], ["fit", "--head", "knn"], ["extract", str(root), "--model", "raw32"]):
+        message = one_line_error(_cli(*args, "--cache", str(cache)))
+        assert "not a readable HDF5 cache" in message and f"bottleneck repair --cache {cache}" in message
+        assert "in use" not in message
+    repaired = _cli("repair", "--cache", str(cache))
+    assert repaired.exit_code == 0 and len(repaired.output.strip().splitlines()) == 1, repaired.output
+    kept = int(re.search(r"kept (\d+) vectors", repaired.output).group(1))
+    assert 0 < kept < 200 and (tmp_path / "cache.h5.damaged").is_file()
+    again = extract_dataset(root, load_backbone("raw32"), cache, options=QUIET)
+    assert (again.computed, again.reused) == (200 - kept, kept)
+
+
+def _scribble(cache: Path, offset: int, size: int = 4096) -> None:
+    with open(cache, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(np.random.default_rng(offset).bytes(size))
+
+
+@pytest.mark.parametrize("group", ["extractors", "extractors/{fp}", "datasets"])
+def test_a_damaged_group_is_one_line_and_repair_recovers_every_vector_below_it(tmp_path: Path, group: str) -> None:
+    """Noise over a group's own header: info, fit and extract say one line naming `bottleneck
+    repair`, which finds the datasets below the group by address and keeps all 200 vectors."""
+    root, cache, fp = _raw32_cache(tmp_path)
+    with h5py.File(cache, "r") as f:
+        address = h5py.h5o.get_info(f[group.format(fp=fp)].id).addr
+    _scribble(cache, address, 64)
+    for args in (["info", "--verify"], ["fit", "--head", "knn"], ["extract", str(root), "--model", "raw32"]):
+        message = one_line_error(_cli(*args, "--cache", str(cache)))
+        assert "damaged" in message and f"bottleneck repair --cache {cache}" in message
+    repaired = _cli("repair", "--cache", str(cache))
+    assert repaired.exit_code == 0 and "kept 200 vectors of 1 extractions and 1 datasets" in repaired.output
+    again = extract_dataset(root, load_backbone("raw32"), cache, options=QUIET)
+    assert (again.computed, again.reused) == (0, 200)
+    assert _cli("fit", "--head", "knn", "--cache", str(cache), "--out", str(tmp_path / "h.joblib")).exit_code == 0
+
+
+@pytest.mark.parametrize("offset", [4096, 12000])
+def test_noise_over_the_files_first_blocks_is_one_line_and_repair_keeps_what_is_readable(tmp_path: Path,
+                                                                                       offset: int) -> None:
+    """4 KiB of noise where HDF5 keeps its own structures (which ones depends on the file's layout):
+    every command ends in a result or one line, and after `repair` extract computes exactly the
+    vectors that were lost."""
+    root, cache, fp = _raw32_cache(tmp_path)
+    _scribble(cache, offset)
+    for args in (["info", "--verify"], ["fit", "--head", "knn"]):
+        result = _cli(*args, "--cache", str(cache))
+        if result.exit_code:
+            assert "bottleneck repair" in one_line_error(result) or "damaged" in result.output
+    repaired = _cli("repair", "--cache", str(cache))
+    assert repaired.exit_code == 0 and len(repaired.output.strip().splitlines()) == 1, repaired.output
+    kept = int(re.search(r"kept (\d+) vectors", repaired.output).group(1))
+    again = extract_dataset(root, load_backbone("raw32"), cache, options=QUIET)
+    assert (again.computed, again.reused) == (200 - kept, kept)
+    assert _cli("info", "--verify", "--cache", str(cache)).exit_code == 0
+
+
+def test_repair_of_a_file_hdf5_cannot_open_at_all_is_one_line(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.h5"
+    cache.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    message = one_line_error(_cli("repair", "--cache", str(cache)))
+    assert "nothing to salvage" in message and cache.read_bytes().startswith(b"\x89HDF")
+
+
+_SPACE_TAKEN_AFTER_THE_CHECK = """
+import shutil, sys
+import bottleneck_features.store as store
+from bottleneck_features.cli import app
+disk, real, add_vectors, batches = sys.argv[1], shutil.disk_usage, store.Store.add_vectors, []
+store.shutil.disk_usage = lambda path: real(path)._replace(free=1 << 40)  # the check sees room...
+
+
+def taking(self, *args, **kwargs):  # ...which another process takes before HDF5 writes the third batch
+    batches.append(1)
+    if len(batches) == 3:
+        with open(disk + "/filler", "wb") as filler:
+            try:
+                while True:
+                    filler.write(bytes(1 << 16))
+                    filler.flush()
+            except OSError:
+                pass
+    return add_vectors(self, *args, **kwargs)
+
+
+store.Store.add_vectors = taking
+app(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("freed", [False, True])
+def test_disk_space_taken_between_the_check_and_the_write_never_breaks_the_cache(tmp_path: Path,
+                                                                                 freed: bool) -> None:
+    """Another process takes the disk after extract checked for room: the write, not just the
+    check, is refused (the room is held first), so the run ends in one line (no segfault), and
+    the cache opens and serves only vectors of images it calls ok, at once or once space is freed."""
+    root, disk = noise_folder(tmp_path / "data", per_class=60), tmp_path / "disk"
+    _tmpfs(disk, "12m")
+    try:
+        cache = disk / "cache.h5"
+        run = subprocess.run([sys.executable, "-c", _SPACE_TAKEN_AFTER_THE_CHECK, str(disk), "extract", str(root),
+                              "--model", "raw64", "--cache", str(cache), "--batch-size", "8", "-q", "--workers", "0"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr[-3000:]
+        assert "the disk is full" in run.stderr
+        if freed:
+            (disk / "filler").unlink()
+        assert _cli("info", "--cache", str(cache)).exit_code == 0
+        with Store.open(cache) as store:
+            fp = store.dataset_extractors("data")[0]
+            ok = [r for r in store.read_manifest("data") if r.status == "ok"]
+        features = load_features(cache, "data", fp)
+        assert 16 <= len(features.paths) == len(ok) < 120 and np.isfinite(features.X).all()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_compact_of_a_missing_cache_creates_nothing(tmp_path: Path) -> None:
+    message = one_line_error(_cli("compact", "--cache", str(tmp_path / "missing.h5")))
+    assert "no cache here" in message and not (tmp_path / "missing.h5").exists()
+
+
+def test_the_disk_full_line_never_says_it_needs_what_it_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bottleneck_features.errors import DiskFullError
+    from bottleneck_features.store import check_room
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(bottleneck_features.store.shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=(6 << 20) + (500 << 10)))
+    with pytest.raises(DiskFullError) as info:
+        check_room(tmp_path / "c.h5", (2 << 20) + (600 << 10))
+    free, needed = re.search(r"\((.+) free; the next write needs (.+)\)", str(info.value)).groups()
+    assert free != needed, str(info.value)
