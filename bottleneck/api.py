@@ -20,6 +20,7 @@ from .store import DEFAULT_CACHE, Features, Store
 
 if TYPE_CHECKING:
     from .audit import Audit
+    from .repair import RepairReport
     from .comparison import CompareResult
     from .extraction import ExtractReport
     from .training import FitResult, Prediction
@@ -167,3 +168,11 @@ def audit(*, data: str | None = None, model: str | None = None, threshold: float
     with writing(folder):
         result.files = write_audit(folder, result)
     return result
+
+
+def repair(*, cache: str | Path = DEFAULT_CACHE) -> RepairReport:
+    """Rebuild a cache whose HDF5 structures are damaged from everything still readable (see
+    `bottleneck repair --help`); the damaged file is kept beside it, `report.summary()` says what was kept."""
+    from .repair import repair_cache
+
+    return repair_cache(Path(cache))

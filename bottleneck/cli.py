@@ -300,10 +300,8 @@ def compact(cache: Path = CacheOption) -> None:
 def repair(cache: Path = CacheOption) -> None:
     """Rebuild a cache whose HDF5 structures are damaged from everything still readable (every intact
     vector, manifest and the path index); the damaged file is kept beside it."""
-    from .repair import repair_cache
-
     with _user_errors(cache):
-        report = repair_cache(cache)
+        report = api.repair(cache=cache)
     console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
 
 
