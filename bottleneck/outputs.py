@@ -17,7 +17,7 @@ Named = Sequence[tuple[str, Path]]  # (what it is, for the message; where it is)
 
 
 def lock_path(cache: Path) -> Path:
-    """The cache's lock file, as store._lock names it: next to the file the cache resolves to."""
+    """The cache's lock file, as store.cache_lock names it: next to the file the cache resolves to."""
     real = _real(Path(cache))
     return real.with_name(real.name + ".lock")
 

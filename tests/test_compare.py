@@ -17,7 +17,8 @@ from bottleneck_features.errors import BackboneError
 from bottleneck_features.sources import load_backbone
 from bottleneck_features.comparison import CompareError, run_compare
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
-from bottleneck_features.store import Store, StoreError
+from bottleneck_features.errors import StoreError
+from bottleneck_features.store import Store
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 

@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 import bottleneck_features.decode
-import bottleneck_features.store
+import bottleneck_features.store._disk
 from bottleneck_features.cli import app
 from bottleneck_features.datasets import hash_split
 from bottleneck_features.errors import CacheBusyError, DamagedVectorsError, ExtractError
@@ -66,13 +66,13 @@ def test_full_disk_stops_with_one_line_and_keeps_what_was_written(tmp_path: Path
         return usage._replace(free=usage.free if len(batches) <= 2 else 3 << 20)
 
     monkeypatch.setattr(Store, "add_vectors", counting)
-    monkeypatch.setattr(bottleneck_features.store.shutil, "disk_usage", filling)
+    monkeypatch.setattr(bottleneck_features.store._disk.shutil, "disk_usage", filling)
     register_model("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone())
     result = CliRunner().invoke(app, ["extract", str(root), "--model", "tiny", "--cache", str(cache), "--workers", "0",
                                       "--batch-size", "8", "-q"])
     message = one_line_error(result)
     assert "the disk is full" in message and str(cache) in message and "everything computed so far is kept" in message
-    monkeypatch.setattr(bottleneck_features.store.shutil, "disk_usage", real)
+    monkeypatch.setattr(bottleneck_features.store._disk.shutil, "disk_usage", real)
     with Store.open(cache) as store:
         statuses = [r.status for r in store.read_manifest("data")]
         fp = store.dataset_extractors("data")[0]
@@ -475,7 +475,7 @@ import shutil, sys
 import bottleneck_features.store as store
 from bottleneck_features.cli import app
 disk, real, add_vectors, batches = sys.argv[1], shutil.disk_usage, store.Store.add_vectors, []
-store.shutil.disk_usage = lambda path: real(path)._replace(free=1 << 40)  # the check sees room...
+store._disk.shutil.disk_usage = lambda path: real(path)._replace(free=1 << 40)  # the check sees room...
 
 
 def taking(self, *args, **kwargs):  # ...which another process takes before HDF5 writes the third batch
@@ -533,7 +533,7 @@ def test_the_disk_full_line_never_says_it_needs_what_it_has(tmp_path: Path, monk
     from bottleneck_features.store import check_room
 
     real = shutil.disk_usage
-    monkeypatch.setattr(bottleneck_features.store.shutil, "disk_usage",
+    monkeypatch.setattr(bottleneck_features.store._disk.shutil, "disk_usage",
                         lambda path: real(path)._replace(free=(6 << 20) + (500 << 10)))
     with pytest.raises(DiskFullError) as info:
         check_room(tmp_path / "c.h5", (2 << 20) + (600 << 10))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bottleneck_features.spec import ExtractorSpec, Preprocess
-from bottleneck_features.store import CacheBusyError, ManifestRow, Store, StoreError, load_features
+from bottleneck_features.errors import CacheBusyError, StoreError
+from bottleneck_features.store import ManifestRow, Store, load_features
 
 PRE = Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.5,) * 3)
 

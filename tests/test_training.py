@@ -9,7 +9,8 @@ from bottleneck_features.heads import LinearSVMClassifier, RBFSVMClassifier
 from bottleneck_features.sources import register_model, resolve_spec
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.training import FitError, fit_head, load_head, predict_files, split_indices, write_predictions
-from bottleneck_features.store import StoreError, load_features
+from bottleneck_features.errors import StoreError
+from bottleneck_features.store import load_features
 from conftest import write_image
 from tiny_backbone import tiny_backbone
 

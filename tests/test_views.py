@@ -19,7 +19,8 @@ from bottleneck_features.errors import ExtractError, SpecError
 from bottleneck_features.extraction import extract_files
 from bottleneck_features.registry import Backbone
 from bottleneck_features.sources import register_model
-from bottleneck_features.store import Store, StoreError, load_views, view_key
+from bottleneck_features.errors import StoreError
+from bottleneck_features.store import Store, load_views, view_key
 from conftest import on_host, write_image
 from tiny_backbone import PREPROCESS, tiny_backbone
 

@@ -1,22 +1,9 @@
-"""The HDF5 bottleneck cache: embeddings keyed by extractor fingerprint and image sha256.
-
-Layout (see docs/architecture.md): `/extractors/<fp>/{keys,vectors}` grow batch by batch and are
-flushed after each, so a killed run loses at most the batch in flight; `/datasets/<name>/` holds
-the manifest of one folder; `/paths` remembers (path, size, mtime) → sha256 so that a rerun does
-not re-read unchanged files.
-"""
+"""`Store`: an open cache file, its extractions (vectors keyed by fingerprint and sha256),
+dataset manifests and path index."""
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import fcntl
-import functools
-import hashlib
 import json
-import os
-import shutil
-import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,23 +14,19 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import __version__
-from .errors import BottleneckError, CacheBusyError, DamagedVectorsError, DiskFullError, StoreError
-from .spec import ExtractorSpec
+from .. import __version__
+from ..errors import BottleneckError, CacheBusyError, DamagedVectorsError, DiskFullError, StoreError
+from ..spec import ExtractorSpec
+from ._disk import RESERVE, cache_lock, check_room, first_line, one_line_errors, repair_hint
+from ._rows import GONE, KEY_CHUNK, SHA, append_rows, create_rows, readable_blocks
 
 FORMAT = "bottleneck-cache"
 FORMAT_VERSION = 1
 DEFAULT_CACHE = Path("cache/bottleneck.h5")
-_STR = h5py.string_dtype()
-_SHA = "S64"
 MANIFEST_FIELDS = ("path", "label", "split", "sha256", "status")
-_KEY_CHUNK = 4096
-# Free space kept for HDF5's own bookkeeping: a write that would leave less is refused before it
-# starts, because HDF5 cannot survive running out of space mid-write (it leaves a file it can't open).
-_RESERVE = 4 << 20
-_GONE = b""  # the key of a hidden row (older releases hid damaged vectors this way)
 ASIDE = "~"  # in a group name: a temporary copy (fingerprints and dataset names never contain it)
 PENDING = "pending: the run stopped before this image was computed"
+_STR = h5py.string_dtype()
 
 
 @dataclass(frozen=True)
@@ -55,33 +38,6 @@ class ManifestRow:
     status: str  # "ok", or why the image was skipped
 
 
-@dataclass
-class Features:
-    """The usable rows of one dataset under one extraction: `X`, `y` (the labels) and `paths` line up."""
-
-    root: Path
-    paths: list[str]  # relative to root
-    labels: np.ndarray
-    splits: np.ndarray  # "train" | "val" | "test", or "" without split folders
-    shas: list[str]
-    X: np.ndarray  # (n, D) float32
-    spec: ExtractorSpec | None = None  # the extractor that made X
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.labels
-
-    def to_frame(self) -> Any:
-        """A pandas DataFrame: path, label, split, sha256, then one column per dimension (f0, f1, ...)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise BottleneckError("to_frame needs pandas: pip install pandas") from None
-        columns = pd.DataFrame(self.X, columns=[f"f{i}" for i in range(self.X.shape[1])])
-        rows = pd.DataFrame({"path": self.paths, "label": self.labels, "split": self.splits, "sha256": self.shas})
-        return pd.concat([rows, columns], axis=1)
-
-
 def _attr(value: object) -> object:
     """An HDF5-storable attribute: containers as JSON, str subclasses (TorchVersion) as plain str."""
     if isinstance(value, (dict, list, tuple)):
@@ -91,26 +47,6 @@ def _attr(value: object) -> object:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _size(nbytes: int) -> str:
-    """MiB with one decimal, or whole KiB below 100 MiB, where two sizes of one message may round alike."""
-    return f"{nbytes / (1 << 20):,.1f} MiB" if nbytes >= 100 << 20 else f"{nbytes / 1024:,.0f} KiB"
-
-
-def readable_blocks(dataset: h5py.Dataset, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, rows) of `dataset` in blocks of `rows`; a block that fails its checksum is left out."""
-    for start in range(0, dataset.shape[0], rows):
-        try:
-            yield start, dataset[start:start + rows]
-        except OSError:
-            continue
-
-
-def _chunk_rows(dim: int, itemsize: int) -> int:
-    """Rows per chunk for ~1 MiB chunks: large sequential writes, cheap partial reads."""
-    return max(1, min(4096, (1 << 20) // max(1, dim * itemsize)))
-
 
 class Store:
     """An open cache file. Use `Store.open(path, writable=...)` as a context manager."""
@@ -138,8 +74,8 @@ class Store:
                 if "unable to lock file" in str(exc).lower():  # HDF5's lock: a process that bypassed ours holds it
                     raise CacheBusyError(f"{path} is in use by another process; wait for it to finish or pass "
                                          "another --cache") from None
-                raise StoreError(f"{path}: not a readable HDF5 cache ({_first_line(exc)}); {_repair_hint(path)}") from None
-            with _one_line_errors(path), h5:
+                raise StoreError(f"{path}: not a readable HDF5 cache ({first_line(exc)}); {repair_hint(path)}") from None
+            with one_line_errors(path), h5:
                 store = cls(h5, path)
                 if writable:
                     store._init_root()
@@ -236,8 +172,8 @@ class Store:
             if group is not None:
                 keys = group["keys"]
                 read = 0
-                for start, block in readable_blocks(keys, _KEY_CHUNK):
-                    index.update((k.decode(), start + i) for i, k in enumerate(block) if k != _GONE)
+                for start, block in readable_blocks(keys, KEY_CHUNK):
+                    index.update((k.decode(), start + i) for i, k in enumerate(block) if k != GONE)
                     read += len(block)
                 if read < keys.shape[0]:
                     self._unreadable_keys[fp] = keys.shape[0] - read
@@ -326,7 +262,7 @@ class Store:
         group = self.h5["extractors"][fp]
         data = group["vectors"]
         chunk_bytes = int(np.prod(data.chunks)) * data.dtype.itemsize if data.chunks else 0
-        self._room(len(fresh) * data.shape[1] * data.dtype.itemsize + 2 * chunk_bytes + _KEY_CHUNK * 64 * 2)
+        self._room(len(fresh) * data.shape[1] * data.dtype.itemsize + 2 * chunk_bytes + KEY_CHUNK * 64 * 2)
         start = append_rows(group, [shas[i] for i in fresh], vectors[fresh])
         for offset, i in enumerate(fresh):
             index[shas[i]] = start + offset
@@ -334,7 +270,7 @@ class Store:
         self.h5.flush()
         return rejected
 
-    def _room(self, nbytes: int, reserve: int = _RESERVE) -> None:
+    def _room(self, nbytes: int, reserve: int = RESERVE) -> None:
         try:
             check_room(self.path, nbytes, reserve)
         except DiskFullError:
@@ -413,7 +349,7 @@ class Store:
             if field in tmp:
                 del tmp[field]
             values = [getattr(r, field) for r in rows]
-            tmp.create_dataset(field, data=np.array(values, dtype=_SHA if field == "sha256" else _STR))
+            tmp.create_dataset(field, data=np.array(values, dtype=SHA if field == "sha256" else _STR))
         tmp.attrs.update(
             name=name, root=str(root), layout=layout, images=len(rows), extractors=json.dumps(extractors), views=json.dumps(counts),
             last_extractor=last, created=old.attrs["created"] if old is not None else _now(), updated=_now(),
@@ -464,226 +400,5 @@ class Store:
         group.create_dataset("path", data=np.array([p for p, _ in items], dtype=_STR))
         group.create_dataset("size", data=np.array([v[0] for _, v in items], dtype=np.int64))
         group.create_dataset("mtime_ns", data=np.array([v[1] for _, v in items], dtype=np.int64))
-        group.create_dataset("sha256", data=np.array([v[2] for _, v in items], dtype=_SHA))
+        group.create_dataset("sha256", data=np.array([v[2] for _, v in items], dtype=SHA))
         self.h5.flush()
-
-
-def view_key(sha: str, view: int) -> str:
-    """The key of augmented view `view` of the image with content hash `sha` (64 hex, as an image's)."""
-    return hashlib.sha256(f"{sha}/view{view}".encode()).hexdigest()
-
-
-def load_views(cache: Path, dataset: str, fp: str, shas: Sequence[str]) -> np.ndarray:
-    """(images, views, dim): the augmented views of `shas` under `fp`, as many as the last extract made."""
-    with Store.open(cache) as store:
-        views = store.dataset_views(dataset).get(fp)
-        if not views:
-            raise StoreError(f"{cache}: {fp} holds no augmented views of {dataset!r}; run `bottleneck extract "
-                             f"{store.dataset_root(dataset)} --views K`")
-        missing = [s for s in shas if not store.has(fp, view_key(s, views - 1))]
-        if missing:
-            raise StoreError(f"{cache}: {len(missing)} images of {dataset!r} lack their {views} views under {fp}; "
-                             f"run `bottleneck extract {store.dataset_root(dataset)} --views {views}`")
-        X = store.get_vectors(fp, [view_key(s, i) for s in shas for i in range(views)])
-    return X.reshape(len(shas), views, -1)
-
-
-def load_features(cache: Path, dataset: str, fp: str) -> Features:
-    """Everything a head needs: the usable rows of `dataset` and their vectors under `fp`."""
-    with Store.open(cache) as store:
-        root = store.dataset_root(dataset)
-        spec = store.extractor_spec(fp)
-        if spec.augment:
-            raise StoreError(f"{spec.label()} holds augmented views, which compare trains on (its +views rows); "
-                             f"fit and export take a plain extraction, e.g. --model {spec.replace(augment=None).label()}")
-        rows = [r for r in store.read_manifest(dataset) if r.status == "ok"]
-        try:
-            X = store.get_vectors(fp, [r.sha256 for r in rows])
-        except DamagedVectorsError as exc:
-            damaged = set(exc.shas)
-            paths = [r.path for r in rows if r.sha256 in damaged]
-            raise DamagedVectorsError(
-                f"{cache}: the vectors of {len(paths)} images of {dataset!r} are damaged ({', '.join(paths[:3])}"
-                f"{', ...' if len(paths) > 3 else ''}); run `bottleneck extract {root}` to compute them again",
-                exc.shas) from None
-    return Features(
-        root=root,
-        paths=[r.path for r in rows],
-        labels=np.array([r.label for r in rows]),
-        splits=np.array([r.split for r in rows]),
-        shas=[r.sha256 for r in rows],
-        X=X,
-        spec=spec,
-    )
-
-
-def select_extraction(cache: Path, dataset: str | None, model: str | None) -> tuple[str, str]:
-    """(dataset, fingerprint): the dataset's last extraction, or the one `model` names (a model name,
-    a label such as `resnet50[layer3,max]`, or a fingerprint)."""
-    with Store.open(cache) as store:
-        last = store.last_run()
-        if last is None:
-            raise StoreError(f"{cache}: no dataset extracted yet; run `bottleneck extract DATA` first")
-        dataset = dataset or last[0]
-        if model is None:
-            return dataset, str(store.dataset_attrs(dataset)["last_extractor"])
-        matching = store.match_extractors(dataset, model)
-        if not matching:
-            described = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in store.dataset_extractors(dataset)]
-            raise StoreError(f"dataset {dataset!r} has no {model} features (it has: {', '.join(described)}); "
-                             f"run `bottleneck extract {store.dataset_root(dataset)} --model {model}`")
-        if len(matching) > 1:
-            several = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in matching]
-            raise StoreError(f"dataset {dataset!r} has {len(matching)} extractions of {model}: {', '.join(several)}; "
-                             "pass one of those labels or fingerprints to --model")
-        return dataset, matching[0]
-
-
-def verify_cache(cache: Path) -> list[tuple[str, int, list[str]]]:
-    """Check every vector against its checksum (and for NaN/inf); hide the damaged ones so the next
-    extract computes them again. Per extractor: (fingerprint, vectors checked, dataset/path of each
-    damaged image, or its sha256 where no manifest names it)."""
-    report = []
-    with Store.open(cache, writable=True) as store:
-        where = {r.sha256: f"{name}/{r.path}" for name in store.datasets() for r in store.read_manifest(name)}
-        for fp in store.extractors():
-            unknown = store.unreadable_keys(fp)
-            checked = store.count(fp) + unknown
-            bad = store.damaged(fp)
-            store.forget(fp, bad)
-            report.append((fp, checked, [where.get(sha, sha) for sha in bad]
-                           + ([f"{unknown} vectors whose keys fail their checksum"] if unknown else [])))
-    return report
-
-
-def compact_cache(cache: Path) -> tuple[int, int]:
-    """Copy everything the cache holds into a new file and swap it in; (bytes before, bytes after).
-    HDF5 does not give back the space of deleted objects (old manifests and path indexes)."""
-    if not Path(cache).is_file():
-        raise StoreError(f"{cache}: no cache here; pass the --cache that `bottleneck extract` wrote")
-    before = Path(cache).stat().st_size
-    with Store.open(cache, writable=True) as store:
-        store._room(before)
-        partial = store.path.with_name(store.path.name + ".compacting")
-        with h5py.File(partial, "w") as out:
-            for name in store.h5:
-                store.h5.copy(store.h5[name], out, name=name)
-            out.attrs.update(dict(store.h5.attrs))
-        os.replace(partial, store.path.resolve())
-    return before, Path(cache).stat().st_size
-
-
-def create_rows(group: h5py.Group, dim: int, dtype: Any) -> None:
-    """An extractor group's empty, growable `keys` and `vectors`, with ~1 MiB chunks of vectors."""
-    chunk = _chunk_rows(dim, np.dtype(dtype).itemsize)
-    # fletcher32: every chunk carries a checksum, so damage on disk is found when it is read.
-    group.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=_SHA, chunks=(_KEY_CHUNK,), fletcher32=True)
-    group.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk, dim),
-                         fletcher32=True)
-
-
-def append_rows(group: h5py.Group, shas: Sequence[str], vectors: np.ndarray) -> int:
-    """Append rows to an extractor group, vectors flushed before the keys that make them visible;
-    returns the first new row."""
-    keys, data = group["keys"], group["vectors"]
-    start = keys.shape[0]
-    end = start + len(shas)
-    if not len(shas):
-        return start
-    data.resize(end, axis=0)
-    data[start:end] = vectors.astype(data.dtype, copy=False)
-    group.file.flush()
-    keys.resize(end, axis=0)
-    keys[start:end] = np.array(shas, dtype=_SHA)
-    return start
-
-
-_FALLOC_FL_KEEP_SIZE = 1  # from linux/falloc.h
-
-
-@functools.cache
-def _fallocate() -> Any:
-    """glibc's fallocate(2), or None where there is none (then only the free-space check guards)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.fallocate
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    return function
-
-
-def _hold_space(path: Path, nbytes: int) -> bool:
-    """Allocate `nbytes` of disk past the end of `path` without changing its size (HDF5 writes
-    there next); False when the disk cannot give them."""
-    fallocate = _fallocate()
-    if fallocate is None or not path.exists():
-        return True
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        if fallocate(fd, _FALLOC_FL_KEEP_SIZE, os.fstat(fd).st_size, nbytes) == 0:
-            return True
-        return ctypes.get_errno() not in (errno.ENOSPC, errno.EDQUOT)  # unsupported here: the check alone
-    finally:
-        os.close(fd)
-
-
-def check_room(path: Path, nbytes: int, reserve: int = _RESERVE) -> None:
-    """Refuse a write of about `nbytes` to `path` that would leave less than `reserve` bytes free, and
-    hold that much disk past the file's end before HDF5 writes anything: another process that fills
-    the disk meanwhile cannot make HDF5 run out mid-write (it would leave a file it can't open)."""
-    free = shutil.disk_usage(path.parent).free
-    if free < nbytes + reserve or not _hold_space(path, nbytes + reserve):
-        raise DiskFullError(
-            f"{path}: the disk is full ({_size(free)} free; the next write needs {_size(nbytes + reserve)}); "
-            "free some space or pass --cache on another disk, then rerun: everything computed so far is kept")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _repair_hint(path: Path) -> str:
-    return f"`bottleneck repair --cache {path}` rebuilds it from everything still readable"
-
-
-@contextmanager
-def _one_line_errors(path: Path) -> Iterator[None]:
-    """HDF5 failing inside the cache (its own structures damaged, or the disk full under it) as one
-    line naming the fix, instead of h5py's traceback."""
-    try:
-        yield
-    except (OSError, KeyError, RuntimeError, ValueError) as exc:
-        if not any("h5py" in frame.filename for frame in traceback.extract_tb(exc.__traceback__)):
-            raise
-        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space left" in str(exc).lower():
-            raise DiskFullError(f"{path}: the disk filled up during a write; free some space or pass --cache on "
-                                "another disk, then rerun") from None
-        raise StoreError(f"{path}: the cache's HDF5 structures are damaged ({_first_line(exc)}); "
-                         f"{_repair_hint(path)}") from None
-
-
-@contextmanager
-def cache_lock(path: Path, exclusive: bool) -> Iterator[None]:
-    """One writer at a time: a second writer, or a reader during a write, fails at once with a message
-    naming the holder. The lock belongs to the file itself, whatever path or link it is reached by."""
-    real = path.resolve()
-    lock_path = real.with_name(real.name + ".lock")
-    with open(lock_path, "a+") as handle:
-        try:
-            fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise CacheBusyError(
-                f"{path} is in use by {holder}; wait for it to finish or pass another --cache"
-            ) from None
-        if exclusive:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"bottleneck pid {os.getpid()}")
-            handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,17 @@
+"""The HDF5 bottleneck cache: embeddings keyed by extractor fingerprint and image sha256.
+
+Layout (see docs/architecture.md): `/extractors/<fp>/{keys,vectors}` grow batch by batch and are
+flushed after each, so a killed run loses at most the batch in flight; `/datasets/<name>/` holds
+the manifest of one folder; `/paths` remembers (path, size, mtime) → sha256 so that a rerun does
+not re-read unchanged files.
+"""
+
+from ._cache import ASIDE, DEFAULT_CACHE, FORMAT, MANIFEST_FIELDS, PENDING, ManifestRow, Store
+from ._disk import cache_lock, check_room
+from ._features import Features, load_features, load_views, select_extraction
+from ._maintenance import compact_cache, verify_cache
+from ._rows import append_rows, create_rows, readable_blocks, view_key
+
+__all__ = ["ASIDE", "DEFAULT_CACHE", "FORMAT", "MANIFEST_FIELDS", "PENDING", "Features", "ManifestRow", "Store",
+           "append_rows", "cache_lock", "check_room", "compact_cache", "create_rows", "load_features", "load_views",
+           "readable_blocks", "select_extraction", "verify_cache", "view_key"]

@@ -1,0 +1,60 @@
+"""An extraction's rows in the file: `keys` and `vectors`, chunked with a checksum per chunk,
+appended vectors first, read block by block past any chunk that fails its checksum."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import h5py
+import numpy as np
+
+
+SHA = "S64"
+KEY_CHUNK = 4096
+GONE = b""  # the key of a hidden row (older releases hid damaged vectors this way)
+
+
+def readable_blocks(dataset: h5py.Dataset, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, rows) of `dataset` in blocks of `rows`; a block that fails its checksum is left out."""
+    for start in range(0, dataset.shape[0], rows):
+        try:
+            yield start, dataset[start:start + rows]
+        except OSError:
+            continue
+
+
+def _chunk_rows(dim: int, itemsize: int) -> int:
+    """Rows per chunk for ~1 MiB chunks: large sequential writes, cheap partial reads."""
+    return max(1, min(4096, (1 << 20) // max(1, dim * itemsize)))
+
+
+def create_rows(group: h5py.Group, dim: int, dtype: Any) -> None:
+    """An extractor group's empty, growable `keys` and `vectors`, with ~1 MiB chunks of vectors."""
+    chunk = _chunk_rows(dim, np.dtype(dtype).itemsize)
+    # fletcher32: every chunk carries a checksum, so damage on disk is found when it is read.
+    group.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=SHA, chunks=(KEY_CHUNK,), fletcher32=True)
+    group.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(chunk, dim),
+                         fletcher32=True)
+
+
+def append_rows(group: h5py.Group, shas: Sequence[str], vectors: np.ndarray) -> int:
+    """Append rows to an extractor group, vectors flushed before the keys that make them visible;
+    returns the first new row."""
+    keys, data = group["keys"], group["vectors"]
+    start = keys.shape[0]
+    end = start + len(shas)
+    if not len(shas):
+        return start
+    data.resize(end, axis=0)
+    data[start:end] = vectors.astype(data.dtype, copy=False)
+    group.file.flush()
+    keys.resize(end, axis=0)
+    keys[start:end] = np.array(shas, dtype=SHA)
+    return start
+
+
+def view_key(sha: str, view: int) -> str:
+    """The key of augmented view `view` of the image with content hash `sha` (64 hex, as an image's)."""
+    return hashlib.sha256(f"{sha}/view{view}".encode()).hexdigest()
