@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from .errors import BottleneckError
+from .errors import AuditError
 from .heads import make_head
 from .neighbours import cosine_neighbours
 from .extraction import extract_dataset
@@ -38,10 +38,6 @@ CANDIDATE_FLOOR, PIXEL_THRESHOLD, PIXELS = 0.8, 0.9, "raw32"
 OUTLIER_K, OUTLIER_FENCE = 10, 1 / 0.37037 - 1  # Datalab's k and its features threshold as an IQR multiple
 ISSUES = ("duplicate", "near-duplicate", "label-issue", "outlier")
 LEAKAGE, LABELS_DIFFER = "leakage", "labels differ"
-
-
-class AuditError(BottleneckError):
-    """The dataset can't be audited as asked (one class, too few images for the folds...)."""
 
 
 @dataclass

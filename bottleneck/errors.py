@@ -54,9 +54,17 @@ class FitError(BottleneckError):
     """Data a head cannot be trained or used on."""
 
 
+class UnknownHeadError(BottleneckError, ValueError):
+    """A head name that is not in ``heads.HEADS``."""
+
+
 class OutputError(BottleneckError):
     """An output path that is the cache, an input or another output, or where nothing can be written."""
 
 
 class CompareError(BottleneckError):
     """A comparison that cannot run as asked."""
+
+
+class AuditError(BottleneckError):
+    """The dataset can't be audited as asked (one class, too few images for the folds...)."""

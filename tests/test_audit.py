@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bottleneck_features.audit import AuditError, audit_features
+from bottleneck_features.audit import audit_features
+from bottleneck_features.errors import AuditError
 from bottleneck_features.cli import app
 from bottleneck_features.sources import register_model
 from bottleneck_features.store import Features

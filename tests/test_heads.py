@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from bottleneck_features.errors import FitError
+from bottleneck_features.errors import FitError, UnknownHeadError
 from bottleneck_features.heads import (
     HEADS,
     FastGaussianNB,
@@ -29,7 +29,6 @@ from bottleneck_features.heads import (
     RBFSVMClassifier,
     SmallCNNClassifier,
     SoftmaxClassifier,
-    UnknownHeadError,
     input_params,
     make_head,
     param_grid,

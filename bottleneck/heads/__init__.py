@@ -1,0 +1,19 @@
+"""Classifier heads on cached embeddings: each one a plain scikit-learn estimator.
+
+``make_head(name)`` returns ``Pipeline([("scale", StandardScaler()), ("l2", Normalizer())?,
+("clf", <classifier>)])``; ``tune=True`` wraps it in a ``GridSearchCV`` that only ever sees the
+data passed to ``fit``. Defaults are chosen for small data: tens of images per class, ~1000-d
+features.
+"""
+
+from ._classical import FastGaussianNB, LinearSVMClassifier, RBFSVMClassifier
+from ._factory import HEADS, input_params, make_head, param_grid
+from ._tail import FineTunedTailClassifier, FrozenNorm, start_from_probe
+from ._torch import EarlyStopping, holdout_split, resolve_device, seeded_rng, torch_threads
+from ._torch_heads import MLPHeadClassifier, SmallCNNClassifier, SoftmaxClassifier
+from ._tuning import PathTunedLogisticRegression, tuning_splits
+
+__all__ = ["HEADS", "EarlyStopping", "FastGaussianNB", "FineTunedTailClassifier", "FrozenNorm", "LinearSVMClassifier",
+           "MLPHeadClassifier", "PathTunedLogisticRegression", "RBFSVMClassifier", "SmallCNNClassifier",
+           "SoftmaxClassifier", "holdout_split", "input_params", "make_head", "param_grid", "resolve_device",
+           "seeded_rng", "start_from_probe", "torch_threads", "tuning_splits"]
