@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .augment import DEFAULT_AUGMENT, parse_augment
-from .datasets import check_dataset_name, scan_dataset, suggest_name
+from .dataset_identity import check_moved, check_same_dataset
+from .datasets import check_dataset_name, scan_dataset
 from .decode import DecodeDataset, decoded_batches, loader_batches
 from .errors import ExtractError
 from .images import READ_FAILED, sha256_file
@@ -135,9 +136,9 @@ def extract_dataset(
     root_dir = str(dataset.root)
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
     with Store.open(cache, writable=True) as store:
-        _check_same_dataset(store, dataset.name, dataset.root, cache)
+        check_same_dataset(store, dataset.name, dataset.root, cache)
         shas, unreadable = _hash_files(store, paths)
-        _check_moved(store, dataset.name, dataset.root, cache, set(shas.values()))  # before anything else is written
+        check_moved(store, dataset.name, dataset.root, cache, set(shas.values()))  # before anything else is written
         spec, fp, backbone = _open_extractor(store, extractor)
         bad = _previous_failures(store, dataset.name)
         keys = _keys(shas, views)
@@ -219,35 +220,6 @@ def extract_files(paths: Sequence[Path], extractor: ExtractorSpec | Backbone, ca
         ok = {p: s for p, s in shas.items() if store.has(fp, s)}
     skipped = sorted(unreadable.items()) + [(p, bad[s]) for p, s in sorted(shas.items()) if s in bad]
     return FileFeatures(fp, ok, skipped, computed)
-
-
-def _check_same_dataset(store: Store, name: str, root: Path, cache: Path) -> None:
-    """Two folders of one name must not replace each other's manifest (a folder that moved may:
-    `_check_moved`, once its files are hashed)."""
-    if name not in store.datasets():
-        return
-    old = store.dataset_root(name)
-    if old != root and old.is_dir():
-        raise ExtractError(f"{cache} already holds a dataset named {name!r}, from {old}; pass --name to keep "
-                           f"both (e.g. --name {_other_name(root, name)})")
-
-
-def _check_moved(store: Store, name: str, root: Path, cache: Path, shas: set[str]) -> None:
-    """A dataset whose folder is gone follows a new folder only when the contents say it moved there:
-    at least half of either side's images are in the other (so images added or removed since keep it)."""
-    if name not in store.datasets() or store.dataset_root(name) == root:
-        return
-    old = {r.sha256 for r in store.read_manifest(name) if r.sha256}
-    shared = len(old & shas)
-    if shared and (2 * shared >= len(shas) or 2 * shared >= len(old)):
-        return
-    raise ExtractError(f"{cache} already holds a dataset named {name!r}, from {store.dataset_root(name)} (gone now), "
-                       f"with other images than {root}; pass --name to keep both (e.g. --name {_other_name(root, name)})")
-
-
-def _other_name(root: Path, name: str) -> str:
-    """A name for a second folder called like `name`: its parent folder's name before it."""
-    return suggest_name(f"{root.parent.name or 'other'}-{name}")
 
 
 def _open_extractor(store: Store, extractor: ExtractorSpec | Backbone, weights_file: str | None = None
