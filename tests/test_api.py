@@ -69,7 +69,9 @@ def test_a_notebook_session(image_folder: Path, tmp_path: Path, host: str) -> No
     X, y, paths = features.X, features.y, features.paths
     assert X.shape == (18, 8) and len(y) == len(paths) == 18 and features.spec.model == "tiny"
     fitted = bf.fit("knn", cache=cache)
-    assert fitted.head_path.is_file() and 0 <= fitted.sidecar["metrics"]["test_accuracy"] <= 1
+    sizes, accuracy = fitted.sidecar["sizes"], fitted.sidecar["metrics"]["test_accuracy"]
+    assert fitted.head_path.is_file() and sum(sizes.values()) == 18
+    assert accuracy * sizes["test"] == pytest.approx(round(accuracy * sizes["test"]))  # a share of the test images
     predictions = bf.predict(image_folder / "cat", fitted.head_path, cache=cache)
     assert len(predictions.items) == 6 and not predictions.skipped
     result = bf.compare(heads=["knn"], per_class=[3], repeats=1, pixels=8, cache=cache, out=tmp_path / "report")
