@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,3 +206,14 @@ def register_model(name: str, factory: Callable[..., Backbone]) -> None:
     the Backbone. Registering a name again replaces it."""
     _SOURCES[:] = [s for s in _SOURCES if not (isinstance(s, _Registered) and s.model == name)]
     register_source(_Registered(name, factory), first=True)
+
+
+@contextmanager
+def registration_scope() -> Iterator[None]:
+    """Models registered inside the block are forgotten when it ends (a test, a notebook trying a
+    model), and a name registered again inside resolves as before afterwards."""
+    before = list(_SOURCES)
+    try:
+        yield
+    finally:
+        _SOURCES[:] = before

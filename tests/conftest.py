@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,15 @@ def host(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     name = getattr(request, "param", "no-bf16")
     monkeypatch.setenv("BOTTLENECK_HARDWARE", SIMULATED_HOSTS[name])
     return name
+
+
+@pytest.fixture(autouse=True)
+def registered_models_forgotten() -> Iterator[None]:
+    """What a test registers (`register_model("tiny", ...)`) is gone after it."""
+    from bottleneck_features.sources import registration_scope
+
+    with registration_scope():
+        yield
 
 
 def on_host(label: str, host: str) -> str:

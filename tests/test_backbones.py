@@ -13,7 +13,6 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from bottleneck_features import registry
 from bottleneck_features.decode import normalize, resize_crop
 from bottleneck_features.errors import BackboneError, SpecError, UnknownModelError, WeightsUnavailableError
 from bottleneck_features.registry import Backbone
@@ -290,8 +289,7 @@ def test_timm_weights_unavailable_offline_is_fast(offline: Path) -> None:
 # --- registry -------------------------------------------------------------------------------------------
 
 
-def test_register_model_and_list_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_SOURCES", list(registry._SOURCES))
+def test_register_model_and_list_models() -> None:
     pre = Preprocess(8, 8, "bilinear", (0.5,) * 3, (0.5,) * 3)
     calls = []
 
@@ -311,6 +309,18 @@ def test_register_model_and_list_models(monkeypatch: pytest.MonkeyPatch) -> None
     assert infos["timm:NAME"].source == "timm"
     assert infos["raw32"].source == "pixels" and infos["raw32"].offline
     assert DEFAULT_MODEL in infos
+
+
+def test_a_registration_scope_forgets_what_was_registered_in_it() -> None:
+    from bottleneck_features.sources import registration_scope, resolve_spec
+
+    pre = Preprocess(8, 8, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    with registration_scope():
+        register_model("scoped", lambda weights=None, layer=None, pool="avg":
+                       Backbone(nn.Flatten(), ExtractorSpec("scoped", "random", pre, 192)))
+        assert resolve_spec("scoped").feature_dim == 192
+    with pytest.raises(UnknownModelError, match="unknown model 'scoped'"):
+        resolve_spec("scoped")
 
 
 # --- packaged weights: mapping and folding --------------------------------------------------------------

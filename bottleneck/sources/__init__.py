@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import SpecError
 from ..registry import (DEFAULT_MODEL, Backbone, ModelInfo, build, list_models, register_model,
-                        register_source, resolve_spec)
+                        register_source, registration_scope, resolve_spec)
 from ..spec import ExtractorSpec
 from .packaged import PackagedSource
 from ._common import split_tail, weights_cache_dir
@@ -35,4 +35,4 @@ def build_tail(spec: ExtractorSpec) -> tuple[nn.Module, tuple[int, ...]]:
 
 
 __all__ = ["DEFAULT_MODEL", "Backbone", "ModelInfo", "build", "build_tail", "is_raw_name", "list_models",
-           "load_backbone", "register_model", "resolve_spec", "weights_cache_dir"]
+           "load_backbone", "register_model", "registration_scope", "resolve_spec", "weights_cache_dir"]
