@@ -54,10 +54,10 @@ def main() -> None:
             report = extract_dataset(root, backbone, Path(tmp) / "cache.h5", options=options)
         other = report.seconds - seconds["model"] - seconds["hdf5"]
         result = dict(batch=batch, workers=workers, threads=threads, images=report.found,
-                      images_per_s=report.images_per_second, seconds=report.seconds,
+                      images_per_s=report.found_per_second, seconds=report.seconds,
                       model_s=seconds["model"], hdf5_s=seconds["hdf5"], other_s=other)
         results.append(result)
-        rows.append([batch, workers, threads, report.images_per_second, report.seconds, seconds["model"],
+        rows.append([batch, workers, threads, report.found_per_second, report.seconds, seconds["model"],
                      seconds["hdf5"], other])
         rows[-1][1] = "auto" if workers is None else workers
         print(*(f"{v:.2f}" if isinstance(v, float) else v for v in rows[-1]), flush=True)

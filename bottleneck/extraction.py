@@ -85,17 +85,17 @@ class ExtractReport:
     precision: str = ""  # how precision auto was decided, when it was
 
     @property
-    def images_per_second(self) -> float:
+    def found_per_second(self) -> float:
+        """Images found (computed or reused) per second of the run: a cached rerun's speed."""
         return self.found / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
         unit = f" views ({self.views} per image)" if self.views else ""
-        rate = f"{self.computed / self.seconds:.1f} views/s" if self.views and self.seconds > 0 else \
-            f"{self.images_per_second:.1f} images/s"
+        rate = f", {self.computed / self.seconds:.1f} {'views' if self.views else 'images'}/s computed" \
+            if self.computed and self.seconds > 0 else ""
         return (
             f"{self.found} images found, {self.computed}{unit} computed, {self.reused} reused from cache, "
-            f"{len(self.skipped)} skipped, {rate} "
-            f"({self.seconds:.1f} s on {self.device})"
+            f"{len(self.skipped)} skipped{rate} ({self.seconds:.1f} s on {self.device})"
             + (f"; {self.repaired} damaged vectors computed again" if self.repaired else "")
             + (f"; precision {self.precision}" if self.precision else "")
         )
