@@ -21,8 +21,6 @@ from .errors import SpecError
 from .spec import Preprocess
 
 DEFAULT_AUGMENT = "crop=0.35+flip+jitter=0.2"
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-             "nearest": Image.Resampling.NEAREST}
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ def augmented_view(img: Image.Image, augment: Augment, preprocess: Preprocess, s
     else:
         box = _random_resized_crop(width, height, augment.crop, rng)
     size = preprocess.input_size
-    img = img.resize((size, size), _RESAMPLE[preprocess.interpolation], box=box)
+    img = img.resize((size, size), Image.Resampling[preprocess.interpolation.upper()], box=box)
     if augment.flip and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if augment.jitter:

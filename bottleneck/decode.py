@@ -17,13 +17,6 @@ from .augment import Augment, augmented_view
 from .images import ImageError, decode_rgb, read_bytes
 from .spec import Preprocess
 
-_RESAMPLE = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "nearest": Image.Resampling.NEAREST,
-}
-
-
 def resize_crop(img: Image.Image, preprocess: Preprocess) -> torch.Tensor:
     """Shorter side to `resize_size` (PIL resampling, antialiased), centre crop -> uint8 (3, S, S).
 
@@ -45,7 +38,7 @@ def resize_crop(img: Image.Image, preprocess: Preprocess) -> torch.Tensor:
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     # One pass per axis, horizontal first as in a full PIL resize (given a 2-D box, Pillow may run
     # the vertical pass first, which rounds differently).
-    resample = _RESAMPLE[preprocess.interpolation]
+    resample = Image.Resampling[preprocess.interpolation.upper()]  # spec.INTERPOLATIONS are Pillow's names
     sx, sy = width / new_w, height / new_h
     if new_w == width:
         img = img.crop((left, 0, left + size, height))

@@ -29,9 +29,6 @@ from .spec import Preprocess
 # Images decoded per decode_jpeg call: 32 12-MP photos are 1.2 GB of device memory before resizing.
 DECODE_CHUNK = 32
 _EXIF_ORIENTATION = 0x0112
-_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-                  "nearest": InterpolationMode.NEAREST}
-
 # (index, pixels, jpeg bytes, error): one of pixels / jpeg bytes / error is set.
 Item = tuple[int, torch.Tensor | None, torch.Tensor | None, str]
 Batch = tuple[list[int], torch.Tensor | None, list[int], list[torch.Tensor], list[tuple[int, str]]]
@@ -96,7 +93,7 @@ def finish_batch(batch: Batch, preprocess: Preprocess,
 
 def resize_crop(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     """uint8 (3, H, W) → shorter side to resize_size (antialiased, as PIL) → centre crop (3, S, S)."""
-    image = F.resize(image, [preprocess.resize_size], interpolation=_INTERPOLATION[preprocess.interpolation],
+    image = F.resize(image, [preprocess.resize_size], interpolation=InterpolationMode(preprocess.interpolation),
                      antialias=True)
     return F.center_crop(image, [preprocess.input_size])
 
