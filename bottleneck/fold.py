@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +24,10 @@ def fold_batchnorm(model: nn.Module, input_size: int) -> nn.Module:
         return model
     try:
         pairs = _conv_norm_pairs(model, input_size, tuple(replacements))
-    except Exception:  # noqa: BLE001 -- any model that can't be traced this way just stays unfolded
+    except Exception as exc:  # noqa: BLE001 -- any model that can't be traced this way stays unfolded, said so
+        warnings.warn(f"{type(model).__name__}: BatchNorm left unfolded, its vectors the same but 7-45 % slower "
+                      f"on a CPU (tracing on the meta device failed: {type(exc).__name__}: {exc})", RuntimeWarning,
+                      stacklevel=2)
         return model
     if not pairs:
         return model

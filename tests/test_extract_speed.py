@@ -51,6 +51,17 @@ def test_no_fold_when_the_conv_output_is_used_elsewhere_or_there_is_no_norm() ->
     assert fold_batchnorm(plain, 16) is plain
 
 
+class Untraceable(ConvNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + float(x.sum())  # a meta tensor has no value
+
+
+def test_a_model_that_cannot_be_traced_stays_unfolded_and_says_so() -> None:
+    model = Untraceable(nn.BatchNorm2d(4)).eval()
+    with pytest.warns(RuntimeWarning, match="Untraceable: BatchNorm left unfolded"):
+        assert fold_batchnorm(model, 16) is model
+
+
 def test_collate_gives_a_channels_last_batch() -> None:
     images = [torch.randint(0, 255, (6, 5, 3), dtype=torch.uint8).permute(2, 0, 1) for _ in range(3)]
     indices, batch, bad = collate([(0, images[0], ""), (1, None, "broken"), (2, images[2], "")])
