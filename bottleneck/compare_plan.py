@@ -1,0 +1,220 @@
+"""The rows of a `bottleneck compare` and the draws they share: the features chosen by spec, brought up
+to date through the cache, aligned on the images they all have, and named as the table shows them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .augment import DEFAULT_AUGMENT
+from .errors import BottleneckError, CompareError
+from .evaluate import Split, draw_per_class, kfold_splits, protocol_pool
+from .extraction import ExtractOptions, extract_dataset
+from .progress import Progress
+from .sources import DEFAULT_MODEL, build_tail, is_raw_name, resolve_spec
+from .spec import ExtractorSpec
+from .store import Features, Store, load_features, load_views
+
+if TYPE_CHECKING:
+    import torch
+
+Tail = tuple["torch.nn.Module", tuple]  # the network after a layer, and the shape of that layer's maps
+Setting = tuple[int | None, int | None, list[Split]]  # (N per class, K folds, draws)
+
+
+@dataclass(frozen=True, eq=False)
+class Row:
+    """One row of the table: a feature set and how its cells train."""
+
+    spec: ExtractorSpec
+    name: str  # as the table shows it
+    X: np.ndarray  # (images, dim); (images, 1 + views, dim) for a views row; (sha, path) items for a files row
+    fingerprint: str  # names the row's fitted cells in cells/
+    every_head: bool = True  # False: a --finetune LAYER row not asked for, which gets only its finetune cells
+    tta: bool = False  # predicts from the mean of its scores over all views
+    tail: Tail | None = None  # --finetune LAYER: the network after the row's layer, trained on its maps
+    files: bool = False  # --finetune all: the row's whole network, trained on the image files
+
+    @property
+    def raw(self) -> bool:
+        """Raw pixels rather than a network's embedding."""
+        return is_raw_name(self.spec.model)
+
+
+@dataclass
+class Plan:
+    """What a compare fits: its rows, on the images they all have, and the draws they share."""
+
+    name: str  # the dataset
+    root: Path
+    out: Path
+    rows: list[Row]
+    paths: list[str]
+    shas: list[str]
+    labels: np.ndarray
+    settings: list[Setting]
+    protocol: str
+    notes: list[str]
+
+
+def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels: int | None
+                    ) -> tuple[str, Path, list[ExtractorSpec], list[tuple[ExtractorSpec, int]]]:
+    """(dataset name, root, the specs of its plain rows, (augmented spec, views) of its views rows):
+    every query is resolved before any work. A views row brings its plain spec's row along."""
+    with Store.open(cache) as store:
+        if dataset is None:
+            last = store.last_run()
+            if last is None:
+                raise CompareError(
+                    f"{cache}: no dataset extracted yet; run `bottleneck extract DATA --cache {cache}` first")
+            dataset = last[0]
+        root = store.dataset_root(dataset)  # StoreError naming the cached datasets if unknown
+        extracted = {fp: store.extractor_spec(fp) for fp in store.dataset_extractors(dataset)}
+        counts = store.dataset_views(dataset)
+        if models is None:
+            # whole maps (--pool none) are --finetune's input: a row only when named in --models
+            chosen = [s for fp, s in extracted.items() if (s.augment and fp in counts) or
+                      not (s.augment or is_raw_name(s.model) or s.pool == "none")] or [resolve_spec(DEFAULT_MODEL)]
+        else:
+            chosen = []
+            for query in models:
+                fps = store.match_extractors(dataset, query)
+                if len(fps) > 1:
+                    several = ", ".join(f"{extracted[fp].label()} ({fp})" for fp in fps)
+                    raise CompareError(f"--models {query}: dataset {dataset!r} has {len(fps)} extractions of it: "
+                                       f"{several}; name one by its label or fingerprint")
+                chosen.append(extracted[fps[0]] if fps else resolve_spec(query))
+    view_rows = [(s, counts[s.fingerprint()]) for s in chosen if s.augment]
+    specs = [s.replace(augment=None) for s in chosen]
+    if pixels:
+        raw = resolve_spec(f"raw{pixels}")
+        specs += [] if raw in specs else [raw]
+    return dataset, root, list(dict.fromkeys(specs)), list(dict.fromkeys(view_rows))
+
+
+def tails(specs: list[ExtractorSpec], layers: Sequence[str]) -> dict[ExtractorSpec, Tail]:
+    """For each embedding row and each layer: the spec of that layer's whole maps, and the network
+    after it (see `sources.build_tail`)."""
+    found = {}
+    for spec in specs:
+        if is_raw_name(spec.model) or spec.layer is not None:
+            continue
+        for layer in layers:
+            maps = spec.replace(layer=layer, pool="none", feature_dim=None)
+            maps = next((s for s in specs if s.replace(feature_dim=None) == maps), maps)  # already a row
+            try:
+                found[maps] = build_tail(maps)
+            except BottleneckError as exc:
+                raise CompareError(f"--finetune {layer}: {exc}") from None
+    if layers and not found:
+        raise CompareError("--finetune needs an embedding row to cut (a model extraction, not raw pixels alone)")
+    return found
+
+
+def row_names(specs: list[ExtractorSpec]) -> list[str]:
+    """Each spec's label; labels two specs share get their fingerprint's hash appended."""
+    labels = [s.label() for s in specs]
+    return [f"{label}~{s.fingerprint()[-6:]}" if labels.count(label) > 1 and s.complete else label
+            for label, s in zip(labels, specs)]
+
+
+def load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], progress: Progress | None,
+         notes: list[str]) -> list[Features]:
+    """Each feature set, brought up to date through the cache first while the dataset's folder is
+    there (only images it lacks are computed; a model is built only then). Without the folder, the
+    cached manifest is compared as it is."""
+    if not root.is_dir():
+        notes.append(f"{root} is gone: compared the images cached when it was last extracted")
+    loaded = []
+    for spec in specs:
+        if root.is_dir() or not spec.complete:
+            report = extract_dataset(root, spec, cache, name=name, options=ExtractOptions(progress=progress),
+                                     remember=False)
+            fp = report.fingerprint
+        else:
+            fp = spec.fingerprint()
+        loaded.append(load_features(cache, name, fp))  # right after its own manifest
+    return loaded
+
+
+def align(features: list[Features],
+          notes: list[str]) -> tuple[list[str], list[str], np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Keep the images every feature set has, in one row order (so draws mean the same images)."""
+    common = set(features[0].paths).intersection(*(f.paths for f in features[1:]))
+    keep = [p for p in features[0].paths if p in common]
+    dropped = len(set().union(*(f.paths for f in features))) - len(keep)
+    if dropped:
+        notes.append(f"{dropped} images lack vectors for some feature set and were left out")
+    Xs, first_rows = [], None
+    for f in features:
+        index = {p: i for i, p in enumerate(f.paths)}
+        rows = np.array([index[p] for p in keep], dtype=np.int64)
+        first_rows = rows if first_rows is None else first_rows
+        Xs.append(f.X[rows])
+    assert first_rows is not None
+    shas = [features[0].shas[i] for i in first_rows]
+    return keep, shas, features[0].labels[first_rows], features[0].splits[first_rows], Xs
+
+
+def plain_rows(specs: list[ExtractorSpec], loaded: list[Features], Xs: list[np.ndarray], chosen: int,
+               found: dict[ExtractorSpec, Tail]) -> list[Row]:
+    """A row per spec; those past the first `chosen` are --finetune LAYER rows not asked for."""
+    return [Row(spec, name, X, (features.spec or spec).fingerprint(), every_head=i < chosen, tail=found.get(spec))
+            for i, (spec, name, features, X) in enumerate(zip(specs, row_names(specs), loaded, Xs))]
+
+
+def views_rows(cache: Path, name: str, root: Path, view_rows: list[tuple[ExtractorSpec, int]], plain: list[Row],
+               shas: list[str], progress: Progress | None) -> list[Row]:
+    """For each augmented extraction: a row trained on every view, and its test-time-augmented twin."""
+    rows = []
+    by_spec = {row.spec: row for row in plain}
+    for spec, views in view_rows:
+        base = by_spec[spec.replace(augment=None)]
+        X = np.concatenate([base.X[:, None], load_views_of(cache, name, root, spec, views, shas, progress)], axis=1)
+        label = f"{base.name}+views{views}" + ("" if spec.augment == DEFAULT_AUGMENT else f"[{spec.augment}]")
+        for tta in (False, True):
+            suffix = "+tta" if tta else ""
+            rows.append(Row(spec, label + suffix, X, f"{spec.fingerprint()}+views{views}{suffix}", tta=tta))
+    return rows
+
+
+def files_rows(whole: list[ExtractorSpec], plain: list[Row], root: Path, paths: list[str],
+               shas: list[str]) -> list[Row]:
+    """For each network --finetune all trains: a row of (sha, path) items, named as the spec's own row."""
+    if not whole:
+        return []
+    items = np.array([[sha, str(root / path)] for path, sha in zip(paths, shas)], dtype=object).reshape(-1, 2)
+    names = {row.spec: row.name for row in plain}
+    return [Row(spec, names[spec], items, f"{spec.fingerprint()}+files", files=True) for spec in whole]
+
+
+def load_views_of(cache: Path, name: str, root: Path, spec: ExtractorSpec, views: int, shas: list[str],
+                  progress: Progress | None) -> np.ndarray:
+    """(images, views, dim) for `shas`, brought up to date through the cache while the folder is there."""
+    if root.is_dir():
+        extract_dataset(root, spec, cache, name=name, options=ExtractOptions(progress=progress), remember=False,
+                        views=views)
+    return load_views(cache, name, spec.fingerprint(), shas)
+
+
+def settings(labels: np.ndarray, splits: np.ndarray, per_class: Sequence[int] | None, cv: int | None,
+             repeats: int, seed: int, cap: bool, notes: list[str]) -> tuple[list[Setting], str]:
+    """The draws, computed once and shared by every feature set and head."""
+    if cv:
+        return [(None, cv, kfold_splits(labels, cv, seed))], f"stratified {cv}-fold cross-validation (seed {seed})"
+    pool, test = protocol_pool(splits)
+    found: list[Setting] = []
+    for n in per_class or []:
+        draws = draw_per_class(labels, n, repeats, seed, pool=pool, test=test, cap=cap)
+        classes, counts = np.unique(labels[draws[0].train], return_counts=True)
+        short = [f"{c} ({k})" for c, k in zip(classes, counts) if k < n]
+        if short:
+            notes.append(f"N={n} capped for {len(short)} classes: {', '.join(short)}")
+        found.append((n, None, draws))
+    tested = (f"tested on the {splits[test[0]]} split ({len(test)} images)" if test is not None
+              else "tested on all the other images")
+    return found, f"{repeats} draws of N training images per class (seed {seed}), {tested}"
