@@ -86,7 +86,7 @@ def junk(rng: np.random.Generator, size: int = 256) -> dict[str, Image.Image]:
     text = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(text)
     for line in range(12):
-        draw.text((8, 8 + 20 * line), " ".join("lorem ipsum dolor sit amet".split()[line % 5:]), fill="black")
+        draw.text((8, 8 + 20 * line), " ".join(["lorem", "ipsum", "dolor", "sit", "amet"][line % 5:]), fill="black")
     ramp = np.linspace(0, 255, size, dtype=np.uint8)
     return {
         "noise": Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
@@ -162,7 +162,7 @@ def scale_table(rows: int) -> list[dict]:
     results.append({"rows": 20_000, "search": "exact", "seconds": time.perf_counter() - start, "recall@5": 1.0})
     start = time.perf_counter()
     projected = cosine_neighbours(X, 5, exact_max_rows=0)
-    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(projected.index, exact.index)])
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(projected.index, exact.index, strict=True)])
     results.append({"rows": 20_000, "search": "PCA-64 + rescoring", "seconds": time.perf_counter() - start,
                     "recall@5": float(recall)})
     if rows > 20_000:

@@ -106,7 +106,7 @@ def synthetic_cache(path: Path) -> None:
     """A cache with one 102-class dataset under efficientnet_lite0 (1,280-d) and raw32 (3,072-d)."""
     _, y = clusters(8)
     shas = [f"{i:064x}" for i in range(len(y))]
-    rows = [ManifestRow(f"{label}/{i}.jpg", label, "", sha, "ok") for i, (label, sha) in enumerate(zip(y, shas))]
+    rows = [ManifestRow(f"{label}/{i}.jpg", label, "", sha, "ok") for i, (label, sha) in enumerate(zip(y, shas, strict=True))]
     with Store.open(path, writable=True) as store:
         for model, dim in (("efficientnet_lite0", 1280), ("raw32", 3072)):
             spec = resolve_spec(model, precision="fp32")

@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common as C
 import ray
+
+import _common as C
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.sources import load_backbone
 

@@ -86,7 +86,7 @@ def _stages(files: list[Path], backbone: Backbone, auto: str) -> dict[str, float
         t4 = clock()
         pixels.append(resize_crop(img, p))
         t5 = clock()
-        for stage, seconds in zip(DECODE_STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+        for stage, seconds in zip(DECODE_STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
             spent[stage] += seconds
     batches = []
     for start in range(0, len(files), BATCH):

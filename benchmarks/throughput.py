@@ -47,8 +47,8 @@ from PIL import Image
 import _common as C
 from bottleneck_features.decode import collate, resize_crop
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
-from bottleneck_features.inference import forward_batch, prepare_model
 from bottleneck_features.images import decode_rgb, find_images
+from bottleneck_features.inference import forward_batch, prepare_model
 from bottleneck_features.registry import Backbone
 from bottleneck_features.runtime import AUTOCAST, auto_precision, cpu_runtime, default_batch_size, resolve_device
 from bottleneck_features.sources import load_backbone
@@ -281,7 +281,7 @@ def _backbone_at(before: dict[str, ModuleType], backbone: Backbone, model: torch
 def _startup(name: str, weights: str | None, batch: int) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", STARTUP.format(name=name, weights=weights, batch=batch)],
                          capture_output=True, text=True, check=True).stdout.split()
-    return dict(zip(("imports_s", "build_s", "prepare_s", "first_batch_extra_s"), map(float, out)))
+    return dict(zip(("imports_s", "build_s", "prepare_s", "first_batch_extra_s"), map(float, out), strict=True))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from throughput import _ceiling
+
 import _common as C
 from bottleneck_features import extraction as extract
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.runtime import resolve_device
 from bottleneck_features.sources import load_backbone
 from bottleneck_features.store import Store
-from throughput import _ceiling
 
 
 def main() -> None:

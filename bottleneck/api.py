@@ -20,9 +20,9 @@ from .store import DEFAULT_CACHE, Features, Store
 
 if TYPE_CHECKING:
     from .audit import Audit
-    from .repair import RepairReport
     from .comparison import CompareResult
     from .extraction import ExtractReport
+    from .repair import RepairReport
     from .training import FitResult, Prediction
 
 def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str | Path = DEFAULT_CACHE,
@@ -66,7 +66,8 @@ def load_features(data: str | None = None, model: str | None = None, *,
     """The cached vectors of dataset `data` (default: the last extracted) under the extraction `model`
     names (a model name, a label such as `resnet50[layer3,max]`, or a fingerprint; default: the
     dataset's last), with their labels, splits, paths and spec. Nothing is computed."""
-    from .store import load_features as load, select_extraction
+    from .store import load_features as load
+    from .store import select_extraction
 
     dataset, fp = select_extraction(Path(cache), data, model)
     return load(Path(cache), dataset, fp)

@@ -23,9 +23,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from .errors import AuditError
+from .extraction import extract_dataset
 from .heads import make_head
 from .neighbours import cosine_neighbours
-from .extraction import extract_dataset
 from .sources import resolve_spec
 from .store import Features, Store, load_features, select_extraction
 
@@ -224,9 +224,9 @@ def _outliers(features: Features, rows: np.ndarray, index: np.ndarray, similarit
 
 
 def summarise(features: Features, findings: list[Finding]) -> list[ClassSummary]:
-    label_of = dict(zip(features.paths, features.labels.astype(str)))
+    label_of = dict(zip(features.paths, features.labels.astype(str), strict=True))
     counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ISSUES, 0))
     for finding in findings:
         counts[label_of[finding.path]][finding.issue] += 1
     classes, images = np.unique(features.labels.astype(str), return_counts=True)
-    return [ClassSummary(str(c), int(n), counts[str(c)]) for c, n in zip(classes, images)]
+    return [ClassSummary(str(c), int(n), counts[str(c)]) for c, n in zip(classes, images, strict=True)]

@@ -62,7 +62,7 @@ def fit_draws(head: BatchedLogReg, X: np.ndarray, y: np.ndarray, trains: Sequenc
     mean = torch.stack([X_t[r].mean(0) for r in rows])
     scale = torch.stack([X_t[r].std(0, correction=0) for r in rows])
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # StandardScaler leaves constant columns be
-    standard = [(X_t[r] - m) / s for r, m, s in zip(rows, mean, scale)]
+    standard = [(X_t[r] - m) / s for r, m, s in zip(rows, mean, scale, strict=True)]
     k = len(classes)
     if head.tune:
         C, start_at = _tune(head, standard, labels, k, device)
@@ -92,7 +92,7 @@ def _solve(head: BatchedLogReg, Xs: list[torch.Tensor], ys: list[torch.Tensor], 
     same = len({len(x) for x in Xs}) == 1
     X_all = torch.stack(Xs) if same else None
     y_all = torch.stack(ys) if same else None
-    penalty = torch.tensor([1.0 / (2 * c * len(x)) for c, x in zip(C, Xs)], device=device)
+    penalty = torch.tensor([1.0 / (2 * c * len(x)) for c, x in zip(C, Xs, strict=True)], device=device)
     optimizer = torch.optim.LBFGS([W, b], lr=1, max_iter=head.max_iter, tolerance_grad=head.tol,
                                   tolerance_change=1e-9, history_size=10, line_search_fn="strong_wolfe")
 
@@ -103,7 +103,7 @@ def _solve(head: BatchedLogReg, Xs: list[torch.Tensor], ys: list[torch.Tensor], 
             data = F.cross_entropy(logits.reshape(-1, k), y_all.reshape(-1), reduction="none")
             loss = data.reshape(len(Xs), -1).mean(1).sum()
         else:
-            loss = torch.stack([F.cross_entropy(x @ W[r] + b[r], yy) for r, (x, yy) in enumerate(zip(Xs, ys))]).sum()
+            loss = torch.stack([F.cross_entropy(x @ W[r] + b[r], yy) for r, (x, yy) in enumerate(zip(Xs, ys, strict=True))]).sum()
         loss = loss + (penalty * W.square().sum((1, 2))).sum()
         loss.backward()
         return loss
@@ -139,7 +139,7 @@ def _tune(head: BatchedLogReg, Xs: list[torch.Tensor], ys: list[torch.Tensor], k
         for r in range(len(Xs)):
             if not stopped[r]:
                 best = max(scores[r].values(), default=-1.0)
-                scores[r][C] = float(np.mean([a for a, (d, _, _) in zip(right, problems) if d == r]))
+                scores[r][C] = float(np.mean([a for a, (d, _, _) in zip(right, problems, strict=True) if d == r]))
                 stopped[r] = scores[r][C] <= best  # no better than a smaller C: larger Cs cost most
         if all(stopped):
             break

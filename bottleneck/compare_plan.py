@@ -119,7 +119,7 @@ def row_names(specs: list[ExtractorSpec]) -> list[str]:
     """Each spec's label; labels two specs share get their fingerprint's hash appended."""
     labels = [s.label() for s in specs]
     return [f"{label}~{s.fingerprint()[-6:]}" if labels.count(label) > 1 and s.complete else label
-            for label, s in zip(labels, specs)]
+            for label, s in zip(labels, specs, strict=True)]
 
 
 def load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], progress: Progress | None,
@@ -164,7 +164,7 @@ def plain_rows(specs: list[ExtractorSpec], loaded: list[Features], Xs: list[np.n
                found: dict[ExtractorSpec, Tail]) -> list[Row]:
     """A row per spec; those past the first `chosen` are --finetune LAYER rows not asked for."""
     return [Row(spec, name, X, (features.spec or spec).fingerprint(), every_head=i < chosen, tail=found.get(spec))
-            for i, (spec, name, features, X) in enumerate(zip(specs, row_names(specs), loaded, Xs))]
+            for i, (spec, name, features, X) in enumerate(zip(specs, row_names(specs), loaded, Xs, strict=True))]
 
 
 def views_rows(cache: Path, name: str, root: Path, view_rows: list[tuple[ExtractorSpec, int]], plain: list[Row],
@@ -187,7 +187,7 @@ def files_rows(whole: list[ExtractorSpec], plain: list[Row], root: Path, paths: 
     """For each network --finetune all trains: a row of (sha, path) items, named as the spec's own row."""
     if not whole:
         return []
-    items = np.array([[sha, str(root / path)] for path, sha in zip(paths, shas)], dtype=object).reshape(-1, 2)
+    items = np.array([[sha, str(root / path)] for path, sha in zip(paths, shas, strict=True)], dtype=object).reshape(-1, 2)
     names = {row.spec: row.name for row in plain}
     return [Row(spec, names[spec], items, f"{spec.fingerprint()}+files", files=True) for spec in whole]
 
@@ -211,7 +211,7 @@ def settings(labels: np.ndarray, splits: np.ndarray, per_class: Sequence[int] | 
     for n in per_class or []:
         draws = draw_per_class(labels, n, repeats, seed, pool=pool, test=test, cap=cap)
         classes, counts = np.unique(labels[draws[0].train], return_counts=True)
-        short = [f"{c} ({k})" for c, k in zip(classes, counts) if k < n]
+        short = [f"{c} ({k})" for c, k in zip(classes, counts, strict=True) if k < n]
         if short:
             notes.append(f"N={n} capped for {len(short)} classes: {', '.join(short)}")
         found.append((n, None, draws))

@@ -25,8 +25,19 @@ from sklearn.metrics import confusion_matrix
 from .augment import DEFAULT_AUGMENT
 from .batched_logreg import BatchedLogReg, fit_draws
 from .cells import CellCache
-from .compare_plan import (Plan, Row, Setting, align, choose_features, files_rows, load, plain_rows, settings, tails,
-                           views_rows)
+from .compare_plan import (
+    Plan,
+    Row,
+    Setting,
+    align,
+    choose_features,
+    files_rows,
+    load,
+    plain_rows,
+    settings,
+    tails,
+    views_rows,
+)
 from .errors import CompareError
 from .evaluate import METRICS, Cell, CellRun, Split, run_cell
 from .finetune import FineTunedNetworkClassifier
@@ -393,7 +404,7 @@ def _fit_batched(tasks: list[Job], estimators: dict[tuple[Row, str], object], la
         except (RuntimeError, ValueError) as exc:  # CUDA out of memory, a solver failure...
             raise CompareError(f"{first.cell_name()} failed on {device}: {str(exc).splitlines()[0]}; "
                                "pass --device sklearn to fit it on the CPU") from None
-        for job, y_pred in zip(draws, result.y_pred):
+        for job, y_pred in zip(draws, result.y_pred, strict=True):
             finished(job, CellRun(y_pred, result.fit_seconds, result.predict_seconds))
 
 
@@ -433,7 +444,7 @@ def _best_run(cell: Cell, draws: list[Split], runs: list[CellRun], labels: np.nd
               seed: int) -> BestRun:
     """Confusion summed over all draws; up to GALLERY_CAP mistakes of the first draw, sampled with `seed`."""
     classes = sorted(np.unique(labels).tolist())
-    confusion = sum(confusion_matrix(labels[d.test], run.y_pred, labels=classes) for d, run in zip(draws, runs))
+    confusion = sum(confusion_matrix(labels[d.test], run.y_pred, labels=classes) for d, run in zip(draws, runs, strict=True))
     test, pred = draws[0].test, runs[0].y_pred
     wrong = np.flatnonzero(labels[test] != pred)
     chosen = np.random.default_rng(seed).permutation(wrong)[:GALLERY_CAP]

@@ -17,6 +17,7 @@ from .augment import Augment, augmented_view
 from .images import ImageError, decode_rgb, read_bytes
 from .spec import Preprocess
 
+
 def resize_crop(img: Image.Image, preprocess: Preprocess) -> torch.Tensor:
     """Shorter side to `resize_size` (PIL resampling, antialiased), centre crop -> uint8 (3, S, S).
 
@@ -59,7 +60,7 @@ def normalize(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     unvectorised loop, 3-5x slower (benchmarks/RESULTS.md, section 16). Other layouts broadcast per channel."""
     n, c, h, w = batch.shape
     scale = torch.tensor([1 / (255 * s) for s in preprocess.std], device=batch.device)
-    shift = torch.tensor([-m / s for m, s in zip(preprocess.mean, preprocess.std)], device=batch.device)
+    shift = torch.tensor([-m / s for m, s in zip(preprocess.mean, preprocess.std, strict=True)], device=batch.device)
     if batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous():
         rows = batch.permute(0, 2, 3, 1).reshape(n * h, w * c)
         out = torch.addcmul(shift.repeat(w), rows, scale.repeat(w))
@@ -158,6 +159,6 @@ def alternating_batches(dataset: DecodeDataset, batch_size: int,
             if threads:
                 yield collate(list(decoders.map(dataset.decode, indices, data)))
             else:
-                yield collate([dataset.decode(i, d) for i, d in zip(indices, data)])
+                yield collate([dataset.decode(i, d) for i, d in zip(indices, data, strict=True)])
 
 

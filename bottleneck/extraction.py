@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import ray_engine
 from .augment import DEFAULT_AUGMENT, parse_augment
 from .dataset_identity import check_moved, check_same_dataset
 from .datasets import check_dataset_name, scan_dataset
 from .decode import DecodeDataset, decoded_batches, loader_batches
 from .errors import ExtractError
 from .images import READ_FAILED, sha256_file
-from . import ray_engine
 from .inference import forward_batch, prepare_model
 from .progress import Progress, no_progress
 from .runtime import AUTOCAST, auto_precision, cpu_runtime, default_batch_size, resolve_device
@@ -153,7 +153,7 @@ def extract_dataset(
                                [view_of[key] for key, _ in todo] if views else None)
         finally:
             rows = []
-            for entry, path in zip(dataset.entries, paths):
+            for entry, path in zip(dataset.entries, paths, strict=True):
                 sha = shas.get(path, "")
                 status = unreadable.get(path) or _status(sha, bad, store, fp, keys.get(sha, [sha]))
                 rows.append(ManifestRow(entry.path, entry.label, entry.split, sha, status))

@@ -24,8 +24,7 @@ from torch.nn import functional as F
 from .augment import DEFAULT_AUGMENT, parse_augment
 from .decode import DecodeDataset, decoded_batches
 from .errors import FitError
-from .heads import (EarlyStopping, FrozenNorm, holdout_split, resolve_device, seeded_rng, start_from_probe,
-                    torch_threads)
+from .heads import EarlyStopping, FrozenNorm, holdout_split, resolve_device, seeded_rng, start_from_probe, torch_threads
 from .inference import forward_batch
 from .sources import build
 from .spec import ExtractorSpec, Preprocess

@@ -69,7 +69,7 @@ def _conv_norm_pairs(model: nn.Module, input_size: int, norms: tuple[type, ...])
     uses = Counter(_graph_inputs(out.grad_fn))
     called = Counter(m for m, _ in calls)
     names = {m: name for name, m in meta.named_modules()}
-    return [(names[conv], names[norm]) for (conv, _), (norm, source) in zip(calls, calls[1:])
+    return [(names[conv], names[norm]) for (conv, _), (norm, source) in zip(calls, calls[1:], strict=False)
             if type(norm) in norms and isinstance(conv, nn.Conv2d) and norm.running_var is not None
             and source is not None and source is made_by.get(conv) and uses[source] == 1
             and called[conv] == called[norm] == 1]

@@ -51,7 +51,7 @@ def _write_csv(features: Features, out: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split", "sha256", *(f"f{i}" for i in range(dims))])
         for path, label, split, sha, row in zip(features.paths, features.labels, features.splits, features.shas,
-                                                features.X):
+                                                features.X, strict=True):
             writer.writerow([spreadsheet_safe(path), spreadsheet_safe(str(label)), split, sha,
                              *(f"{v:.9g}" for v in row)])
 

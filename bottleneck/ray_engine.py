@@ -132,7 +132,7 @@ def embed(todo: Sequence[tuple[str, str]], views: Sequence[tuple[str, int]] | No
         ok = batch["error"] == ""
         if ok.any():
             write([str(k) for k in batch["key"][ok]], batch["vector"][ok])
-        for key, error in zip(batch["key"][~ok], batch["error"][~ok]):
+        for key, error in zip(batch["key"][~ok], batch["error"][~ok], strict=True):
             fail(str(key), str(error))
         done += len(ok)
         progress(done)
@@ -152,9 +152,9 @@ class _Embedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         spec = self.spec
-        dataset = DecodeDataset(list(zip(batch["key"], batch["path"])), spec.preprocess,
+        dataset = DecodeDataset(list(zip(batch["key"], batch["path"], strict=True)), spec.preprocess,
                                 parse_augment(spec.augment) if spec.augment else None,
-                                list(zip(batch["sha"], batch["view"].tolist())))
+                                list(zip(batch["sha"], batch["view"].tolist(), strict=True)))
         indices, pixels, failed = next(alternating_batches(dataset, len(dataset), self.threads))
         vectors = np.zeros((len(dataset), int(spec.feature_dim or 0)), dtype=np.float32)
         if pixels is not None:

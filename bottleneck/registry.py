@@ -88,8 +88,8 @@ class Source(ABC):
     @abstractmethod
     def build(self, model: str, weights: str | None, layer: str | None, pool: str) -> Backbone: ...
 
-    def check(self, model: str, weights: str | None, layer: str | None, pool: str) -> None:
-        """Refuse options this model can't take, before any work."""
+    def check(self, model: str, weights: str | None, layer: str | None, pool: str) -> None:  # noqa: B027
+        """Refuse options this model can't take, before any work (a hook: by default every option goes)."""
 
     def infos(self) -> list[ModelInfo]:
         return []

@@ -158,7 +158,7 @@ def _by_address(source: h5py.File, path: Path) -> _Found:
                 found.extractors[fp] = extractor
         elif "root" in attrs and "layout" in attrs:
             found.datasets[str(attrs.get("name") or Path(str(attrs["root"])).name)] = obj
-        elif _PATH_INDEX <= set(_keys(obj)):
+        elif set(_keys(obj)) >= _PATH_INDEX:
             found.path_index = obj
     for fp, parts in loose.items():
         if fp not in found.extractors and {"keys", "vectors", "spec"} <= set(parts):

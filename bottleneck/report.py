@@ -228,7 +228,7 @@ def plot_curve(path: Path, cells: Sequence[Cell], metric: str) -> None:
     for (features, head), group in lines.items():
         group = sorted(group, key=lambda c: c.per_class or 0)
         x = [c.per_class or 0 for c in group]
-        mean, std = (np.array(v) for v in zip(*(c.mean_std(metric) for c in group)))
+        mean, std = (np.array(v) for v in zip(*(c.mean_std(metric) for c in group), strict=True))
         style = "--" if features.startswith("raw") else "-"
         (line,) = ax.plot(x, mean, style, marker="o", label=f"{features} + {head}")
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)

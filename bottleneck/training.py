@@ -210,7 +210,7 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
         _check_width(estimator, X.shape[1], head_path, spec.label())
         proba = estimator.predict_proba(X)
         classes = np.asarray(estimator.classes_)
-        for path, row in zip(paths, proba):
+        for path, row in zip(paths, proba, strict=True):
             order = np.argsort(-row)[: max(1, top_k)]
             predictions.append(Prediction(path, [str(classes[i]) for i in order], [float(row[i]) for i in order]))
     return predictions, result.skipped
@@ -244,7 +244,7 @@ def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -
     """CSV (path, prediction, probability, then label_i/probability_i for i ≤ top_k) or JSON."""
     if fmt == "json":
         rows = [{"path": p.path, "prediction": p.labels[0], "probability": p.probabilities[0],
-                 "top_k": [{"label": l, "probability": q} for l, q in zip(p.labels, p.probabilities)]}
+                 "top_k": [{"label": l, "probability": q} for l, q in zip(p.labels, p.probabilities, strict=True)]}
                 for p in predictions]
         return json.dumps(rows, indent=2) + "\n"
     if fmt != "csv":
@@ -254,7 +254,7 @@ def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -
     extra = [f"{kind}_{i}" for i in range(1, top_k + 1) for kind in ("label", "probability")] if top_k > 1 else []
     writer.writerow(["path", "prediction", "probability", *extra])
     for p in predictions:
-        tail = [v for pair in zip(p.labels, p.probabilities) for v in pair] if top_k > 1 else []
+        tail = [v for pair in zip(p.labels, p.probabilities, strict=True) for v in pair] if top_k > 1 else []
         writer.writerow([spreadsheet_safe(p.path), spreadsheet_safe(p.labels[0]), f"{p.probabilities[0]:.6f}",
                          *[f"{v:.6f}" if isinstance(v, float) else spreadsheet_safe(v) for v in tail]])
     return buffer.getvalue()

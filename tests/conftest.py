@@ -94,8 +94,8 @@ def lite0_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     from bottleneck_features.errors import BackboneError
-    from bottleneck_features.sources import load_backbone
     from bottleneck_features.extraction import ExtractOptions, extract_dataset
+    from bottleneck_features.sources import load_backbone
 
     try:
         backbone = load_backbone("efficientnet_lite0")

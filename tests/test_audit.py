@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bottleneck_features.audit import audit_features
-from bottleneck_features.errors import AuditError
 from bottleneck_features.cli import app
+from bottleneck_features.errors import AuditError
 from bottleneck_features.sources import register_model
 from bottleneck_features.store import Features
 from conftest import write_image
@@ -26,7 +26,7 @@ def _features(n_per_class: int = 30, seed: int = 0) -> Features:
     labels = np.repeat(["ant", "bee", "cat"], n_per_class)
     X = (centres[np.repeat(np.arange(3), n_per_class)] + rng.normal(size=(3 * n_per_class, 64))).astype(np.float32)
     splits = np.array(["train" if i % n_per_class < 0.8 * n_per_class else "test" for i in range(len(X))])
-    paths = [f"{s}/{c}/{i}.jpg" for i, (s, c) in enumerate(zip(splits, labels))]
+    paths = [f"{s}/{c}/{i}.jpg" for i, (s, c) in enumerate(zip(splits, labels, strict=True))]
     return Features(Path("/data"), paths, labels, splits, [f"{i:064x}" for i in range(len(X))], X)
 
 

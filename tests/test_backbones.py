@@ -16,8 +16,16 @@ from torch import nn
 from bottleneck_features.decode import normalize, resize_crop
 from bottleneck_features.errors import BackboneError, SpecError, UnknownModelError, WeightsUnavailableError
 from bottleneck_features.registry import Backbone
-from bottleneck_features.sources import DEFAULT_MODEL, _common, list_models, load_backbone, packaged, register_model
-from bottleneck_features.sources import torchvision_models, weights_cache_dir
+from bottleneck_features.sources import (
+    DEFAULT_MODEL,
+    _common,
+    list_models,
+    load_backbone,
+    packaged,
+    register_model,
+    torchvision_models,
+    weights_cache_dir,
+)
 from bottleneck_features.spec import ExtractorSpec, Preprocess
 
 

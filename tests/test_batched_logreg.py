@@ -24,16 +24,16 @@ def test_matches_scikit_learn_within_half_a_point(tune: bool, per_class: int) ->
     X, y = clusters()
     draws = draw_per_class(y, per_class, 4, seed=0)
     result = fit_draws(BatchedLogReg(tune=tune), X, y, [d.train for d in draws], [d.test for d in draws], "cpu")
-    ours = np.mean([np.mean(p == y[d.test]) for p, d in zip(result.y_pred, draws)])
+    ours = np.mean([np.mean(p == y[d.test]) for p, d in zip(result.y_pred, draws, strict=True)])
     theirs = [run_cell(make_head("logreg", tune=tune), X, y, d) for d in draws]
-    reference = np.mean([np.mean(r.y_pred == y[d.test]) for r, d in zip(theirs, draws)])
+    reference = np.mean([np.mean(r.y_pred == y[d.test]) for r, d in zip(theirs, draws, strict=True)])
     assert 0.4 < reference < 0.95
     assert abs(ours - reference) <= 0.005
-    agreement = np.mean([np.mean(p == r.y_pred) for p, r in zip(result.y_pred, theirs)])
+    agreement = np.mean([np.mean(p == r.y_pred) for p, r in zip(result.y_pred, theirs, strict=True)])
     assert agreement >= 0.97
     if tune:  # the same held-out parts and path: the same C, but for a held-out image that float32 flips
         chosen = [make_head("logreg", tune=True).fit(X[d.train], y[d.train])[-1].C_ for d in draws]
-        assert sum(a == b for a, b in zip(result.C, chosen)) >= 3
+        assert sum(a == b for a, b in zip(result.C, chosen, strict=True)) >= 3
     else:
         assert result.C == [0.1] * 4
 
@@ -46,7 +46,7 @@ def test_draws_of_different_sizes_and_labels_it_never_saw_in_one_draw() -> None:
     result = fit_draws(BatchedLogReg(), X, y, trains, tests, "cpu")
     assert [len(p) for p in result.y_pred] == [len(t) for t in tests]
     assert set(result.y_pred[0]) <= set(y) and result.fit_seconds > 0
-    for train, test, pred in zip(trains, tests, result.y_pred):
+    for train, test, pred in zip(trains, tests, result.y_pred, strict=True):
         reference = make_head("logreg").fit(X[train], y[train]).predict(X[test])
         assert np.mean(pred == reference) >= 0.95
 

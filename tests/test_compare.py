@@ -13,11 +13,10 @@ import pytest
 from PIL import Image
 
 import bottleneck_features.comparison as compare
-from bottleneck_features.errors import BackboneError
-from bottleneck_features.sources import load_backbone
 from bottleneck_features.comparison import CompareError, run_compare
+from bottleneck_features.errors import BackboneError, StoreError
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
-from bottleneck_features.errors import StoreError
+from bottleneck_features.sources import load_backbone
 from bottleneck_features.store import Store
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
@@ -123,7 +122,7 @@ def test_logreg_cells_batched_in_torch_match_scikit_learn(colour_cache: Path, tm
         results[device] = run_compare(cache, out=tmp_path / f"out-{device}", device=device, **kwargs)
     assert [(c.features, c.head, c.per_class) for c in results["cpu"].cells] == \
         [(c.features, c.head, c.per_class) for c in results["sklearn"].cells]
-    for ours, theirs in zip(results["cpu"].cells, results["sklearn"].cells):
+    for ours, theirs in zip(results["cpu"].cells, results["sklearn"].cells, strict=True):
         assert len(ours.scores["accuracy"]) == 3
         if ours.head == "logreg":
             assert abs(ours.mean_std("accuracy")[0] - theirs.mean_std("accuracy")[0]) <= 0.05

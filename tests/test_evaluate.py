@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from bottleneck_features.evaluate import (METRICS, Cell, CompareError, Split, draw_per_class, kfold_splits, mean_std,
-                                 protocol_pool, run_cell, score)
+from bottleneck_features.evaluate import (
+    METRICS,
+    Cell,
+    CompareError,
+    Split,
+    draw_per_class,
+    kfold_splits,
+    mean_std,
+    protocol_pool,
+    run_cell,
+    score,
+)
 
 # 3 classes of unequal size, interleaved so that row order says nothing about the class
 LABELS = np.array(["a", "b", "c"] * 8 + ["a"] * 6 + ["b"] * 2)  # a: 14, b: 10, c: 8
@@ -15,7 +25,7 @@ LABELS = np.array(["a", "b", "c"] * 8 + ["a"] * 6 + ["b"] * 2)  # a: 14, b: 10, 
 
 def per_class_counts(labels: np.ndarray, rows: np.ndarray) -> dict[str, int]:
     classes, counts = np.unique(labels[rows], return_counts=True)
-    return dict(zip(classes.tolist(), counts.tolist()))
+    return dict(zip(classes.tolist(), counts.tolist(), strict=True))
 
 
 def test_draws_take_exactly_n_per_class_and_test_on_the_rest() -> None:
@@ -32,14 +42,14 @@ def test_draws_differ_across_repeats_and_reproduce_with_the_seed() -> None:
     again = draw_per_class(LABELS, 4, repeats=5, seed=7)  # more repeats: the first 3 do not move
     other = draw_per_class(LABELS, 4, repeats=3, seed=8)
     assert len({tuple(d.train) for d in first}) == 3
-    assert all(np.array_equal(a.train, b.train) for a, b in zip(first, again))
-    assert any(not np.array_equal(a.train, b.train) for a, b in zip(first, other))
+    assert all(np.array_equal(a.train, b.train) for a, b in zip(first, again, strict=False))  # 3 of 5
+    assert any(not np.array_equal(a.train, b.train) for a, b in zip(first, other, strict=True))
 
 
 def test_draws_are_nested_across_n() -> None:
     small = draw_per_class(LABELS, 3, repeats=2, seed=0)
     large = draw_per_class(LABELS, 6, repeats=2, seed=0)
-    assert all(np.isin(s.train, g.train).all() for s, g in zip(small, large))
+    assert all(np.isin(s.train, g.train).all() for s, g in zip(small, large, strict=True))
 
 
 def test_fixed_test_split_draws_from_the_pool_only() -> None:

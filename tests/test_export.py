@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from bottleneck_features.cli import app
 from bottleneck_features.errors import BottleneckError
-from bottleneck_features.formats import export_features, spreadsheet_safe
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.formats import export_features, spreadsheet_safe
 from bottleneck_features.spec import ExtractorSpec
 from bottleneck_features.store import load_features, select_extraction
 from conftest import write_image

@@ -113,7 +113,7 @@ def test_gpu_loader_and_cpu_decode_threads_give_the_same_batches(image_folder: P
     for threads in (0, 2):
         batches = list(decode.alternating_batches(dataset, 4, threads))
         assert len(batches) == len(processes) == 5
-        for (i, x, bad), (j, y, worse) in zip(batches, processes):
+        for (i, x, bad), (j, y, worse) in zip(batches, processes, strict=True):
             assert i == j and bad == worse and torch.equal(x, y)
             assert x.is_contiguous(memory_format=torch.channels_last)
 

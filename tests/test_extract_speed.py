@@ -9,8 +9,8 @@ from torch import nn
 
 from bottleneck_features.decode import collate
 from bottleneck_features.fold import fold_batchnorm
-from bottleneck_features.runtime import cpu_runtime
 from bottleneck_features.images import find_images
+from bottleneck_features.runtime import cpu_runtime
 from conftest import write_image
 
 

@@ -182,9 +182,9 @@ def test_the_lock_belongs_to_the_file_not_the_path(image_folder: Path, tmp_path:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         for writable in (True, False):
-            with pytest.raises(CacheBusyError, match=f"in use by bottleneck pid {holder.pid}"):
-                with Store.open(link, writable=writable):
-                    pass
+            with pytest.raises(CacheBusyError, match=f"in use by bottleneck pid {holder.pid}"), \
+                    Store.open(link, writable=writable):
+                pass
         with pytest.raises(CacheBusyError):
             extract_dataset(image_folder, tiny_backbone(), Path(os.path.relpath(cache)), options=QUIET)
     finally:

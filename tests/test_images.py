@@ -1,10 +1,10 @@
 import io
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from bottleneck_features.images import ImageError, decode_rgb, find_images, sha256_file

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from bottleneck_features.spec import ExtractorSpec, Preprocess
 from bottleneck_features.errors import CacheBusyError, StoreError
+from bottleneck_features.spec import ExtractorSpec, Preprocess
 from bottleneck_features.store import ManifestRow, Store, load_features
 
 PRE = Preprocess(32, 36, "bilinear", (0.5,) * 3, (0.5,) * 3)
@@ -87,18 +87,15 @@ def test_path_index_round_trip(tmp_path: Path) -> None:
 
 
 def test_missing_cache_and_foreign_file(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="no cache here yet"):
-        with Store.open(tmp_path / "none.h5"):
-            pass
+    with pytest.raises(StoreError, match="no cache here yet"), Store.open(tmp_path / "none.h5"):
+        pass
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f.attrs["format"] = "something-else"
-    with pytest.raises(StoreError, match="not a bottleneck cache"):
-        with Store.open(tmp_path / "other.h5", writable=True):
-            pass
+    with pytest.raises(StoreError, match="not a bottleneck cache"), Store.open(tmp_path / "other.h5", writable=True):
+        pass
     (tmp_path / "junk.h5").write_bytes(b"junk")
-    with pytest.raises(StoreError, match="not a readable HDF5 cache"):
-        with Store.open(tmp_path / "junk.h5"):
-            pass
+    with pytest.raises(StoreError, match="not a readable HDF5 cache"), Store.open(tmp_path / "junk.h5"):
+        pass
 
 
 def _hold_lock(cache: str, ready, release) -> None:
@@ -115,9 +112,9 @@ def test_second_writer_fails_with_clear_message(tmp_path: Path) -> None:
     holder.start()
     try:
         assert ready.wait(10)
-        with pytest.raises(CacheBusyError, match=f"in use by bottleneck pid {holder.pid}"):
-            with Store.open(cache, writable=True):
-                pass
+        with pytest.raises(CacheBusyError, match=f"in use by bottleneck pid {holder.pid}"), \
+                Store.open(cache, writable=True):
+            pass
     finally:
         release.set()
         holder.join(10)

@@ -4,13 +4,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bottleneck_features.errors import BackboneError
+from bottleneck_features.errors import BackboneError, StoreError
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.heads import LinearSVMClassifier, RBFSVMClassifier
 from bottleneck_features.sources import register_model, resolve_spec
-from bottleneck_features.extraction import ExtractOptions, extract_dataset
-from bottleneck_features.training import FitError, fit_head, load_head, predict_files, split_indices, write_predictions
-from bottleneck_features.errors import StoreError
 from bottleneck_features.store import load_features
+from bottleneck_features.training import FitError, fit_head, load_head, predict_files, split_indices, write_predictions
 from conftest import write_image
 from tiny_backbone import tiny_backbone
 

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._tuning import _StratifiedKFoldUpTo
 
+
 class FastGaussianNB(GaussianNB):
     """GaussianNB whose log-likelihoods are two matrix products (the square expanded) instead of a
     loop over classes over (n, d) arrays: 8.7 s → 0.1 s for 7,650 raw32 images at 102 classes."""

@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import FitError
 from ._torch import _TorchClassifier
 
+
 class FrozenNorm(nn.Module):
     """A pretrained part whose batch-norm layers keep their ImageNet statistics in training: with
     tens of images per class, batch statistics would replace them with noise."""

@@ -19,7 +19,6 @@ from torch import nn
 from torch.nn import functional as F
 
 
-
 @contextmanager
 def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's RNGs for one fit and restore them afterwards.
@@ -139,7 +138,7 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
         n_batches = math.ceil(len(train) / self.batch_size)
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         stopping = EarlyStopping(self.patience)
-        for epoch in range(1, self.max_epochs + 1):
+        for epoch in range(1, self.max_epochs + 1):  # noqa: B007 -- the count is returned
             module.train()
             # array_split keeps batches near-equal, so none has the single sample BatchNorm rejects
             for batch in np.array_split(rng.permutation(train), n_batches):

@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import FitError
 from ._torch import _TorchClassifier
 
+
 class SoftmaxClassifier(_TorchClassifier):
     """One linear layer + softmax (the tutorials' ``Dense(n_classes, softmax)`` top)."""
 

@@ -13,7 +13,6 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 
-
 class _StratifiedKFoldUpTo(BaseCrossValidator):
     """Shuffled StratifiedKFold with ``min(max_splits, smallest class count)`` folds, fixed at
     split time, so one splitter suits any training set.
@@ -94,7 +93,7 @@ class PathTunedLogisticRegression(ClassifierMixin, BaseEstimator):
             for C in sorted(self.Cs):
                 best = max(self.scores_.values(), default=-1.0)
                 self.scores_[C] = float(np.mean([path.set_params(C=C).fit(X[train], y[train]).score(X[val], y[val])
-                                                 for path, (train, val) in zip(paths, splits)]))
+                                                 for path, (train, val) in zip(paths, splits, strict=True)]))
                 solutions[C] = (paths[0].coef_.copy(), paths[0].intercept_.copy())
                 if self.scores_[C] <= best:  # no better than a smaller C: stop, larger Cs cost most
                     break

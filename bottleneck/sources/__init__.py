@@ -7,11 +7,20 @@ Importing this package registers them; it is the registry's public face.
 from torch import nn
 
 from ..errors import SpecError
-from ..registry import (DEFAULT_MODEL, Backbone, ModelInfo, build, list_models, register_model,
-                        register_source, registration_scope, resolve_spec)
+from ..registry import (
+    DEFAULT_MODEL,
+    Backbone,
+    ModelInfo,
+    build,
+    list_models,
+    register_model,
+    register_source,
+    registration_scope,
+    resolve_spec,
+)
 from ..spec import ExtractorSpec
-from .packaged import PackagedSource
 from ._common import split_tail, weights_cache_dir
+from .packaged import PackagedSource
 from .raw import RawSource, is_raw_name
 from .timm_models import TimmSource
 from .torchvision_models import TorchvisionSource

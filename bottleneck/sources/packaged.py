@@ -15,10 +15,10 @@ from torch import nn
 
 from ..errors import BackboneError, WeightsUnavailableError
 from ..registry import Backbone, ModelConfig, ModelInfo, Source
+from ..spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ._common import Net, finish, load_strict, read_weights, verified_sha256
 from .timm_models import load_net as timm_net
 from .torchvision_models import load_net as torchvision_net
-from ..spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 _LITE_SHA256 = {
     0: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
@@ -109,11 +109,11 @@ def _from_lukemelas(state: dict, model: nn.Module) -> dict:
     own = model.state_dict()
     if len(own) != len(state):
         raise BackboneError(f"EfficientNet-Lite weights have {len(state)} tensors, the model {len(own)}")
-    for (key, value), (own_key, own_value) in zip(state.items(), own.items()):
+    for (key, value), (own_key, own_value) in zip(state.items(), own.items(), strict=True):
         if value.shape != own_value.shape:
             raise BackboneError(f"EfficientNet-Lite weights: {key} {tuple(value.shape)} doesn't fit {own_key} "
                                 f"{tuple(own_value.shape)}")
-    return dict(zip(own, state.values()))
+    return dict(zip(own, state.values(), strict=True))
 
 
 def _squeezenet_net(weights: str | None) -> Net:
@@ -147,7 +147,7 @@ def _caffe_squeezenet_state_dict() -> dict[str, torch.Tensor]:
     with path.open("rb") as f:
         caffe = pickle.load(f)
     layers = {"features.0": "conv1", "classifier.1": "conv10"}
-    for fire, index in zip(range(2, 10), (3, 4, 6, 7, 9, 10, 11, 12)):
+    for fire, index in zip(range(2, 10), (3, 4, 6, 7, 9, 10, 11, 12), strict=True):
         for part, caffe_part in (("squeeze", "squeeze1x1"), ("expand1x1", "expand1x1"), ("expand3x3", "expand3x3")):
             layers[f"features.{index}.{part}"] = f"fire{fire}/{caffe_part}"
     state = {}

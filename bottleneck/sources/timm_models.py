@@ -13,8 +13,8 @@ from torch import nn
 
 from ..errors import BackboneError, UnknownModelError
 from ..registry import Backbone, ModelConfig, ModelInfo, Source
-from ._common import Net, apply_weights, finish, first_line, reachable, unavailable
 from ..spec import Preprocess
+from ._common import Net, apply_weights, finish, first_line, reachable, unavailable
 
 PREFIX = "timm:"
 
@@ -62,7 +62,7 @@ def load_net(arch: str, weights: str | None) -> Net:
         raise UnknownModelError(f"unknown timm model {arch!r}: see timm.list_models() for names")
     if weights is None:
         model = _pretrained(arch)
-        cfg: dict = getattr(model, "pretrained_cfg")
+        cfg: dict = getattr(model, "pretrained_cfg")  # noqa: B009 -- timm's, unknown to nn.Module's type
         weights_id = _identity(cfg["architecture"], cfg.get("tag"))
     else:
         model = timm.create_model(arch)

@@ -9,9 +9,18 @@ from torch import nn
 
 from ..errors import BackboneError
 from ..registry import Backbone, ModelConfig, ModelInfo, Source
-from ._common import (Net, Pooled, apply_weights, finish, first_line, reachable, unavailable,
-                                        url_filename, weights_cache_dir)
 from ..spec import Preprocess
+from ._common import (
+    Net,
+    Pooled,
+    apply_weights,
+    finish,
+    first_line,
+    reachable,
+    unavailable,
+    url_filename,
+    weights_cache_dir,
+)
 
 
 @cache

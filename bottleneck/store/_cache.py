@@ -105,7 +105,7 @@ class Store:
     # -- embeddings ---------------------------------------------------------------------------
 
     def extractors(self) -> list[str]:
-        return sorted(k for k in self._get("extractors", {}).keys() if ASIDE not in k)
+        return sorted(k for k in self._get("extractors", {}) if ASIDE not in k)
 
     def extractor_attrs(self, fp: str) -> dict:
         if self._get(f"extractors/{fp}") is None:
@@ -255,7 +255,7 @@ class Store:
         index = self._key_index(fp)
         vectors = np.asarray(vectors)
         finite = np.isfinite(vectors).all(axis=1)
-        rejected = [s for s, ok in zip(shas, finite) if not ok]
+        rejected = [s for s, ok in zip(shas, finite, strict=True) if not ok]
         fresh = [i for i, s in enumerate(shas) if s not in index and finite[i]]
         if not fresh:
             return rejected
@@ -365,7 +365,7 @@ class Store:
     def read_manifest(self, name: str) -> list[ManifestRow]:
         group = self._dataset_group(name)
         columns = [group[f].asstr()[()] if f != "sha256" else [s.decode() for s in group[f][()]] for f in MANIFEST_FIELDS]
-        return [ManifestRow(*values) for values in zip(*columns)]
+        return [ManifestRow(*values) for values in zip(*columns, strict=True)]
 
     def dataset_views(self, name: str) -> dict[str, int]:
         """Fingerprint → how many augmented views of each image the dataset's last extract made."""
@@ -389,7 +389,7 @@ class Store:
             return {}
         paths = group["path"].asstr()[()]
         sizes, mtimes, shas = group["size"][()], group["mtime_ns"][()], group["sha256"][()]
-        return {p: (int(s), int(m), h.decode()) for p, s, m, h in zip(paths, sizes, mtimes, shas)}
+        return {p: (int(s), int(m), h.decode()) for p, s, m, h in zip(paths, sizes, mtimes, shas, strict=True)}
 
     def write_path_index(self, index: dict[str, tuple[int, int, str]]) -> None:
         self._room(len(index) * 512, reserve=1 << 20)

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
 from ..errors import CacheBusyError, DiskFullError, StoreError
 
 # Free space kept for HDF5's own bookkeeping: a write that would leave less is refused before it

@@ -10,7 +10,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-
 SHA = "S64"
 KEY_CHUNK = 4096
 GONE = b""  # the key of a hidden row (older releases hid damaged vectors this way)
