@@ -107,7 +107,7 @@ class Store:
     def extractors(self) -> list[str]:
         return sorted(k for k in self._get("extractors", {}) if ASIDE not in k)
 
-    def extractor_attrs(self, fp: str) -> dict:
+    def extractor_attrs(self, fp: str) -> dict[str, Any]:
         if self._get(f"extractors/{fp}") is None:
             raise StoreError(f"{self.path}: no extractor {fp}; see `bottleneck info`")
         return dict(self.h5["extractors"][fp].attrs)
@@ -303,14 +303,14 @@ class Store:
                                       "extract to compute them again (`bottleneck info --verify` checks the whole "
                                       "cache)", bad)
         assert out is not None
-        return out
+        return np.asarray(out, dtype=np.float32)
 
     # -- datasets -----------------------------------------------------------------------------
 
     def datasets(self) -> list[str]:
         return sorted(self._get("datasets", {}).keys())
 
-    def dataset_attrs(self, name: str) -> dict:
+    def dataset_attrs(self, name: str) -> dict[str, Any]:
         return dict(self._dataset_group(name).attrs)
 
     def dataset_root(self, name: str) -> Path:
@@ -369,10 +369,10 @@ class Store:
 
     def dataset_views(self, name: str) -> dict[str, int]:
         """Fingerprint → how many augmented views of each image the dataset's last extract made."""
-        return json.loads(self._dataset_group(name).attrs.get("views", "{}"))
+        return {str(fp): int(k) for fp, k in json.loads(self._dataset_group(name).attrs.get("views", "{}")).items()}
 
     def dataset_extractors(self, name: str) -> list[str]:
-        return json.loads(self._dataset_group(name).attrs.get("extractors", "[]"))
+        return [str(fp) for fp in json.loads(self._dataset_group(name).attrs.get("extractors", "[]"))]
 
     def last_run(self) -> tuple[str, str] | None:
         attrs = self.h5.attrs

@@ -42,7 +42,7 @@ def append_rows(group: h5py.Group, shas: Sequence[str], vectors: np.ndarray) -> 
     """Append rows to an extractor group, vectors flushed before the keys that make them visible;
     returns the first new row."""
     keys, data = group["keys"], group["vectors"]
-    start = keys.shape[0]
+    start = int(keys.shape[0])
     end = start + len(shas)
     if not len(shas):
         return start
