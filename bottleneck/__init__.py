@@ -11,8 +11,9 @@ uses). The Python API, loaded on first use:
 
 from typing import Any
 
-__version__ = "0.2.0"
-__all__ = ["compare", "export", "extract", "fit", "load_features", "predict"]
+from ._version import __version__ as __version__
+
+__all__ = ["audit", "compare", "export", "extract", "fit", "load_features", "predict", "repair"]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ import joblib
 import numpy as np
 import sklearn
 
-from . import __version__
+from ._version import __version__
 from .evaluate import CellRun, Split
 
 

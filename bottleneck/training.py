@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
 from threadpoolctl import threadpool_limits
 
-from . import __version__
+from ._version import __version__
 from .datasets import hash_split
 from .errors import FitError, SpecError
 from .formats import spreadsheet_safe

@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import BottleneckError, CacheBusyError, DamagedVectorsError, DiskFullError, StoreError
 from ..spec import ExtractorSpec
 from ._disk import RESERVE, cache_lock, check_room, first_line, one_line_errors, repair_hint
