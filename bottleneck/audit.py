@@ -75,14 +75,19 @@ class Audit:
 
 
 def run_audit(cache: Path, *, dataset: str | None = None, model: str | None = None,
-              threshold: float = DEFAULT_THRESHOLD, folds: int = 5, k: int = 5, seed: int = 0) -> Audit:
+              threshold: float = DEFAULT_THRESHOLD, folds: int = 5, k: int = 5, seed: int = 0,
+              update: bool = True) -> Audit:
     """Audit a cached dataset (default: the last extracted) with one of its extractions (default:
-    its last; `model` a model name, label or fingerprint)."""
+    its last; `model` a model name, label or fingerprint). `update`: first extract the raw32
+    thumbnails that confirm near-duplicates (`update_pixels`, the only step that writes); False
+    audits the cache as it is, opening it read-only."""
     start = time.perf_counter()
     if not 0 < threshold <= 1:
         raise AuditError(f"--threshold {threshold}: a cosine similarity above 0 and at most 1, e.g. 0.95")
     name, fp = select_extraction(cache, dataset, model)
     features = load_features(cache, name, fp)
+    if update:
+        update_pixels(cache, name, features.root)
     findings = audit_features(features, threshold=threshold, folds=folds, k=k, seed=seed,
                               pixels=_pixels(cache, name, features))
     label = features.spec.label() if features.spec else fp
@@ -134,18 +139,20 @@ def _group_finding(issue: str, features: Features, rows: list[int], score: float
                    [features.paths[r] for r in rows[1:]], flag)
 
 
+def update_pixels(cache: Path, name: str, root: Path) -> None:
+    """The step before an audit, the only one that writes the cache: the dataset's raw32 thumbnails,
+    extracted while its folder is there (about 1 ms an image, once)."""
+    if root.is_dir():
+        extract_dataset(root, resolve_spec(PIXELS), cache, name=name, remember=False)
+
+
 def _pixels(cache: Path, name: str, features: Features) -> np.ndarray | None:
-    """The dataset's raw32 thumbnails in `features`' row order (NaN rows where missing), extracted
-    first while the folder is there (about 1 ms an image, once); None without them."""
-    spec = resolve_spec(PIXELS)
-    if features.root.is_dir():
-        fp = extract_dataset(features.root, spec, cache, name=name, remember=False).fingerprint
-    else:
-        with Store.open(cache) as store:
-            found = store.match_extractors(name, PIXELS)
-        if not found:
+    """The dataset's raw32 thumbnails in `features`' row order (NaN rows where missing), read only;
+    None without them."""
+    fp = resolve_spec(PIXELS).fingerprint()  # raw pixels: one spec on every host
+    with Store.open(cache) as store:
+        if fp not in store.dataset_extractors(name):
             return None
-        fp = found[0]
     raw = load_features(cache, name, fp)
     row_of = {path: i for i, path in enumerate(raw.paths)}
     pixels = np.full((len(features.paths), raw.X.shape[1]), np.nan, dtype=np.float32)

@@ -122,23 +122,37 @@ def row_names(specs: list[ExtractorSpec]) -> list[str]:
             for label, s in zip(labels, specs, strict=True)]
 
 
-def load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], progress: Progress | None,
-         notes: list[str]) -> list[Features]:
-    """Each feature set, brought up to date through the cache first while the dataset's folder is
-    there (only images it lacks are computed; a model is built only then). Without the folder, the
-    cached manifest is compared as it is."""
+def bring_up_to_date(cache: Path, name: str, root: Path, specs: list[ExtractorSpec],
+                     view_rows: list[tuple[ExtractorSpec, int]],
+                     progress: Progress | None) -> dict[ExtractorSpec, ExtractorSpec]:
+    """The step before a comparison, the only one that writes: what each row lacks is extracted while
+    the dataset's folder is there (only images it lacks are computed; a model is built only then).
+    Each spec → the spec as stored, its width and precision decided (itself without the folder)."""
+    if not root.is_dir():
+        return {spec: spec for spec in specs}
+    options = ExtractOptions(progress=progress)
+    stored = {}
+    for spec in specs:
+        fp = extract_dataset(root, spec, cache, name=name, options=options, remember=False).fingerprint
+        with Store.open(cache) as store:
+            stored[spec] = store.extractor_spec(fp)
+    for spec, views in view_rows:
+        extract_dataset(root, spec, cache, name=name, options=options, remember=False, views=views)
+    return stored
+
+
+def load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], notes: list[str]) -> list[Features]:
+    """Each feature set as the cache holds it (read only); without the folder, the images cached when
+    it was last extracted."""
     if not root.is_dir():
         notes.append(f"{root} is gone: compared the images cached when it was last extracted")
-    loaded = []
-    for spec in specs:
-        if root.is_dir() or not spec.complete:
-            report = extract_dataset(root, spec, cache, name=name, options=ExtractOptions(progress=progress),
-                                     remember=False)
-            fp = report.fingerprint
-        else:
-            fp = spec.fingerprint()
-        loaded.append(load_features(cache, name, fp))  # right after its own manifest
-    return loaded
+    with Store.open(cache) as store:
+        have = set(store.dataset_extractors(name))
+    missing = [spec.label() for spec in specs if not spec.complete or spec.fingerprint() not in have]
+    if missing:
+        raise CompareError(f"{', '.join(missing)}: not extracted for {name!r}; run `bottleneck extract {root} --model "
+                           f"{missing[0]}` (or compare with the folder there, which extracts it)")
+    return [load_features(cache, name, spec.fingerprint()) for spec in specs]
 
 
 def align(features: list[Features],
@@ -167,14 +181,14 @@ def plain_rows(specs: list[ExtractorSpec], loaded: list[Features], Xs: list[np.n
             for i, (spec, name, features, X) in enumerate(zip(specs, row_names(specs), loaded, Xs, strict=True))]
 
 
-def views_rows(cache: Path, name: str, root: Path, view_rows: list[tuple[ExtractorSpec, int]], plain: list[Row],
-               shas: list[str], progress: Progress | None) -> list[Row]:
+def views_rows(cache: Path, name: str, view_rows: list[tuple[ExtractorSpec, int]], plain: list[Row],
+               shas: list[str]) -> list[Row]:
     """For each augmented extraction: a row trained on every view, and its test-time-augmented twin."""
     rows = []
     by_spec = {row.spec: row for row in plain}
     for spec, views in view_rows:
         base = by_spec[spec.replace(augment=None)]
-        X = np.concatenate([base.X[:, None], load_views_of(cache, name, root, spec, views, shas, progress)], axis=1)
+        X = np.concatenate([base.X[:, None], load_views(cache, name, spec.fingerprint(), shas)], axis=1)
         label = f"{base.name}+views{views}" + ("" if spec.augment == DEFAULT_AUGMENT else f"[{spec.augment}]")
         for tta in (False, True):
             suffix = "+tta" if tta else ""
@@ -190,15 +204,6 @@ def files_rows(whole: list[ExtractorSpec], plain: list[Row], root: Path, paths: 
     items = np.array([[sha, str(root / path)] for path, sha in zip(paths, shas, strict=True)], dtype=object).reshape(-1, 2)
     names = {row.spec: row.name for row in plain}
     return [Row(spec, names[spec], items, f"{spec.fingerprint()}+files", files=True) for spec in whole]
-
-
-def load_views_of(cache: Path, name: str, root: Path, spec: ExtractorSpec, views: int, shas: list[str],
-                  progress: Progress | None) -> np.ndarray:
-    """(images, views, dim) for `shas`, brought up to date through the cache while the folder is there."""
-    if root.is_dir():
-        extract_dataset(root, spec, cache, name=name, options=ExtractOptions(progress=progress), remember=False,
-                        views=views)
-    return load_views(cache, name, spec.fingerprint(), shas)
 
 
 def settings(labels: np.ndarray, splits: np.ndarray, per_class: Sequence[int] | None, cv: int | None,

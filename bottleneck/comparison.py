@@ -30,6 +30,7 @@ from .compare_plan import (
     Row,
     Setting,
     align,
+    bring_up_to_date,
     choose_features,
     files_rows,
     load,
@@ -165,6 +166,7 @@ def run_compare(
     jobs: int | None = None,
     device: str = "auto",
     finetune: Sequence[str] = (),
+    update: bool = True,
     progress: Progress | None = None,
 ) -> CompareResult:
     """Compare feature sets and heads on one cached dataset and write the report under `out`.
@@ -182,18 +184,22 @@ def run_compare(
     "all": a finetune cell on each embedding row that trains its whole network on augmented images
     decoded from the files (`finetune.FineTunedNetworkClassifier`), the expensive reference.
     cap: take min(N, what a class can spare) instead of failing on small classes.
+    update: first extract what the rows lack while the dataset's folder is there (`compare_plan.
+    bring_up_to_date`, the only step that writes the cache); False compares the cache as it is,
+    opening it read-only.
     """
     start = time.perf_counter()
     options = CompareOptions(tuple(heads), None if per_class is None else tuple(per_class), cv, repeats, seed, metric,
                              tuple(tune), cap, (os.cpu_count() or 1) if jobs is None else jobs, tuple(finetune), device)
-    plan = _plan(cache, dataset, models, pixels, out, options, progress)
+    plan = _plan(cache, dataset, models, pixels, out, options, update, progress)
     grid, runs = _fit_all(cache, plan, options, progress)
     return _score(plan, options, grid, runs, start)
 
 
 def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels: int | None, out: Path | None,
-          options: CompareOptions, progress: Progress | None) -> Plan:
-    """Choose the features, check where the report goes, then bring every row up to date and draw."""
+          options: CompareOptions, update: bool, progress: Progress | None) -> Plan:
+    """Choose the features, check where the report goes, bring every row up to date (`update`), then
+    load them read-only and draw."""
     name, root, specs, view_rows = choose_features(cache, dataset, models, pixels)
     if not specs:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
@@ -204,11 +210,15 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
     whole = _whole_networks(specs, root) if WHOLE_NETWORK in options.finetune else []
     found = tails(specs, [layer for layer in options.finetune if layer != WHOLE_NETWORK])  # checked before any work
     specs += [spec for spec in found if spec not in specs]
+    if update:
+        stored = bring_up_to_date(cache, name, root, specs, view_rows, progress)
+        specs, whole = [stored[s] for s in specs], [stored[s] for s in whole]
+        found = {stored[s]: tail for s, tail in found.items()}
     notes: list[str] = []
-    loaded = load(cache, name, root, specs, progress, notes)
+    loaded = load(cache, name, root, specs, notes)
     paths, shas, labels, splits, Xs = align(loaded, notes)
     plain = plain_rows(specs, loaded, Xs, chosen, found)
-    rows = (plain + views_rows(cache, name, root, view_rows, plain, shas, progress)
+    rows = (plain + views_rows(cache, name, view_rows, plain, shas)
             + files_rows(whole, plain, root, paths, shas))
     if view_rows:
         notes.append("+viewsK rows: the head trains on the plain and K augmented views of each training image "

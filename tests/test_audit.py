@@ -117,3 +117,23 @@ def test_thumbnails_confirm_a_near_duplicate_below_the_threshold() -> None:
     assert {near.path, *near.related} == {f.paths[5], f.paths[40]} and near.score == pytest.approx(similarity)
     pixels[40] = np.nan  # no thumbnail: no confirmation
     assert not [x for x in audit_features(f, pixels=pixels) if x.issue == "near-duplicate"]
+
+
+def test_an_audit_without_update_opens_the_cache_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bottleneck_features.audit import run_audit
+    from bottleneck_features.extraction import ExtractOptions, extract_dataset
+    from bottleneck_features.store import Store
+
+    root = tmp_path / "data"
+    for c in range(2):
+        for i in range(6):
+            write_image(root / f"c{c}" / f"{i}.png", seed=10 * c + i)
+    cache = tmp_path / "c.h5"
+    extract_dataset(root, tiny_backbone(), cache, options=ExtractOptions(workers=0))
+    run_audit(cache, folds=2)  # extracts the raw32 thumbnails first
+    before, opened = cache.read_bytes(), []
+    real = Store.open
+    monkeypatch.setattr(Store, "open", staticmethod(lambda path, writable=False: opened.append(writable)
+                                                    or real(path, writable)))
+    audit = run_audit(cache, folds=2, update=False)
+    assert opened and not any(opened) and cache.read_bytes() == before and audit.dataset == "data"

@@ -220,3 +220,40 @@ def test_photo_vs_drawing_reference(lite0_cache: Path, tmp_path: Path) -> None:
     assert scores["efficientnet_lite0", "logreg", 30][0] >= 0.93
     assert scores["efficientnet_lite0", "logreg", 60][0] >= 0.93
     assert all(mean <= 0.85 for (features, _, _), (mean, _) in scores.items() if features == "raw32")
+
+
+def _spy_on_opens(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each Store.open from now on asks to write."""
+    opened: list[bool] = []
+    real = Store.open
+
+    def spying(path, writable=False):  # noqa: ANN001, ANN202
+        opened.append(writable)
+        return real(path, writable)
+
+    monkeypatch.setattr(Store, "open", staticmethod(spying))
+    return opened
+
+
+def test_the_comparison_itself_opens_the_cache_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Extracting what rows lack is the step before (update=True, what the command runs); the
+    comparison never writes the cache, and without that step a missing row is one line."""
+    from conftest import write_image
+    from tiny_backbone import tiny_backbone
+
+    root = tmp_path / "data"
+    for c in range(2):
+        for i in range(6):
+            write_image(root / f"c{c}" / f"{i}.png", seed=10 * c + i)
+    cache = tmp_path / "c.h5"
+    extract_dataset(root, tiny_backbone(), cache, options=ExtractOptions(workers=0))
+    kwargs = dict(heads=["logreg"], per_class=[3], repeats=1, out=tmp_path / "r")
+    with pytest.raises(CompareError, match=r"^raw8: not extracted for 'data'; run `bottleneck extract"):
+        run_compare(cache, pixels=8, update=False, **kwargs)
+    opened = _spy_on_opens(monkeypatch)
+    updated = run_compare(cache, pixels=8, **kwargs)
+    assert True in opened  # the update step extracted raw8
+    before, opened[:] = cache.read_bytes(), []
+    again = run_compare(cache, pixels=8, update=False, **kwargs)
+    assert opened and not any(opened) and cache.read_bytes() == before
+    assert [c.scores for c in again.cells] == [c.scores for c in updated.cells]
