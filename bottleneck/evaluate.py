@@ -16,6 +16,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from .errors import CompareError
+from .heads import labels_from_scores
 
 # balanced_accuracy (scikit-learn's name) and mean_class_accuracy (the Caltech-101 papers' name) are
 # the same number, the mean per-class recall; both are stored so either name finds it.
@@ -140,8 +141,7 @@ def run_cell(estimator: Any, X: np.ndarray, y: np.ndarray, split: Split, tta: bo
             test = X[split.test]
             score = model.predict_proba if hasattr(model, "predict_proba") else model.decision_function
             mean = np.mean([score(test[:, v]) for v in range(X.shape[1])], axis=0)
-            # a binary decision function is one column: positive means classes_[1]
-            y_pred = model.classes_[(mean > 0).astype(int) if mean.ndim == 1 else np.argmax(mean, axis=1)]
+            y_pred = labels_from_scores(model.classes_, mean)
         else:
             y_pred = model.predict(X[split.test, 0] if X.ndim == 3 else X[split.test])
     return CellRun(np.asarray(y_pred), fitted - start, time.perf_counter() - fitted)

@@ -6,7 +6,7 @@ data passed to ``fit``. Defaults are chosen for small data: tens of images per c
 features.
 """
 
-from ._classical import FastGaussianNB, LinearSVMClassifier, RBFSVMClassifier
+from ._classical import FastGaussianNB, LinearSVMClassifier, RBFSVMClassifier, labels_from_scores
 from ._factory import HEADS, input_params, make_head, param_grid
 from ._tail import FineTunedTailClassifier, FrozenNorm, start_from_probe
 from ._torch import EarlyStopping, holdout_split, resolve_device, seeded_rng, torch_threads
@@ -15,5 +15,5 @@ from ._tuning import PathTunedLogisticRegression, tuning_splits
 
 __all__ = ["HEADS", "EarlyStopping", "FastGaussianNB", "FineTunedTailClassifier", "FrozenNorm", "LinearSVMClassifier",
            "MLPHeadClassifier", "PathTunedLogisticRegression", "RBFSVMClassifier", "SmallCNNClassifier",
-           "SoftmaxClassifier", "holdout_split", "input_params", "make_head", "param_grid", "resolve_device",
+           "SoftmaxClassifier", "holdout_split", "input_params", "labels_from_scores", "make_head", "param_grid", "resolve_device",
            "seeded_rng", "start_from_probe", "torch_threads", "tuning_splits"]

@@ -29,8 +29,9 @@ class FastGaussianNB(GaussianNB):
         return constant - 0.5 * quadratic
 
 
-def _labels(classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Labels from decision values: a binary SVM's one column is positive for classes[1]."""
+def labels_from_scores(classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Labels from scores (decision values or probabilities): argmax, or for a binary decision
+    function's one column, positive means classes[1]."""
     return classes[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)]
 
 
@@ -77,7 +78,7 @@ class LinearSVMClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         scores = self.decision_function(X)  # first: it raises NotFittedError
-        return _labels(self.classes_, scores)
+        return labels_from_scores(self.classes_, scores)
 
 
 class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
@@ -157,7 +158,7 @@ class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         scores = self.decision_function(X)  # first: it raises NotFittedError
-        return _labels(self.classes_, scores)
+        return labels_from_scores(self.classes_, scores)
 
 
 def _svm(random_state: int | None, params: dict[str, Any], probabilities: bool = True) -> BaseEstimator:
