@@ -66,12 +66,7 @@ def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | No
     """(dataset name, root, the specs of its plain rows, (augmented spec, views) of its views rows):
     every query is resolved before any work. A views row brings its plain spec's row along."""
     with Store.open(cache) as store:
-        if dataset is None:
-            last = store.last_run()
-            if last is None:
-                raise CompareError(
-                    f"{cache}: no dataset extracted yet; run `bottleneck extract DATA --cache {cache}` first")
-            dataset = last[0]
+        dataset = store.dataset_or_last(dataset)
         root = store.dataset_root(dataset)  # StoreError naming the cached datasets if unknown
         extracted = {fp: store.extractor_spec(fp) for fp in store.dataset_extractors(dataset)}
         counts = store.dataset_views(dataset)
@@ -80,14 +75,8 @@ def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | No
             chosen = [s for fp, s in extracted.items() if (s.augment and fp in counts) or
                       not (s.augment or is_raw_name(s.model) or s.pool == "none")] or [resolve_spec(DEFAULT_MODEL)]
         else:
-            chosen = []
-            for query in models:
-                fps = store.match_extractors(dataset, query)
-                if len(fps) > 1:
-                    several = ", ".join(f"{extracted[fp].label()} ({fp})" for fp in fps)
-                    raise CompareError(f"--models {query}: dataset {dataset!r} has {len(fps)} extractions of it: "
-                                       f"{several}; name one by its label or fingerprint")
-                chosen.append(extracted[fps[0]] if fps else resolve_spec(query))
+            named = {query: store.extraction_named(dataset, query, "--models") for query in models}
+            chosen = [extracted[fp] if fp else resolve_spec(query) for query, fp in named.items()]
     view_rows = [(s, counts[s.fingerprint()]) for s in chosen if s.augment]
     specs = [s.replace(augment=None) for s in chosen]
     if pixels:

@@ -202,7 +202,7 @@ def test_empty_or_missing_cache(tmp_path: Path) -> None:
         run_compare(tmp_path / "none.h5")
     with Store.open(tmp_path / "empty.h5", writable=True):
         pass
-    with pytest.raises(CompareError, match="no dataset extracted yet"):
+    with pytest.raises(StoreError, match="no dataset extracted yet"):
         run_compare(tmp_path / "empty.h5")
 
 

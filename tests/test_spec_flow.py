@@ -17,7 +17,7 @@ import bottleneck_features.extraction
 from bottleneck_features.cli import app
 from bottleneck_features.comparison import run_compare
 from bottleneck_features.decode import normalize, resize_crop
-from bottleneck_features.errors import CompareError, FitError, StoreError
+from bottleneck_features.errors import FitError, StoreError
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.images import decode_rgb, sha256_file
 from bottleneck_features.sources import load_backbone, packaged, register_model, resolve_spec
@@ -70,7 +70,7 @@ def test_compare_rows_are_the_datasets_extractions_and_run_no_forward_pass(
         fp = store.match_extractors("data", "tiny[conv,max]")[0]
     by_fp = run_compare(cache, models=[fp], heads=["logreg"], tune=[], per_class=[2], repeats=1, pixels=None, out=tmp_path / "r")
     assert [c.scores for c in by_fp.cells] == [c.scores for c in one.cells]
-    with pytest.raises(CompareError, match=r"--models tiny: .* 2 extractions of it: tiny\[conv,max\] \(tiny-.*tiny\[float16\]"):
+    with pytest.raises(StoreError, match=r"--models tiny: .* 2 extractions of tiny: tiny\[conv,max\] \(tiny-.*tiny\[float16\]"):
         run_compare(cache, models=["tiny"], heads=["logreg"], tune=[], per_class=[2], pixels=None)
 
 

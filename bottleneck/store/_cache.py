@@ -164,6 +164,16 @@ class Store:
                 return found
         return []
 
+    def extraction_named(self, dataset: str, query: str, option: str = "--model") -> str | None:
+        """The one extraction of `dataset` that `query` names (see `match_extractors`), None when
+        none does; when several do, one line asking for a label or fingerprint."""
+        fps = self.match_extractors(dataset, query)
+        if len(fps) > 1:
+            several = ", ".join(f"{self.extractor_spec(fp).label()} ({fp})" for fp in fps)
+            raise StoreError(f"{option} {query}: dataset {dataset!r} has {len(fps)} extractions of {query}: "
+                             f"{several}; name one by its label or fingerprint")
+        return fps[0] if fps else None
+
     def _key_index(self, fp: str) -> dict[str, int]:
         """sha256 → row; rows whose key is gone or unreadable are left out (so they count as missing)."""
         if fp not in self._keys:
@@ -373,6 +383,16 @@ class Store:
 
     def dataset_extractors(self, name: str) -> list[str]:
         return [str(fp) for fp in json.loads(self._dataset_group(name).attrs.get("extractors", "[]"))]
+
+    def dataset_or_last(self, dataset: str | None) -> str:
+        """`dataset`, or the one extracted last."""
+        if dataset is not None:
+            return dataset
+        last = self.last_run()
+        if last is None:
+            raise StoreError(f"{self.path}: no dataset extracted yet; run `bottleneck extract DATA --cache {self.path}` "
+                             "first")
+        return last[0]
 
     def last_run(self) -> tuple[str, str] | None:
         attrs = self.h5.attrs

@@ -90,19 +90,12 @@ def select_extraction(cache: Path, dataset: str | None, model: str | None) -> tu
     """(dataset, fingerprint): the dataset's last extraction, or the one `model` names (a model name,
     a label such as `resnet50[layer3,max]`, or a fingerprint)."""
     with Store.open(cache) as store:
-        last = store.last_run()
-        if last is None:
-            raise StoreError(f"{cache}: no dataset extracted yet; run `bottleneck extract DATA` first")
-        dataset = dataset or last[0]
+        dataset = store.dataset_or_last(dataset)
         if model is None:
             return dataset, str(store.dataset_attrs(dataset)["last_extractor"])
-        matching = store.match_extractors(dataset, model)
-        if not matching:
+        fp = store.extraction_named(dataset, model)
+        if fp is None:
             described = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in store.dataset_extractors(dataset)]
             raise StoreError(f"dataset {dataset!r} has no {model} features (it has: {', '.join(described)}); "
                              f"run `bottleneck extract {store.dataset_root(dataset)} --model {model}`")
-        if len(matching) > 1:
-            several = [f"{store.extractor_spec(fp).label()} ({fp})" for fp in matching]
-            raise StoreError(f"dataset {dataset!r} has {len(matching)} extractions of {model}: {', '.join(several)}; "
-                             "pass one of those labels or fingerprints to --model")
-        return dataset, matching[0]
+        return dataset, fp
