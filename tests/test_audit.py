@@ -119,17 +119,14 @@ def test_thumbnails_confirm_a_near_duplicate_below_the_threshold() -> None:
     assert not [x for x in audit_features(f, pixels=pixels) if x.issue == "near-duplicate"]
 
 
-def test_an_audit_without_update_opens_the_cache_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_audit_without_update_opens_the_cache_read_only(image_folder: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from bottleneck_features.audit import run_audit
     from bottleneck_features.extraction import ExtractOptions, extract_dataset
     from bottleneck_features.store import Store
 
-    root = tmp_path / "data"
-    for c in range(2):
-        for i in range(6):
-            write_image(root / f"c{c}" / f"{i}.png", seed=10 * c + i)
     cache = tmp_path / "c.h5"
-    extract_dataset(root, tiny_backbone(), cache, options=ExtractOptions(workers=0))
+    extract_dataset(image_folder, tiny_backbone(), cache, options=ExtractOptions(workers=0))
     run_audit(cache, folds=2)  # extracts the raw32 thumbnails first
     before, opened = cache.read_bytes(), []
     real = Store.open

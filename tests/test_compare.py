@@ -235,18 +235,14 @@ def _spy_on_opens(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return opened
 
 
-def test_the_comparison_itself_opens_the_cache_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_comparison_itself_opens_the_cache_read_only(image_folder: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Extracting what rows lack is the step before (update=True, what the command runs); the
     comparison never writes the cache, and without that step a missing row is one line."""
-    from conftest import write_image
     from tiny_backbone import tiny_backbone
 
-    root = tmp_path / "data"
-    for c in range(2):
-        for i in range(6):
-            write_image(root / f"c{c}" / f"{i}.png", seed=10 * c + i)
     cache = tmp_path / "c.h5"
-    extract_dataset(root, tiny_backbone(), cache, options=ExtractOptions(workers=0))
+    extract_dataset(image_folder, tiny_backbone(), cache, options=ExtractOptions(workers=0))
     kwargs = dict(heads=["logreg"], per_class=[3], repeats=1, out=tmp_path / "r")
     with pytest.raises(CompareError, match=r"^raw8: not extracted for 'data'; run `bottleneck extract"):
         run_compare(cache, pixels=8, update=False, **kwargs)
