@@ -51,7 +51,8 @@ class RepairReport:
         lost = ([f"{self.lost_vectors} unreadable vectors"] if self.lost_vectors else []) + \
             ([] if self.path_index else ["the path index (the next extract hashes the files again)"])
         return (f"{self.cache}: kept {self.vectors} vectors of {self.extractors} extractions and {self.datasets} "
-                f"datasets{'; lost ' + ', '.join(lost) if lost else ''}; {self.pending} images are pending, which "
+                f"datasets{' (some found by their headers: a group above them was damaged)' if self.scanned else ''}"
+                f"{'; lost ' + ', '.join(lost) if lost else ''}; {self.pending} images are pending, which "
                 f"`bottleneck extract` computes again; the damaged file is kept as {self.damaged_copy}")
 
 
