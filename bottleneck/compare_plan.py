@@ -15,7 +15,7 @@ from .errors import BottleneckError, CompareError
 from .evaluate import Split, draw_per_class, kfold_splits, protocol_pool
 from .extraction import ExtractOptions, extract_dataset
 from .progress import Progress
-from .sources import DEFAULT_MODEL, build_tail, is_raw_name, resolve_spec
+from .sources import DEFAULT_MODEL, build_tail, resolve_spec
 from .spec import ExtractorSpec
 from .store import Features, Store, load_features, load_views
 
@@ -42,7 +42,7 @@ class Row:
     @property
     def raw(self) -> bool:
         """Raw pixels rather than a network's embedding."""
-        return is_raw_name(self.spec.model)
+        return self.spec.pixels
 
 
 @dataclass
@@ -73,7 +73,7 @@ def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | No
         if models is None:
             # whole maps (--pool none) are --finetune's input: a row only when named in --models
             chosen = [s for fp, s in extracted.items() if (s.augment and fp in counts) or
-                      not (s.augment or is_raw_name(s.model) or s.pool == "none")] or [resolve_spec(DEFAULT_MODEL)]
+                      not (s.augment or s.pixels or s.pool == "none")] or [resolve_spec(DEFAULT_MODEL)]
         else:
             named = {query: store.extraction_named(dataset, query, "--models") for query in models}
             chosen = [extracted[fp] if fp else resolve_spec(query) for query, fp in named.items()]
@@ -90,7 +90,7 @@ def tails(specs: list[ExtractorSpec], layers: Sequence[str]) -> dict[ExtractorSp
     after it (see `sources.build_tail`)."""
     found = {}
     for spec in specs:
-        if is_raw_name(spec.model) or spec.layer is not None:
+        if spec.pixels or spec.layer is not None:
             continue
         for layer in layers:
             maps = spec.replace(layer=layer, pool="none", feature_dim=None)

@@ -233,7 +233,7 @@ def _whole_networks(specs: list[ExtractorSpec], root: Path) -> list[ExtractorSpe
     if not root.is_dir():
         raise CompareError(f"--finetune {WHOLE_NETWORK} trains on the image files, and {root} is gone: "
                            "restore the folder, or leave out --finetune all")
-    whole = [s for s in specs if not is_raw_name(s.model) and s.pool != "none"]
+    whole = [s for s in specs if not s.pixels and s.pool != "none"]
     if not whole:
         raise CompareError(f"--finetune {WHOLE_NETWORK} needs an embedding row to train (a model extraction, "
                            "not raw pixels alone)")

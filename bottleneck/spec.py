@@ -83,6 +83,11 @@ class ExtractorSpec:
         return dataclasses.replace(self, **changes)
 
     @property
+    def pixels(self) -> bool:
+        """Raw pixels, not a network's embedding: a model without weights (the registry's "none")."""
+        return self.weights == "none"
+
+    @property
     def complete(self) -> bool:
         """Whether the vectors are named yet: the width known and the precision decided."""
         return self.feature_dim is not None and self.precision != AUTO

@@ -26,7 +26,6 @@ from .formats import spreadsheet_safe
 from .heads import input_params, make_head
 from .images import find_images, is_image_file, sha256_file
 from .outputs import check_outputs, writing
-from .sources import is_raw_name
 from .spec import ExtractorSpec
 from .store import Features, Store, load_features, select_extraction
 
@@ -97,7 +96,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     if len(test) == 0:
         raise FitError(f"dataset {dataset!r}: no test images; raise --test-size or add a val/test folder")
     estimator = make_head(head, tune=tune, random_state=seed,
-                          **{**input_params(head, is_raw_name(spec.model)), **(params or {})})
+                          **{**input_params(head, spec.pixels), **(params or {})})
     # A separate val split (split folders) joins training: tuning and early stopping split it off again.
     fit_rows = np.concatenate([train, val])
     # One BLAS thread, as in compare: on 2 cores, BLAS threads made a 22-class logistic

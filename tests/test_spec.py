@@ -62,6 +62,7 @@ def test_raw_pixels_have_no_precision() -> None:
     """No network runs on raw pixels: one spec, one label and one fingerprint on every host."""
     assert {resolve_spec("raw32", precision=p) for p in ("auto", "fp32")} == {resolve_spec("raw32")}
     assert resolve_spec("raw32").precision == "fp32" and resolve_spec("raw32").label() == "raw32"
+    assert resolve_spec("raw32").pixels and not resolve_spec("efficientnet_lite0").pixels
     with pytest.raises(BackboneError, match="raw32 is raw pixels: no network runs, so it takes no --precision"):
         resolve_spec("raw32", precision="bf16")
 
