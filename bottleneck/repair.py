@@ -53,7 +53,7 @@ class RepairReport:
         return (f"{self.cache}: kept {self.vectors} vectors of {self.extractors} extractions and {self.datasets} "
                 f"datasets{' (some found by their headers: a group above them was damaged)' if self.scanned else ''}"
                 f"{'; lost ' + ', '.join(lost) if lost else ''}; {self.pending} images are pending, which "
-                f"`bottleneck extract` computes again; the damaged file is kept as {self.damaged_copy}")
+                f"`bottleneck extract` computes again; the old file is kept as {self.damaged_copy}")
 
 
 @dataclass
