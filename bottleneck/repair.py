@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import BottleneckError, StoreError
 from .spec import ExtractorSpec
-from .store import ASIDE, MANIFEST_FIELDS, PENDING, append_rows, cache_lock, check_room, create_rows, readable_blocks
+from .store import ASIDE, MANIFEST_FIELDS, PENDING, cache_lock, check_room, copy_rows, create_rows, readable_keys
 
 _H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 _PATH_INDEX = {"path", "size", "mtime_ns", "sha256"}
@@ -245,11 +245,9 @@ def _write(source: h5py.File, found: _Found, out: h5py.File, report: RepairRepor
 
 def _copy_extractor(fp: str, extractor: dict[str, Any], out: h5py.File, report: RepairReport) -> set[str]:
     """Copy the rows of one extraction whose key and vector blocks are readable; the keys kept."""
-    keys, data = extractor["keys"], extractor["vectors"]
+    data = extractor["vectors"]
     try:
-        key_chunk = keys.chunks[0] if keys.chunks else len(keys)
-        key_of = {start + i: k.decode() for start, block in readable_blocks(keys, key_chunk)
-                  for i, k in enumerate(block) if k}
+        key_of, _ = readable_keys(extractor["keys"])
         rows, dim, dtype = data.shape[0], data.shape[1], data.dtype
     except _H5_ERRORS:
         return set()
@@ -258,11 +256,7 @@ def _copy_extractor(fp: str, extractor: dict[str, Any], out: h5py.File, report: 
     create_rows(target, dim, dtype)
     target["keys"].attrs["fingerprint"] = fp
     target["vectors"].attrs.update(fingerprint=fp, spec=extractor["spec"])
-    kept: set[str] = set()
-    for start, block in readable_blocks(data, data.chunks[0] if data.chunks else rows):
-        ok = [i for i in range(len(block)) if start + i in key_of and np.isfinite(block[i]).all()]
-        append_rows(target, [key_of[start + i] for i in ok], block[ok])
-        kept.update(key_of[start + i] for i in ok)
+    kept = set(copy_rows(data, key_of, target))
     report.extractors += 1
     report.vectors += len(kept)
     report.lost_vectors += rows - len(kept)

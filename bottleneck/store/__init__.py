@@ -10,8 +10,8 @@ from ._cache import ASIDE, DEFAULT_CACHE, FORMAT, MANIFEST_FIELDS, PENDING, Mani
 from ._disk import cache_lock, check_room
 from ._features import Features, load_features, load_views, select_extraction
 from ._maintenance import compact_cache, verify_cache
-from ._rows import append_rows, create_rows, readable_blocks, view_key
+from ._rows import copy_rows, create_rows, readable_keys, view_key
 
 __all__ = ["ASIDE", "DEFAULT_CACHE", "FORMAT", "MANIFEST_FIELDS", "PENDING", "Features", "ManifestRow", "Store",
-           "append_rows", "cache_lock", "check_room", "compact_cache", "create_rows", "load_features", "load_views",
-           "readable_blocks", "select_extraction", "verify_cache", "view_key"]
+           "cache_lock", "check_room", "compact_cache", "copy_rows", "create_rows", "load_features", "load_views",
+           "readable_keys", "select_extraction", "verify_cache", "view_key"]

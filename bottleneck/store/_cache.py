@@ -18,7 +18,7 @@ from .._version import __version__
 from ..errors import BottleneckError, CacheBusyError, DamagedVectorsError, DiskFullError, StoreError
 from ..spec import ExtractorSpec
 from ._disk import RESERVE, cache_lock, check_room, first_line, one_line_errors, repair_hint
-from ._rows import GONE, KEY_CHUNK, SHA, append_rows, create_rows, readable_blocks
+from ._rows import KEY_CHUNK, SHA, append_rows, copy_rows, create_rows, readable_keys
 
 FORMAT = "bottleneck-cache"
 FORMAT_VERSION = 1
@@ -47,6 +47,7 @@ def _attr(value: object) -> object:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
 
 class Store:
     """An open cache file. Use `Store.open(path, writable=...)` as a context manager."""
@@ -180,13 +181,10 @@ class Store:
             group = self._get(f"extractors/{fp}")
             index: dict[str, int] = {}
             if group is not None:
-                keys = group["keys"]
-                read = 0
-                for start, block in readable_blocks(keys, KEY_CHUNK):
-                    index.update((k.decode(), start + i) for i, k in enumerate(block) if k != GONE)
-                    read += len(block)
-                if read < keys.shape[0]:
-                    self._unreadable_keys[fp] = keys.shape[0] - read
+                key_of, unreadable = readable_keys(group["keys"])
+                index = {key: row for row, key in key_of.items()}
+                if unreadable:
+                    self._unreadable_keys[fp] = unreadable
             self._keys[fp] = index
         return self._keys[fp]
 
@@ -235,11 +233,7 @@ class Store:
         create_rows(new, data.shape[1], data.dtype)
         for member in ("keys", "vectors"):
             new[member].attrs.update(dict(old[member].attrs))
-        key_of = {row: sha for sha, row in self._key_index(fp).items()}
-        for start, block in readable_blocks(data, data.chunks[0] if data.chunks else len(data)):
-            rows = [i for i in range(len(block)) if start + i in key_of and start + i not in drop
-                    and np.isfinite(block[i]).all()]
-            append_rows(new, [key_of[start + i] for i in rows], block[rows])
+        copy_rows(data, {row: sha for sha, row in self._key_index(fp).items()}, new, drop)
         self.h5.flush()
         parent.move(fp, old_name)
         parent.move(copy_name, fp)

@@ -24,6 +24,31 @@ def readable_blocks(dataset: h5py.Dataset, rows: int) -> Iterator[tuple[int, np.
             continue
 
 
+def readable_keys(keys: h5py.Dataset) -> tuple[dict[int, str], int]:
+    """(row → key of every row whose block of keys passes its checksum, hidden rows left out; how
+    many rows sit in blocks that fail it)."""
+    key_of: dict[int, str] = {}
+    read = 0
+    for start, block in readable_blocks(keys, KEY_CHUNK):
+        key_of.update((start + i, k.decode()) for i, k in enumerate(block) if k != GONE)
+        read += len(block)
+    return key_of, int(keys.shape[0]) - read
+
+
+def copy_rows(vectors: h5py.Dataset, key_of: dict[int, str], target: h5py.Group,
+              drop: frozenset[int] | set[int] = frozenset()) -> list[str]:
+    """Append to the extractor group `target` every row of `vectors` that has a key in `key_of`, is
+    not in `drop`, passes its checksum and is finite; the keys copied."""
+    copied: list[str] = []
+    for start, block in readable_blocks(vectors, vectors.chunks[0] if vectors.chunks else len(vectors)):
+        rows = [i for i in range(len(block)) if start + i in key_of and start + i not in drop
+                and np.isfinite(block[i]).all()]
+        keys = [key_of[start + i] for i in rows]
+        append_rows(target, keys, block[rows])
+        copied += keys
+    return copied
+
+
 def _chunk_rows(dim: int, itemsize: int) -> int:
     """Rows per chunk for ~1 MiB chunks: large sequential writes, cheap partial reads."""
     return max(1, min(4096, (1 << 20) // max(1, dim * itemsize)))
