@@ -44,7 +44,6 @@ class ModelConfig:
     preprocess: Preprocess
     weights: str  # identity of the default weights
     feature_dim: int | None  # width of the default (penultimate) features; None: known once built
-    kind: str = "network"  # "network" | "pixels": no network runs, so no precision, layer or weights
 
 
 @dataclass
@@ -119,13 +118,11 @@ def resolve_spec(model: str, *, weights: str | None = None, layer: str | None = 
     source = source_for(model)
     source.check(model, weights, layer, pool)
     config = source.config(model)
-    if config.kind == "pixels":
+    weights_id, weights_file = config.weights, None
+    if config.weights == "none":  # raw pixels (ExtractorSpec.pixels): no network runs, so no precision
         if precision not in (AUTO, "fp32"):
             raise BackboneError(f"{model} is raw pixels: no network runs, so it takes no --precision")
         precision = "fp32"
-    weights_id, weights_file = config.weights, None
-    if config.weights == "none":  # a model without weights (raw pixels)
-        pass
     elif weights == "random":
         weights_id = "random"
     elif weights is not None:

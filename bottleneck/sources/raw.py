@@ -37,8 +37,7 @@ class RawSource(Source):
 
     def config(self, model: str) -> ModelConfig:
         n = int(model[3:])
-        return ModelConfig(Preprocess(n, n, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), "none", 3 * n * n,
-                           kind="pixels")
+        return ModelConfig(Preprocess(n, n, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), "none", 3 * n * n)
 
     def build(self, model: str, weights: str | None, layer: str | None, pool: str) -> Backbone:
         from torch import nn
