@@ -12,14 +12,9 @@ from pathlib import Path
 
 from .errors import OutputError
 from .images import is_image_file
+from .store import lock_file
 
 Named = Sequence[tuple[str, Path]]  # (what it is, for the message; where it is)
-
-
-def lock_path(cache: Path) -> Path:
-    """The cache's lock file, as store.cache_lock names it: next to the file the cache resolves to."""
-    real = _real(Path(cache))
-    return real.with_name(real.name + ".lock")
 
 
 def check_outputs(outputs: Named, *, option: str = "--out", cache: Path | None = None, inputs: Named = (),
@@ -29,7 +24,7 @@ def check_outputs(outputs: Named, *, option: str = "--out", cache: Path | None =
     them; `option`: what the user changes to fix it."""
     cached: list[tuple[Path, str]] = []
     if cache is not None:
-        lock = lock_path(Path(cache))
+        lock = lock_file(_real(Path(cache)))
         cached = [(Path(cache), f"the cache {cache}"), (lock, f"the cache's lock file {lock}")]
     if folder is not None:
         _check_same(Path(folder), "the report folder", cached, option)

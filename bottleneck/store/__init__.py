@@ -7,11 +7,11 @@ not re-read unchanged files.
 """
 
 from ._cache import ASIDE, DEFAULT_CACHE, FORMAT, MANIFEST_FIELDS, PENDING, ManifestRow, Store
-from ._disk import cache_lock, check_room
+from ._disk import cache_lock, check_room, lock_file
 from ._features import Features, load_features, load_views, select_extraction
 from ._maintenance import compact_cache, verify_cache
 from ._rows import copy_rows, create_rows, readable_keys, view_key
 
 __all__ = ["ASIDE", "DEFAULT_CACHE", "FORMAT", "MANIFEST_FIELDS", "PENDING", "Features", "ManifestRow", "Store",
-           "cache_lock", "check_room", "compact_cache", "copy_rows", "create_rows", "load_features", "load_views",
+           "cache_lock", "check_room", "lock_file", "compact_cache", "copy_rows", "create_rows", "load_features", "load_views",
            "readable_keys", "select_extraction", "verify_cache", "view_key"]

@@ -92,13 +92,17 @@ def one_line_errors(path: Path) -> Iterator[None]:
                          f"{repair_hint(path)}") from None
 
 
+def lock_file(real: Path) -> Path:
+    """The lock file of the cache whose resolved path is `real`: beside it, so that every path or link
+    to one file shares one lock."""
+    return real.with_name(real.name + ".lock")
+
+
 @contextmanager
 def cache_lock(path: Path, exclusive: bool) -> Iterator[None]:
     """One writer at a time: a second writer, or a reader during a write, fails at once with a message
     naming the holder. The lock belongs to the file itself, whatever path or link it is reached by."""
-    real = path.resolve()
-    lock_path = real.with_name(real.name + ".lock")
-    with open(lock_path, "a+") as handle:
+    with open(lock_file(path.resolve()), "a+") as handle:
         try:
             fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
