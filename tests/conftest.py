@@ -14,20 +14,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 # The hosts the suite runs as, whatever it runs on: what `--precision auto` is told about the hardware
-# (runtime.HARDWARE_ENV). Every test assumes the first unless it asks for another through the `host`
-# fixture; the flows that matter are marked every_host and run as each. Set here, at import, so that
-# child processes, Ray workers and session fixtures see the same host.
+# (runtime.HARDWARE_ENV), on the CPU and on a CUDA device alike. Every test runs as the default host
+# (BOTTLENECK_TEST_HOST, else no-bf16) unless it asks for another through the `host` fixture; the
+# flows that matter are marked every_host and run as each. Set here, at import, so that child
+# processes, Ray workers and session fixtures see the same host.
 SIMULATED_HOSTS = {
-    "no-bf16": "avx2 fma",  # AMD EPYC up to Zen 3, Xeons before Cooper Lake: fp32
-    "bf16": "avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile",  # Sapphire Rapids and later, Zen 4: bf16
+    "no-bf16": "avx2 fma",  # AMD EPYC up to Zen 3, Xeons before Cooper Lake: fp32 (and on a GPU)
+    "bf16": "avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile cuda=8.0",  # Sapphire Rapids, Zen 4, A100 on: bf16
 }
-os.environ["BOTTLENECK_HARDWARE"] = SIMULATED_HOSTS["no-bf16"]
+DEFAULT_HOST = os.environ.get("BOTTLENECK_TEST_HOST", "no-bf16")
+os.environ["BOTTLENECK_HARDWARE"] = SIMULATED_HOSTS[DEFAULT_HOST]
 
 
 @pytest.fixture(autouse=True)
 def host(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The simulated host this test runs as (see SIMULATED_HOSTS)."""
-    name = getattr(request, "param", "no-bf16")
+    name = getattr(request, "param", DEFAULT_HOST)
     monkeypatch.setenv("BOTTLENECK_HARDWARE", SIMULATED_HOSTS[name])
     return name
 
@@ -44,7 +46,7 @@ def registered_models_forgotten() -> Iterator[None]:
 def on_host(label: str, host: str) -> str:
     """The label an extraction made under precision auto has on `host`: `tiny[conv,max]` is
     `tiny[conv,max,bf16]` where bf16 is native (the precision goes before dtype, decoder and augment)."""
-    if SIMULATED_HOSTS[host] == SIMULATED_HOSTS["no-bf16"]:
+    if host == "no-bf16":
         return label
     model, _, rest = label.partition("[")
     parts, _, suffix = rest.partition("]") if rest else ("", "", "")

@@ -2,6 +2,7 @@
 predicted with exactly the extractor that made them, and nothing is built when nothing is missing."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from bottleneck_features.sources import load_backbone, packaged, register_model,
 from bottleneck_features.spec import ExtractorSpec
 from bottleneck_features.store import Store
 from bottleneck_features.training import fit_head, predict_files, sidecar_path
-from conftest import write_image
+from conftest import on_host, write_image
 from tiny_backbone import tiny_backbone
 
 QUIET = ExtractOptions(workers=0)
@@ -57,29 +58,33 @@ def two_tiny_extractions(image_folder: Path, tmp_path: Path) -> tuple[Path, dict
 
 
 def test_compare_rows_are_the_datasets_extractions_and_run_no_forward_pass(
-        two_tiny_extractions: tuple[Path, dict], tmp_path: Path, no_build: None) -> None:
+        two_tiny_extractions: tuple[Path, dict], tmp_path: Path, no_build: None, host: str) -> None:
     cache, built = two_tiny_extractions
+    float16, conv = on_host("tiny[float16]", host), on_host("tiny[conv,max]", host)
     seen = sum(b.model.images_seen for b in built.values())
     result = run_compare(cache, heads=["logreg"], tune=[], per_class=[2], repeats=1, pixels=None, out=tmp_path / "r")
-    assert {c.features for c in result.cells} == {"tiny[float16]", "tiny[conv,max]"}
+    assert {c.features for c in result.cells} == {float16, conv}
     assert sum(b.model.images_seen for b in built.values()) == seen
-    one = run_compare(cache, models=["tiny[conv,max]"], heads=["logreg"], tune=[], per_class=[2], repeats=1, pixels=None,
+    one = run_compare(cache, models=[conv], heads=["logreg"], tune=[], per_class=[2], repeats=1, pixels=None,
                       out=tmp_path / "r")
-    assert {c.features for c in one.cells} == {"tiny[conv,max]"}
+    assert {c.features for c in one.cells} == {conv}
     with Store.open(cache) as store:
-        fp = store.match_extractors("data", "tiny[conv,max]")[0]
+        fp = store.match_extractors("data", conv)[0]
     by_fp = run_compare(cache, models=[fp], heads=["logreg"], tune=[], per_class=[2], repeats=1, pixels=None, out=tmp_path / "r")
     assert [c.scores for c in by_fp.cells] == [c.scores for c in one.cells]
-    with pytest.raises(StoreError, match=r"--models tiny: .* 2 extractions of tiny: tiny\[conv,max\] \(tiny-.*tiny\[float16\]"):
+    with pytest.raises(StoreError, match=rf"--models tiny: .* 2 extractions of tiny: {re.escape(conv)} \(tiny-.*"
+                                         rf"{re.escape(float16)}"):
         run_compare(cache, models=["tiny"], heads=["logreg"], tune=[], per_class=[2], pixels=None)
 
 
-def test_fit_takes_a_label_and_refuses_an_ambiguous_model_name(two_tiny_extractions: tuple[Path, dict]) -> None:
+def test_fit_takes_a_label_and_refuses_an_ambiguous_model_name(two_tiny_extractions: tuple[Path, dict],
+                                                               host: str) -> None:
     cache, _ = two_tiny_extractions
+    conv = on_host("tiny[conv,max]", host)
     with pytest.raises(StoreError, match="2 extractions of tiny"):
         fit_head(cache, head="knn", model="tiny")
-    meta = fit_head(cache, head="knn", model="tiny[conv,max]").sidecar
-    assert meta["extractor"]["label"] == "tiny[conv,max]"
+    meta = fit_head(cache, head="knn", model=conv).sidecar
+    assert meta["extractor"]["label"] == conv
     assert (meta["extractor"]["spec"]["layer"], meta["extractor"]["spec"]["pool"]) == ("conv", "max")
 
 
@@ -160,7 +165,8 @@ def test_old_release_cache_is_reused_compared_and_fitted(old_release: Path, tmp_
     with Store.open(cache) as store:
         labels = sorted(store.extractor_spec(fp).label() for fp in store.dataset_extractors("shades"))
     assert labels == ["raw8", "squeezenet1_1[features.10,max]"]
-    for spec in (resolve_spec("squeezenet1_1", layer="features.10", pool="max"), resolve_spec("raw8")):
+    # the first release computed in fp32: asked for fp32 (auto would pick bf16 on a bf16 host), they are reused
+    for spec in (resolve_spec("squeezenet1_1", layer="features.10", pool="max", precision="fp32"), resolve_spec("raw8")):
         assert extract_dataset(old_release / "shades", spec, cache, options=QUIET).computed == 0
     result = run_compare(cache, heads=["logreg"], tune=[], per_class=[2], repeats=1, pixels=8, out=tmp_path / "r")
     assert {c.features for c in result.cells} == {"raw8", "squeezenet1_1[features.10,max]"}
