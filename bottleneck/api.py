@@ -104,13 +104,11 @@ def predict(inputs: str | Path | Sequence[str | Path], head: str | Path, *, cach
     default: from out's suffix, else csv)."""
     from .errors import FitError
     from .extraction import ExtractOptions
-    from .training import predict_files, sidecar_path, write_predictions
+    from .training import predict_files, predictions_format, sidecar_path, write_predictions
 
     if top_k < 1:
         raise FitError(f"--top-k {top_k}: must be at least 1")
-    fmt = format or (Path(out).suffix.lstrip(".") if out and Path(out).suffix else "csv")
-    if fmt not in ("csv", "json"):
-        raise FitError(f"--format {fmt}: use csv or json")
+    fmt = predictions_format(Path(out) if out is not None else None, format)
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     if out is not None:
         read = [*(("the input", p) for p in paths), ("the head", Path(head)),

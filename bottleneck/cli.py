@@ -213,9 +213,8 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Label new images with a fitted head (images already in the cache cost nothing)."""
-    from .training import write_predictions
+    from .training import predictions_format, write_predictions
 
-    fmt = fmt or (out_file.suffix.lstrip(".") if out_file and out_file.suffix else "csv")
     with _user_errors(cache), _progress_bars(not quiet) as progress:  # --format and --out checked before any work
         result = api.predict(inputs, head, cache=cache, top_k=top_k, weights=weights, out=out_file, format=fmt,
                              progress=progress)
@@ -226,7 +225,7 @@ def predict(
         stderr.print(f"[red]error:[/red] none of the {len(skipped)} inputs could be used", highlight=False)
         raise typer.Exit(1)
     if not out_file:  # api.predict wrote --out
-        sys.stdout.write(write_predictions(predictions, fmt, top_k))
+        sys.stdout.write(write_predictions(predictions, predictions_format(None, fmt), top_k))
     counts = Counter(p.labels[0] for p in predictions)
     summary = ", ".join(f"{label} {n}" for label, n in counts.most_common())
     stderr.print(escape(f"{len(predictions)} images labelled ({summary}), {len(skipped)} skipped"

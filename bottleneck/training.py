@@ -239,6 +239,14 @@ def _check_width(estimator: Any, width: int | None, head_path: Path, source: str
                        "the sidecar is not this head's: refit with `bottleneck fit`")
 
 
+def predictions_format(out: Path | None, format: str | None) -> str:
+    """`format`, else `out`'s suffix, else csv: csv or json."""
+    fmt = format or (out.suffix.lstrip(".") if out is not None and out.suffix else "csv")
+    if fmt not in ("csv", "json"):
+        raise FitError(f"--format {fmt}: use csv or json")
+    return fmt
+
+
 def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -> str:
     """CSV (path, prediction, probability, then label_i/probability_i for i ≤ top_k) or JSON."""
     if fmt == "json":
