@@ -46,6 +46,10 @@ class DamagedVectorsError(StoreError):
         self.shas = shas
 
 
+class DeviceError(BottleneckError):
+    """A --device this machine cannot use (a GPU that torch does not see)."""
+
+
 class ExtractError(BottleneckError):
     """An extraction that cannot go on (e.g. no image could be used)."""
 

@@ -9,6 +9,7 @@ so its first K epochs see exactly the views a `+viewsK` row caches.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -24,8 +25,9 @@ from torch.nn import functional as F
 from .augment import DEFAULT_AUGMENT, parse_augment
 from .decode import DecodeDataset, decoded_batches
 from .errors import FitError
-from .heads import EarlyStopping, FrozenNorm, holdout_split, resolve_device, seeded_rng, start_from_probe, torch_threads
+from .heads import FrozenNorm, holdout_split, seeded_rng, start_from_probe, torch_threads, train_epochs
 from .inference import forward_batch
+from .runtime import resolve_device
 from .sources import build
 from .spec import ExtractorSpec, Preprocess
 
@@ -38,7 +40,8 @@ class FineTunedNetworkClassifier(ClassifierMixin, BaseEstimator):
     1e-4 and 3e-5 scored 1-2.5 points lower on hymenoptera, and no better on openclipart22) on
     augmented views (`augment`), with early stopping on the plain views of a `validation_fraction`
     of the training images. X: rows of (sha256, path). `threads`: torch's CPU threads during the
-    fit (default one per core); the fit runs where `device` says ("auto": CUDA when present).
+    fit (default one per core); the fit runs where `device` says ("auto": CUDA, else Apple's MPS,
+    else the CPU).
     """
 
     def __init__(
@@ -94,12 +97,8 @@ class FineTunedNetworkClassifier(ClassifierMixin, BaseEstimator):
             module = nn.Sequential(network, linear)
             optimizer = torch.optim.AdamW(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
             target = torch.as_tensor(y_index, device=device)
-            # the probe itself is the first candidate: an epoch must beat it to be kept
-            stopping = EarlyStopping(self.patience)
-            if val is not None:
-                stopping.update(self._validation_loss(module, items, val, target, preprocess, device), module)
-            for epoch in range(1, self.max_epochs + 1):
-                module.train()
+
+            def run_epoch(epoch: int) -> None:
                 order = rng.permutation(train)
                 views = DecodeDataset(items[order].tolist(), preprocess, augment,
                                       [(sha, epoch - 1) for sha in items[order, 0]])
@@ -111,12 +110,12 @@ class FineTunedNetworkClassifier(ClassifierMixin, BaseEstimator):
                     logits = forward_batch(module, preprocess, batch, device, None)
                     F.cross_entropy(logits, target[torch.as_tensor(order[indices], device=device)]).backward()
                     optimizer.step()
-                if val is None:
-                    continue
-                if stopping.update(self._validation_loss(module, items, val, target, preprocess, device), module):
-                    break
-            stopping.restore(module)
-        self.n_iter_ = epoch
+
+            validation_loss = None if val is None else functools.partial(
+                self._validation_loss, module, items, val, target, preprocess, device)
+            # the probe itself is the first candidate: an epoch must beat it to be kept
+            self.n_iter_ = train_epochs(module, run_epoch, validation_loss, self.max_epochs, self.patience,
+                                        start_is_candidate=True)
         self.module_ = module.cpu().eval()
         return self
 

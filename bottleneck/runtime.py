@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ExtractError
+from .errors import DeviceError, ExtractError
 
 AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Backbones whose bf16 features lost more than 0.3 points of cross-validated accuracy against fp32
@@ -23,15 +23,24 @@ BF16_GUARD_FAILED: frozenset[str] = frozenset({"efficientnet_lite1"})
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device for a `--device` value, for extraction and training alike: "auto" is CUDA,
+    then Apple's MPS, then the CPU; a GPU that torch does not see is a DeviceError."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("--device cuda: no CUDA GPU visible to torch; use --device auto or cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: no CUDA GPU visible to torch; use --device auto or cpu")
+    if resolved.type == "mps" and not _mps_available():
+        raise DeviceError(f"--device {device}: no Apple GPU (MPS) visible to torch; use --device auto or cpu")
+    return resolved
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ features.
 from ._classical import FastGaussianNB, LinearSVMClassifier, RBFSVMClassifier, labels_from_scores
 from ._factory import HEADS, input_params, make_head, param_grid
 from ._tail import FineTunedTailClassifier, FrozenNorm, start_from_probe
-from ._torch import EarlyStopping, holdout_split, resolve_device, seeded_rng, torch_threads
+from ._torch import EarlyStopping, holdout_split, seeded_rng, torch_threads, train_epochs
 from ._torch_heads import MLPHeadClassifier, SmallCNNClassifier, SoftmaxClassifier
 from ._tuning import PathTunedLogisticRegression, tuning_splits
 
 __all__ = ["HEADS", "EarlyStopping", "FastGaussianNB", "FineTunedTailClassifier", "FrozenNorm", "LinearSVMClassifier",
            "MLPHeadClassifier", "PathTunedLogisticRegression", "RBFSVMClassifier", "SmallCNNClassifier",
-           "SoftmaxClassifier", "holdout_split", "input_params", "labels_from_scores", "make_head", "param_grid", "resolve_device",
-           "seeded_rng", "start_from_probe", "torch_threads", "tuning_splits"]
+           "SoftmaxClassifier", "holdout_split", "input_params", "labels_from_scores", "make_head", "param_grid",
+           "seeded_rng", "start_from_probe", "torch_threads", "train_epochs", "tuning_splits"]

@@ -1,10 +1,12 @@
-"""What the torch heads share: seeded and threaded runs, early stopping, the device, a held-out
-part, and `_TorchClassifier`, the scikit-learn estimator they all are."""
+"""What the torch heads share: seeded and threaded runs, the epoch loop with early stopping (the
+whole-network fine-tune runs it too), a held-out part, and `_TorchClassifier`, the scikit-learn
+estimator they all are."""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,6 +20,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from torch.nn import functional as F
 
+from ..runtime import resolve_device
+
 
 @contextmanager
 def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
@@ -26,14 +30,21 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     Weight init and dropout draw from torch's global generators (they take no generator
     argument), so a fit forks them rather than moving the caller's random streams.
     """
-    cuda = []
     if device.type == "cuda":
-        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for index in cuda:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index], device_type="cuda"):
+            torch.default_generator.manual_seed(seed)
             torch.cuda.default_generators[index].manual_seed(seed)
-        yield
+            yield
+    elif device.type == "mps":  # one generator, whatever the index
+        with torch.random.fork_rng(devices=[0], device_type="mps"):
+            torch.default_generator.manual_seed(seed)
+            torch.mps.manual_seed(seed)
+            yield
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            yield
 
 
 @contextmanager
@@ -71,10 +82,40 @@ class EarlyStopping:
             module.load_state_dict(self.best_state)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def train_epochs(
+    module: nn.Module,
+    run_epoch: Callable[[int], None],
+    validation_loss: Callable[[], float] | None,
+    max_epochs: int,
+    patience: int,
+    *,
+    start_is_candidate: bool = False,
+) -> int:
+    """Train `module` for up to `max_epochs` epochs and return how many ran.
+
+    `run_epoch(epoch)` trains epoch 1, 2, ... (the module in train mode). With a
+    `validation_loss` (called with the module in eval mode) it stops after `patience` epochs in a
+    row without a lower loss and restores the best weights seen; `start_is_candidate`: the weights
+    before training are scored first, so an epoch must beat them to be kept. Without one it runs
+    all `max_epochs`."""
+    stopping = EarlyStopping(patience)
+
+    def stop() -> bool:
+        if validation_loss is None:
+            return False
+        module.eval()
+        return stopping.update(validation_loss(), module)
+
+    if start_is_candidate:
+        stop()
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        module.train()
+        run_epoch(epoch)
+        if stop():
+            break
+    stopping.restore(module)
+    return epoch
 
 
 def holdout_split(y: np.ndarray, fraction: float, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray | None]:
@@ -137,25 +178,22 @@ class _TorchClassifier(ClassifierMixin, BaseEstimator):
         train, val = holdout_split(y, self.validation_fraction, rng)
         n_batches = math.ceil(len(train) / self.batch_size)
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        stopping = EarlyStopping(self.patience)
-        for epoch in range(1, self.max_epochs + 1):  # noqa: B007 -- the count is returned
-            module.train()
+
+        def run_epoch(epoch: int) -> None:
             # array_split keeps batches near-equal, so none has the single sample BatchNorm rejects
             for batch in np.array_split(rng.permutation(train), n_batches):
                 index = torch.as_tensor(batch, device=device)
                 optimizer.zero_grad()
                 F.cross_entropy(module(X_t[index]), y_t[index]).backward()
                 optimizer.step()
-            if val is None:
-                continue
-            module.eval()
-            index = torch.as_tensor(val, device=device)
+
+        def validation_loss(rows: np.ndarray) -> float:
+            index = torch.as_tensor(rows, device=device)
             with torch.no_grad():
-                loss = F.cross_entropy(module(X_t[index]), y_t[index]).item()
-            if stopping.update(loss, module):
-                break
-        stopping.restore(module)
-        return epoch
+                return F.cross_entropy(module(X_t[index]), y_t[index]).item()
+
+        return train_epochs(module, run_epoch, None if val is None else functools.partial(validation_loss, val),
+                            self.max_epochs, self.patience)
 
     def _initialise(self, module: nn.Module, X: np.ndarray, y: np.ndarray, device: torch.device) -> None:
         """Set weights before training (the default: the modules' own random init)."""
