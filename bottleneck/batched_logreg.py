@@ -7,9 +7,9 @@ of the R objectives of scikit-learn's multinomial `LogisticRegression(C)`,
     mean_i CE(x_i W_r + b_r, y_i) + ||W_r||^2 / (2 C_r n_r)       (the bias is not penalised)
 
 is minimised by L-BFGS, each draw with its own weights, so the optimum is each draw's own. Tuning
-follows `heads.PathTunedLogisticRegression`: held-out parts of each draw (`heads.tuning_splits`),
-C walked upwards warm-started until it stops improving, the best C per draw, refitted on all of
-the draw from there.
+is `heads.PathTunedLogisticRegression`'s rule, the one C path walk (`walk_C_path`) over held-out
+parts of each draw (`heads.tuning_splits`): C walked upwards warm-started until it stops
+improving, the best C per draw, refitted on all of the draw from there.
 
 The same code runs on the CPU (tests) and on CUDA (where it pays: ~one solve for R draws).
 """
@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from .heads import PathTunedLogisticRegression, tuning_splits
+from .heads._tuning import DEFAULT_C, walk_C_path
 
 
 @dataclass(frozen=True)
@@ -114,36 +115,31 @@ def _solve(head: BatchedLogReg, Xs: list[torch.Tensor], ys: list[torch.Tensor], 
 
 def _tune(head: BatchedLogReg, Xs: list[torch.Tensor], ys: list[torch.Tensor], k: int,
           device: torch.device) -> tuple[list[float], tuple[torch.Tensor, torch.Tensor]]:
-    """Per draw, the smallest C with the best mean held-out accuracy along the warm-started path
-    (over the draw's `tuning_splits`, all draws' splits in one solve), and that C's solution on the
-    draw's first split to start the refit from."""
+    """Per draw, the C `walk_C_path` chooses from its mean held-out accuracies (over the draw's
+    `tuning_splits`, all draws' splits in one solve), and that C's solution on the draw's first
+    split to start the refit from."""
     problems = []  # (draw, train rows, held-out rows)
     for r, y in enumerate(ys):
         labels = y.cpu().numpy()
         if np.bincount(labels, minlength=k).min() < 2:  # nothing can be held out: the default C
-            return [PathTunedLogisticRegression().default_C] * len(ys), _zeros(len(ys), Xs[0].shape[1], k, device)
+            return [DEFAULT_C] * len(ys), _zeros(len(ys), Xs[0].shape[1], k, device)
         for train, val in tuning_splits(labels, head.folds, head.holdout, head.random_state):
             problems.append((r, torch.as_tensor(train, device=device), torch.as_tensor(val, device=device)))
     X_in = [Xs[r][train] for r, train, _ in problems]
     y_in = [ys[r][train] for r, train, _ in problems]
     first = [next(p for p, (r, _, _) in enumerate(problems) if r == draw) for draw in range(len(Xs))]
     state = _zeros(len(problems), Xs[0].shape[1], k, device)
-    scores: list[dict[float, float]] = [{} for _ in Xs]
-    solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-    stopped = [False] * len(Xs)
-    for C in sorted(head.Cs):
-        state = solutions[C] = _solve(head, X_in, y_in, [C] * len(problems), k, device, state)
-        W, b = state
+
+    def solve(C: float) -> tuple[list[float], tuple[torch.Tensor, torch.Tensor]]:
+        """All problems at C from the previous C's solution; each draw's mean held-out accuracy."""
+        nonlocal state
+        state = W, b = _solve(head, X_in, y_in, [C] * len(problems), k, device, state)
         right = [float(((Xs[r][val] @ W[p] + b[p]).argmax(1) == ys[r][val]).float().mean())
                  for p, (r, _, val) in enumerate(problems)]
-        for r in range(len(Xs)):
-            if not stopped[r]:
-                best = max(scores[r].values(), default=-1.0)
-                scores[r][C] = float(np.mean([a for a, (d, _, _) in zip(right, problems, strict=True) if d == r]))
-                stopped[r] = scores[r][C] <= best  # no better than a smaller C: larger Cs cost most
-        if all(stopped):
-            break
-    chosen = [max(s, key=lambda c: s[c]) for s in scores]  # the smallest of equals
-    W = torch.stack([solutions[c][0][first[r]] for r, c in enumerate(chosen)])
-    b = torch.stack([solutions[c][1][first[r]] for r, c in enumerate(chosen)])
-    return chosen, (W, b)
+        return [float(np.mean([a for a, (d, _, _) in zip(right, problems, strict=True) if d == r]))
+                for r in range(len(Xs))], state
+
+    walked = walk_C_path(head.Cs, solve)
+    W = torch.stack([solution[0][first[r]] for r, solution in enumerate(walked.start)])
+    b = torch.stack([solution[1][first[r]] for r, solution in enumerate(walked.start)])
+    return walked.C, (W, b)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -11,6 +12,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import BaseCrossValidator, StratifiedKFold, StratifiedShuffleSplit
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+DEFAULT_C = 0.1  # the C when nothing can be held out (fewer than 2 images in some class)
+
+State = TypeVar("State")
 
 
 class _StratifiedKFoldUpTo(BaseCrossValidator):
@@ -58,6 +63,39 @@ def tuning_splits(y: np.ndarray, folds: int | str, holdout: float,
     return list(held.split(np.zeros(len(y)), y))
 
 
+@dataclass(frozen=True)
+class CPath(Generic[State]):
+    """Where `walk_C_path` went, per draw."""
+
+    scores: list[dict[float, float]]  # the mean held-out score of each C the draw visited, in order
+    C: list[float]  # the chosen C
+    start: list[State]  # what `solve` returned at the chosen C: the refit on all the data starts there
+
+
+def walk_C_path(Cs: Iterable[float], solve: Callable[[float], tuple[Sequence[float], State]]) -> CPath[State]:
+    """The C path's rule, for R draws tuned together. `solve(C)` fits every draw at C, warm-started
+    from its previous call (the caller keeps that state), and returns each draw's mean held-out
+    score and the state the caller refits from. Cs are walked from small to large; a draw stops at
+    the first C whose score is no better than a smaller C's (larger Cs cost most), the walk once
+    every draw has; each draw chooses the smallest C with its best score."""
+    scores: list[dict[float, float]] = []
+    stopped: list[bool] = []
+    solutions: dict[float, State] = {}
+    for C in sorted(Cs):
+        draws, solutions[C] = solve(C)
+        if not scores:
+            scores, stopped = [{} for _ in draws], [False] * len(draws)
+        for r, score in enumerate(draws):
+            if not stopped[r]:
+                best = max(scores[r].values(), default=-np.inf)
+                scores[r][C] = float(score)
+                stopped[r] = scores[r][C] <= best
+        if all(stopped):
+            break
+    chosen = [max(s, key=lambda c: s[c]) for s in scores]  # max keeps the first, so the smallest of equals
+    return CPath(scores, chosen, [solutions[c] for c in chosen])
+
+
 class PathTunedLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression whose C is chosen on held-out parts of the training data
     (`tuning_splits`), along a warm-started path of Cs (small to large, stopping at the first C
@@ -70,7 +108,7 @@ class PathTunedLogisticRegression(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, Cs: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0), holdout: float = 0.2,
-                 folds: int | str = "auto", default_C: float = 0.1, max_iter: int = 5000,
+                 folds: int | str = "auto", default_C: float = DEFAULT_C, max_iter: int = 5000,
                  random_state: int | None = 0) -> None:
         self.Cs = Cs
         self.holdout = holdout
@@ -89,16 +127,15 @@ class PathTunedLogisticRegression(ClassifierMixin, BaseEstimator):
             splits = tuning_splits(y, self.folds, self.holdout, self.random_state)
             paths = [LogisticRegression(max_iter=self.max_iter, warm_start=True, random_state=self.random_state)
                      for _ in splits]
-            solutions = {}
-            for C in sorted(self.Cs):
-                best = max(self.scores_.values(), default=-1.0)
-                self.scores_[C] = float(np.mean([path.set_params(C=C).fit(X[train], y[train]).score(X[val], y[val])
-                                                 for path, (train, val) in zip(paths, splits, strict=True)]))
-                solutions[C] = (paths[0].coef_.copy(), paths[0].intercept_.copy())
-                if self.scores_[C] <= best:  # no better than a smaller C: stop, larger Cs cost most
-                    break
-            self.C_ = max(self.scores_, key=lambda C: self.scores_[C])  # the smallest of equals
-            start = solutions[self.C_]
+
+            def solve(C: float) -> tuple[list[float], tuple[np.ndarray, np.ndarray]]:
+                """One draw: the mean score over the splits, each path warm-started from its last fit."""
+                score = np.mean([path.set_params(C=C).fit(X[train], y[train]).score(X[val], y[val])
+                                 for path, (train, val) in zip(paths, splits, strict=True)])
+                return [float(score)], (paths[0].coef_.copy(), paths[0].intercept_.copy())
+
+            walked = walk_C_path(self.Cs, solve)
+            self.scores_, self.C_, start = walked.scores[0], walked.C[0], walked.start[0]
         else:
             self.C_ = self.default_C
         self.model_ = LogisticRegression(C=self.C_, max_iter=self.max_iter, warm_start=True,
