@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import _common as C
-from bottleneck_features.audit import OUTLIER_K, run_audit
+from bottleneck_features.dataset_audit import OUTLIER_K, run_audit
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.neighbours import cosine_neighbours
 from bottleneck_features.sources import load_backbone

@@ -19,10 +19,10 @@ from .progress import Progress
 from .store import DEFAULT_CACHE, Features, Store
 
 if TYPE_CHECKING:
-    from .audit import Audit
+    from .cache_repair import RepairReport
     from .comparison import CompareResult
+    from .dataset_audit import Audit
     from .extraction import ExtractReport
-    from .repair import RepairReport
     from .training import FitResult, Prediction
 
 def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str | Path = DEFAULT_CACHE,
@@ -102,12 +102,9 @@ def predict(inputs: str | Path | Sequence[str | Path], head: str | Path, *, cach
     """Label image files or folders with a head written by `fit` (cached images cost nothing). `out`:
     also write the predictions there, when any image could be used, as `format` (csv or json;
     default: from out's suffix, else csv)."""
-    from .errors import FitError
     from .extraction import ExtractOptions
     from .training import predict_files, predictions_format, sidecar_path, write_predictions
 
-    if top_k < 1:
-        raise FitError(f"--top-k {top_k}: must be at least 1")
     fmt = predictions_format(Path(out) if out is not None else None, format)
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     if out is not None:
@@ -155,15 +152,16 @@ def audit(*, data: str | None = None, model: str | None = None, threshold: float
           out: str | Path | None = None, cache: str | Path = DEFAULT_CACHE) -> Audit:
     """Duplicates, leakage, likely label errors and outliers of a cached dataset (see `bottleneck audit
     --help`); writes audit.csv, audit.json and audit.html under `out` (default reports/<dataset>/audit)."""
-    from .audit import DEFAULT_THRESHOLD, run_audit
     from .audit_report import audit_files, write_audit
+    from .dataset_audit import DEFAULT_THRESHOLD, run_audit
     from .store import select_extraction
 
-    folder = Path(out) if out else Path("reports") / select_extraction(Path(cache), data, model)[0] / "audit"
+    extraction = select_extraction(Path(cache), data, model)  # (dataset, fingerprint), resolved once
+    folder = Path(out) if out else Path("reports") / extraction[0] / "audit"
     check_outputs([("the audit report", f) for f in audit_files(folder).values()], cache=Path(cache),
                   folder=folder)
-    result = run_audit(Path(cache), dataset=data, model=model,
-                       threshold=DEFAULT_THRESHOLD if threshold is None else threshold, folds=folds)
+    result = run_audit(Path(cache), threshold=DEFAULT_THRESHOLD if threshold is None else threshold, folds=folds,
+                       extraction=extraction)
     with writing(folder):
         result.files = write_audit(folder, result)
     return result
@@ -172,6 +170,6 @@ def audit(*, data: str | None = None, model: str | None = None, threshold: float
 def repair(*, cache: str | Path = DEFAULT_CACHE) -> RepairReport:
     """Rebuild a cache whose HDF5 structures are damaged from everything still readable (see
     `bottleneck repair --help`); the damaged file is kept beside it, `report.summary()` says what was kept."""
-    from .repair import repair_cache
+    from .cache_repair import repair_cache
 
     return repair_cache(Path(cache))

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .audit import ISSUES, Audit, Finding
+from .dataset_audit import ISSUES, Audit, Finding
 from .formats import spreadsheet_safe
 from .images import ImageError, decode_rgb
 

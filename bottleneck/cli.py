@@ -1,4 +1,5 @@
-"""The `bottleneck` command: parses options, calls the API (api.py), prints its result."""
+"""The `bottleneck` command: parses options, calls the API (api.py), prints its result; `info`, `models`
+and `compact` read the store and the sources directly."""
 
 from __future__ import annotations
 
@@ -331,7 +332,7 @@ def audit(
     cache: Path = CacheOption,
 ) -> None:
     """Duplicates, train/test leakage, likely label errors and outliers, from the cached embeddings."""
-    from .audit import ISSUES
+    from .dataset_audit import ISSUES
 
     with _user_errors(cache):
         result = api.audit(data=data, model=model, threshold=threshold, folds=folds, out=out_dir, cache=cache)

@@ -112,40 +112,44 @@ def row_names(specs: list[ExtractorSpec]) -> list[str]:
 
 
 def bring_up_to_date(cache: Path, name: str, root: Path, specs: list[ExtractorSpec],
-                     view_rows: list[tuple[ExtractorSpec, int]],
-                     progress: Progress | None) -> dict[ExtractorSpec, ExtractorSpec]:
+                     view_rows: list[tuple[ExtractorSpec, int]], progress: Progress | None) -> dict[ExtractorSpec, str]:
     """The step before a comparison, the only one that writes: what each row lacks is extracted while
     the dataset's folder is there (only images it lacks are computed; a model is built only then).
-    Each spec → the spec as stored, its width and precision decided (itself without the folder)."""
+    Each spec → the fingerprint it is stored under, its width and precision decided (none without the folder)."""
     if not root.is_dir():
-        return {spec: spec for spec in specs}
+        return {}
     options = ExtractOptions(progress=progress)
-    stored = {}
-    for spec in specs:
-        fp = extract_dataset(root, spec, cache, name=name, options=options, remember=False).fingerprint
-        with Store.open(cache) as store:
-            stored[spec] = store.extractor_spec(fp)
+    stored = {spec: extract_dataset(root, spec, cache, name=name, options=options, remember=False).fingerprint
+              for spec in specs}
     for spec, views in view_rows:
         extract_dataset(root, spec, cache, name=name, options=options, remember=False, views=views)
     return stored
 
 
-def load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], notes: list[str]) -> list[Features]:
-    """Each feature set as the cache holds it (read only); without the folder, the images cached when
-    it was last extracted."""
+Aligned = tuple[list[str], list[str], np.ndarray, np.ndarray, list[np.ndarray]]  # paths, shas, labels, splits, Xs
+
+
+def load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], stored: dict[ExtractorSpec, str],
+         view_rows: list[tuple[ExtractorSpec, int]], notes: list[str]) -> tuple[list[Features], Aligned, list[np.ndarray]]:
+    """All the comparison reads, in one read-only open of the cache: each feature set under the fingerprint
+    `bring_up_to_date` found (else its own), aligned on the images they all have (`align`), and the views
+    of those images for each views row. Without the folder: the images cached when it was last extracted."""
     if not root.is_dir():
         notes.append(f"{root} is gone: compared the images cached when it was last extracted")
+    fps = [stored.get(spec) or (spec.fingerprint() if spec.complete else "") for spec in specs]
     with Store.open(cache) as store:
         have = set(store.dataset_extractors(name))
-    missing = [spec.label() for spec in specs if not spec.complete or spec.fingerprint() not in have]
-    if missing:
-        raise CompareError(f"{', '.join(missing)}: not extracted for {name!r}; run `bottleneck extract {root} --model "
-                           f"{missing[0]}` (or compare with the folder there, which extracts it)")
-    return [load_features(cache, name, spec.fingerprint()) for spec in specs]
+        missing = [spec.label() for spec, fp in zip(specs, fps, strict=True) if fp not in have]
+        if missing:
+            raise CompareError(f"{', '.join(missing)}: not extracted for {name!r}; run `bottleneck extract {root} "
+                               f"--model {missing[0]}` (or compare with the folder there, which extracts it)")
+        loaded = [load_features(store, name, fp) for fp in fps]
+        aligned = align(loaded, notes)
+        views = [load_views(store, name, spec.fingerprint(), aligned[1]) for spec, _ in view_rows]
+    return loaded, aligned, views
 
 
-def align(features: list[Features],
-          notes: list[str]) -> tuple[list[str], list[str], np.ndarray, np.ndarray, list[np.ndarray]]:
+def align(features: list[Features], notes: list[str]) -> Aligned:
     """Keep the images every feature set has, in one row order (so draws mean the same images)."""
     common = set(features[0].paths).intersection(*(f.paths for f in features[1:]))
     keep = [p for p in features[0].paths if p in common]
@@ -170,18 +174,18 @@ def plain_rows(specs: list[ExtractorSpec], loaded: list[Features], Xs: list[np.n
             for i, (spec, name, features, X) in enumerate(zip(specs, row_names(specs), loaded, Xs, strict=True))]
 
 
-def views_rows(cache: Path, name: str, view_rows: list[tuple[ExtractorSpec, int]], plain: list[Row],
-               shas: list[str]) -> list[Row]:
-    """For each augmented extraction: a row trained on every view, and its test-time-augmented twin."""
+def views_rows(view_rows: list[tuple[ExtractorSpec, int]], views: list[np.ndarray], plain: list[Row]) -> list[Row]:
+    """For each augmented extraction (its `views` as `load` read them): a row trained on every view, and its
+    test-time-augmented twin."""
     rows = []
     by_spec = {row.spec: row for row in plain}
-    for spec, views in view_rows:
+    for (spec, count), X_views in zip(view_rows, views, strict=True):
         base = by_spec[spec.replace(augment=None)]
-        X = np.concatenate([base.X[:, None], load_views(cache, name, spec.fingerprint(), shas)], axis=1)
-        label = f"{base.name}+views{views}" + ("" if spec.augment == DEFAULT_AUGMENT else f"[{spec.augment}]")
+        X = np.concatenate([base.X[:, None], X_views], axis=1)
+        label = f"{base.name}+views{count}" + ("" if spec.augment == DEFAULT_AUGMENT else f"[{spec.augment}]")
         for tta in (False, True):
             suffix = "+tta" if tta else ""
-            rows.append(Row(spec, label + suffix, X, f"{spec.fingerprint()}+views{views}{suffix}", tta=tta))
+            rows.append(Row(spec, label + suffix, X, f"{spec.fingerprint()}+views{count}{suffix}", tta=tta))
     return rows
 
 

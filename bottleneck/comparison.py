@@ -9,27 +9,24 @@ have, and scored on the same draws, so every cell of the table is measured on th
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
-import torch
 from rich.table import Table
 from sklearn.metrics import confusion_matrix
 
 from .augment import DEFAULT_AUGMENT
-from .batched_logreg import BatchedLogReg, fit_draws
-from .cells import CellCache
+from .batched_logreg import BatchedLogReg
+from .compare_fits import Estimators, Job, run_fits
+from .compare_fits import by_cell as by_cell_of
 from .compare_plan import (
     Plan,
     Row,
     Setting,
-    align,
     bring_up_to_date,
     choose_features,
     files_rows,
@@ -39,13 +36,15 @@ from .compare_plan import (
     tails,
     views_rows,
 )
-from .errors import CompareError
-from .evaluate import METRICS, Cell, CellRun, Split, run_cell
+from .errors import CompareError, DeviceError
+from .evaluate import Cell, CellRun, Split, check_folds, check_metric, check_per_class
 from .finetune import FineTunedNetworkClassifier
-from .heads import HEADS, FineTunedTailClassifier, input_params, make_head
+from .heads import FineTunedTailClassifier, input_params, make_head
+from .heads._factory import check_head
 from .outputs import check_outputs, writing
-from .progress import Progress, with_detail
+from .progress import Progress
 from .report import FILES, GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
+from .runtime import resolve_device
 from .sources import is_raw_name
 from .spec import ExtractorSpec
 
@@ -104,12 +103,10 @@ class CompareOptions:
 
     def __post_init__(self) -> None:
         for head in [*self.heads, *self.tune]:
-            if head not in HEADS:
-                raise CompareError(f"unknown head {head!r}; known heads: {', '.join(HEADS)}")
+            check_head(head)
         if not self.heads:
             raise CompareError("no heads to compare; pass --heads, e.g. --heads logreg,svm")
-        if self.metric not in METRICS:
-            raise CompareError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
+        check_metric(self.metric)
         self._check_protocol()
         if self.jobs == 0:
             raise CompareError("--jobs 0: give the number of parallel fits (1 or more; -1 for one per core)")
@@ -123,29 +120,10 @@ class CompareOptions:
             raise CompareError("pass --per-class or --cv, not both")
         if self.repeats < 1:
             raise CompareError(f"--repeats {self.repeats}: need at least 1 draw")
-        if cv is not None and cv < 2:
-            raise CompareError(f"--cv {cv}: K-fold needs at least 2 folds")
-        if per_class and min(per_class) < 1:
-            raise CompareError(f"--per-class {min(per_class)}: need at least 1 training image per class")
-
-
-@dataclass(frozen=True, eq=False)
-class Job:
-    """One fit, as scikit-learn's `_fit_and_score` under `cross_validate`: a row's head on one draw."""
-
-    row: Row
-    head: str
-    per_class: int | None
-    cv: int | None
-    draw: int  # within its cell, from 0
-    split: Split
-
-    @property
-    def cell(self) -> tuple[Row, str, int | None, int | None]:
-        return self.row, self.head, self.per_class, self.cv
-
-    def cell_name(self) -> str:
-        return f"{self.row.name} + {self.head}, " + (f"{self.cv}-fold" if self.cv else f"N={self.per_class}")
+        if cv is not None:
+            check_folds(cv)
+        if per_class:
+            check_per_class(min(per_class))
 
 
 def run_compare(
@@ -210,16 +188,15 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
     whole = _whole_networks(specs, root) if WHOLE_NETWORK in options.finetune else []
     found = tails(specs, [layer for layer in options.finetune if layer != WHOLE_NETWORK])  # checked before any work
     specs += [spec for spec in found if spec not in specs]
-    if update:
-        stored = bring_up_to_date(cache, name, root, specs, view_rows, progress)
-        specs, whole = [stored[s] for s in specs], [stored[s] for s in whole]
-        found = {stored[s]: tail for s, tail in found.items()}
+    stored = bring_up_to_date(cache, name, root, specs, view_rows, progress) if update else {}
     notes: list[str] = []
-    loaded = load(cache, name, root, specs, notes)
-    paths, shas, labels, splits, Xs = align(loaded, notes)
+    loaded, (paths, shas, labels, splits, Xs), views = load(cache, name, root, specs, stored, view_rows, notes)
+    if stored:  # each spec as stored: its width and precision decided
+        as_stored = {spec: features.spec or spec for spec, features in zip(specs, loaded, strict=True)}
+        specs, whole = [as_stored[s] for s in specs], [as_stored[s] for s in whole]
+        found = {as_stored[s]: tail for s, tail in found.items()}
     plain = plain_rows(specs, loaded, Xs, chosen, found)
-    rows = (plain + views_rows(cache, name, view_rows, plain, shas)
-            + files_rows(whole, plain, root, paths, shas))
+    rows = plain + views_rows(view_rows, views, plain) + files_rows(whole, plain, root, paths, shas)
     if view_rows:
         notes.append("+viewsK rows: the head trains on the plain and K augmented views of each training image "
                      "and predicts from the plain view; +tta rows from the mean of its scores over all views")
@@ -258,19 +235,12 @@ def _jobs(rows: list[Row], heads: list[str], settings: list[Setting]) -> list[Jo
             for n, k, draws in settings for r, split in enumerate(draws)]
 
 
-def _by_cell(jobs: list[Job]) -> dict[tuple[Row, str, int | None, int | None], list[Job]]:
-    cells: dict[tuple[Row, str, int | None, int | None], list[Job]] = {}
-    for job in jobs:
-        cells.setdefault(job.cell, []).append(job)
-    return cells
-
-
 def _heads_used(jobs: list[Job]) -> list[tuple[str, bool]]:
     """(head, on raw pixels) of every cell but the finetune ones, in the grid's order."""
     return list(dict.fromkeys((job.head, job.row.raw) for job in jobs if job.head != FINETUNE_HEAD))
 
 
-def _estimators(jobs: list[Job], options: CompareOptions) -> dict[tuple[Row, str], object]:
+def _estimators(jobs: list[Job], options: CompareOptions) -> Estimators:
     """One estimator per (row, head): scikit-learn heads shared by (head, raw pixels), batched logreg in
     torch on `options.torch_device`, a finetune head per --finetune row."""
     # Fits run in parallel across cells: a forest then builds its trees on one core.
@@ -280,7 +250,7 @@ def _estimators(jobs: list[Job], options: CompareOptions) -> dict[tuple[Row, str
                      for h, raw in _heads_used(jobs)}
     batched = (BatchedLogReg(tune="logreg" in options.tune, random_state=options.seed)
                if options.torch_device is not None else None)
-    estimators: dict[tuple[Row, str], object] = {}
+    estimators: Estimators = {}
     for row, head in dict.fromkeys((job.row, job.head) for job in jobs):
         if head == FINETUNE_HEAD and row.tail is not None:
             estimators[row, head] = FineTunedTailClassifier(*row.tail, random_state=options.seed)
@@ -321,17 +291,14 @@ def _fit_all(cache: Path, plan: Plan, options: CompareOptions,
     jobs = _jobs(plan.rows, list(options.heads), plan.settings)
     estimators = _estimators(jobs, options)
     _head_notes(plan, jobs, options.tune)
-    fitted = CellCache(Path(cache).parent / "cells")
-    hashes = {key: joblib.hash(estimator) for key, estimator in estimators.items()}
-    keys = {job: fitted.key(job.row.fingerprint, hashes[job.row, job.head], plan.shas, plan.labels, job.split)
-            for job in jobs}
-    return jobs, _run_grid(jobs, estimators, plan.labels, options, with_detail(progress), fitted, keys)
+    return jobs, run_fits(jobs, estimators, plan, Path(cache).parent / "cells", torch_device=options.torch_device,
+                          n_jobs=options.jobs, progress=progress)
 
 
 def _score(plan: Plan, options: CompareOptions, jobs: list[Job], runs: dict[Job, CellRun],
            start: float) -> CompareResult:
     """The table's cells from the runs, the best cell's pictures, and the report."""
-    by_cell = _by_cell(jobs)
+    by_cell = by_cell_of(jobs)
     cells = []
     for (row, head, n, k), cell_jobs in by_cell.items():
         cell = Cell(row.name, head, n, k)
@@ -349,105 +316,18 @@ def _score(plan: Plan, options: CompareOptions, jobs: list[Job], runs: dict[Job,
                          time.perf_counter() - start)
 
 
-def _fit(index: int, estimator: object, X: np.ndarray, tta: bool, y: np.ndarray,
-         split: Split) -> tuple[int, CellRun | str]:
-    """One fit in a worker; a failure comes back as its message so the grid can name the cell."""
-    try:
-        return index, run_cell(estimator, X, y, split, tta)
-    except Exception as exc:  # noqa: BLE001 - any estimator error becomes a CompareError naming the cell
-        return index, f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
-def _succeeded(job: Job, run: CellRun | str) -> CellRun:
-    if isinstance(run, str):
-        raise CompareError(f"{job.cell_name()}, draw {job.draw + 1} failed: {run}")
-    return run
-
-
-def _run_grid(jobs: list[Job], estimators: dict[tuple[Row, str], object], labels: np.ndarray,
-              options: CompareOptions, report: Callable[[str, int, int, str], None], cells: CellCache,
-              keys: dict[Job, str]) -> dict[Job, CellRun]:
-    """Every job not cached yet: batched logreg cells in torch on `options.torch_device`, whole networks one
-    at a time in this process, the rest in parallel with `options.jobs` joblib workers."""
-    done: dict[Job, CellRun] = {}
-    tasks = []
-    for job in jobs:
-        cached = cells.get(keys[job])
-        if cached is None:
-            tasks.append(job)
-        else:
-            done[job] = cached
-    total = len(done) + len(tasks)
-    batched = [job for job in tasks if isinstance(estimators[job.row, job.head], BatchedLogReg)]
-    serial = [job for job in tasks if isinstance(estimators[job.row, job.head], FineTunedNetworkClassifier)]
-    taken = set(batched + serial)
-    pending = [job for job in tasks if job not in taken]
-    order = batched + pending + serial
-
-    def show() -> None:  # the current cell: the first unfinished one in the order fits start
-        report("fits", len(done), total, next((job.cell_name() for job in order if job not in done), ""))
-
-    def finished(job: Job, run: CellRun) -> None:
-        done[job] = run
-        cells.put(keys[job], run)
-        show()
-
-    show()
-    _fit_batched(batched, estimators, labels, options.torch_device, finished)
-    _fit_parallel(pending, estimators, labels, options.jobs, finished)
-    for job in serial:  # a whole network takes every core (or the GPU) for itself
-        _, run = _fit(0, estimators[job.row, job.head], job.row.X, job.row.tta, labels, job.split)
-        finished(job, _succeeded(job, run))
-    return done
-
-
-def _fit_batched(tasks: list[Job], estimators: dict[tuple[Row, str], object], labels: np.ndarray,
-                 device: str | None, finished: Callable[[Job, CellRun], None]) -> None:
-    """Each batched logreg cell's draws in one torch solve on `device`."""
-    for draws in _by_cell(tasks).values():
-        first = draws[0]
-        head = estimators[first.row, first.head]
-        assert isinstance(head, BatchedLogReg) and device is not None
-        try:
-            result = fit_draws(head, first.row.X, labels, [job.split.train for job in draws],
-                               [job.split.test for job in draws], device)
-        except (RuntimeError, ValueError) as exc:  # CUDA out of memory, a solver failure...
-            raise CompareError(f"{first.cell_name()} failed on {device}: {str(exc).splitlines()[0]}; "
-                               "pass --device sklearn to fit it on the CPU") from None
-        for job, y_pred in zip(draws, result.y_pred, strict=True):
-            finished(job, CellRun(y_pred, result.fit_seconds, result.predict_seconds))
-
-
-def _fit_parallel(tasks: list[Job], estimators: dict[tuple[Row, str], object], labels: np.ndarray, n_jobs: int,
-                  finished: Callable[[Job, CellRun], None]) -> None:
-    """The other fits, in parallel across cells with `n_jobs` joblib workers."""
-    with tempfile.TemporaryDirectory(prefix="bottleneck-") as tmp:
-        X_of = {row: row.X for row in dict.fromkeys(job.row for job in tasks)}
-        if n_jobs != 1:  # memory-map the features once instead of shipping (and hashing) them per fit
-            shared: dict[int, np.ndarray] = {}  # a views row and its +tta twin share one array
-            for i, X in enumerate(X_of.values()):
-                if id(X) not in shared:
-                    shared[id(X)] = joblib.load(joblib.dump(X, f"{tmp}/{i}.joblib")[0], mmap_mode="r")
-            X_of = {row: shared[id(X)] for row, X in X_of.items()}
-        calls = (joblib.delayed(_fit)(i, estimators[job.row, job.head], X_of[job.row], job.row.tta, labels, job.split)
-                 for i, job in enumerate(tasks))
-        for i, run in joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(calls):
-            finished(tasks[i], _succeeded(tasks[i], run))
-
-
 def _linear_device(device: str) -> str | None:
-    """The torch device for batched logreg cells, or None for scikit-learn."""
+    """Where logreg cells train in torch, None for scikit-learn. Compare's own words: "sklearn", and "auto"
+    (torch only where CUDA is, else scikit-learn); `runtime.resolve_device` checks any other device."""
     if device == "sklearn":
         return None
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else None
     try:
-        torch.device(device)
-    except RuntimeError:
-        raise CompareError(f"--device {device}: use auto, sklearn, cpu or cuda (cuda:N for one GPU)") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CompareError(f"--device {device}: CUDA is not available here; use auto, sklearn or cpu")
-    return device
+        resolved = resolve_device(device)
+    except DeviceError as exc:
+        raise DeviceError(f"{exc} (compare also takes sklearn: scikit-learn fits)") from None
+    except RuntimeError:  # not a device string torch can parse
+        raise DeviceError(f"--device {device}: use auto, sklearn, cpu or cuda (cuda:N for one GPU)") from None
+    return None if device == "auto" and resolved.type != "cuda" else str(resolved)
 
 
 def _best_run(cell: Cell, draws: list[Split], runs: list[CellRun], labels: np.ndarray, paths: list[str],

@@ -15,12 +15,40 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from .errors import CompareError
+from .errors import BottleneckError, CompareError
 from .heads import labels_from_scores
 
 # balanced_accuracy (scikit-learn's name) and mean_class_accuracy (the Caltech-101 papers' name) are
 # the same number, the mean per-class recall; both are stored so either name finds it.
 METRICS = ("accuracy", "balanced_accuracy", "mean_class_accuracy")
+
+
+def check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise CompareError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+
+
+def check_per_class(n: int) -> None:
+    if n < 1:
+        raise CompareError(f"--per-class {n}: need at least 1 training image per class")
+
+
+def check_folds(k: int, option: str = "--cv", error: type[BottleneckError] = CompareError) -> None:
+    """K-fold's rule, for compare's --cv and audit's --folds alike."""
+    if k < 2:
+        raise error(f"{option} {k}: K-fold needs at least 2 folds")
+
+
+def check_stratified_folds(labels: np.ndarray, k: int, option: str = "--cv",
+                           error: type[BottleneckError] = CompareError) -> None:
+    """`check_folds`, and every class with an image in each fold."""
+    check_folds(k, option, error)
+    classes, counts = np.unique(labels, return_counts=True)
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < k:
+        hint = (f"use {option} {counts[smallest]} or less" if counts[smallest] >= 2
+                else "add images to it or remove its folder")
+        raise error(f"{option} {k}: class {str(classes[smallest])!r} has only {counts[smallest]} images; {hint}")
 
 
 @dataclass(frozen=True)
@@ -60,8 +88,7 @@ def draw_per_class(
     spare = 0 if test is not None else 1
     classes, counts = np.unique(labels[pool], return_counts=True)
     smallest = int(np.argmin(counts))
-    if n < 1:
-        raise CompareError(f"--per-class {n}: need at least 1 training image per class")
+    check_per_class(n)
     if n > counts[smallest] - spare and not cap:
         usable = int(counts[smallest]) - spare
         where = "training images" if test is not None else "images"
@@ -81,15 +108,7 @@ def draw_per_class(
 def kfold_splits(labels: np.ndarray, k: int, seed: int) -> list[Split]:
     """Stratified K-fold over all rows: every row is tested exactly once."""
     labels = np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
-    smallest = int(np.argmin(counts))
-    if k < 2:
-        raise CompareError(f"--cv {k}: need at least 2 folds")
-    if counts[smallest] < k:
-        raise CompareError(
-            f"--cv {k}: class {str(classes[smallest])!r} has only {counts[smallest]} images; "
-            f"use --cv {counts[smallest]} or less"
-        )
+    check_stratified_folds(labels, k)
     folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
     return [Split(np.sort(train), np.sort(test)) for train, test in folds]
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from rich.markup import escape
 from rich.table import Table
 
-from .evaluate import METRICS, Cell
+from .evaluate import Cell, check_metric
 from .images import ImageError, decode_rgb
 
 GALLERY_CAP = 24
@@ -278,8 +278,7 @@ def write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, root
 
     The curve needs more than one N (none under --cv); the pictures of the best run need `best`.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    check_metric(metric)
     with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):  # a class named $x$ is text
         return _write_report(out, cells, best, root=root, title=title, metric=metric, notes=notes)
 

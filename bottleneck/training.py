@@ -24,6 +24,7 @@ from .datasets import hash_split
 from .errors import FitError, SpecError
 from .formats import spreadsheet_safe
 from .heads import input_params, make_head
+from .heads._factory import check_head
 from .images import find_images, is_image_file, sha256_file
 from .outputs import check_outputs, writing
 from .spec import ExtractorSpec
@@ -80,6 +81,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
              tune: bool = False, test_size: float = 0.25, seed: int = 0, out: Path | None = None,
              params: dict | None = None) -> FitResult:
     """Train `head` on the cached features of `dataset`, score it on the held-out split, save it."""
+    check_head(head)
     if not 0 < test_size < 1:
         raise FitError(f"--test-size {test_size}: give a fraction between 0 and 1, e.g. 0.25")
     dataset, fp = select_extraction(cache, dataset, model)
@@ -89,8 +91,8 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     check_outputs([("--out", out), ("its sidecar", sidecar_path(out)), ("its temporary file", partial),
                    ("its sidecar's temporary file", partial_sidecar)], cache=cache)
     features = load_features(cache, dataset, fp)
-    with Store.open(cache) as store:
-        spec = store.extractor_spec(fp)
+    spec = features.spec
+    assert spec is not None  # load_features reads it
     train, val, test = split_indices(features, test_size, seed)
     _check_trainable(features.labels[train], dataset)
     if len(test) == 0:
@@ -192,6 +194,8 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
     """Predictions for every image in `inputs` (files or folders) through the cache, and the skipped files."""
     from .extraction import extract_files  # torch: seconds that `fit` doesn't need
 
+    if top_k < 1:
+        raise FitError(f"--top-k {top_k}: must be at least 1")
     estimator, meta = load_head(head_path)
     spec, fp = head_spec(meta, sidecar_path(head_path))
     _check_width(estimator, spec.feature_dim, head_path, f"its sidecar's extractor {spec.label()}")
@@ -210,7 +214,7 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
         proba = estimator.predict_proba(X)
         classes = np.asarray(estimator.classes_)
         for path, row in zip(paths, proba, strict=True):
-            order = np.argsort(-row)[: max(1, top_k)]
+            order = np.argsort(-row)[:top_k]
             predictions.append(Prediction(path, [str(classes[i]) for i in order], [float(row[i]) for i in order]))
     return predictions, result.skipped
 
@@ -249,13 +253,11 @@ def predictions_format(out: Path | None, format: str | None) -> str:
 
 def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -> str:
     """CSV (path, prediction, probability, then label_i/probability_i for i ≤ top_k) or JSON."""
-    if fmt == "json":
+    if predictions_format(None, fmt) == "json":
         rows = [{"path": p.path, "prediction": p.labels[0], "probability": p.probabilities[0],
                  "top_k": [{"label": l, "probability": q} for l, q in zip(p.labels, p.probabilities, strict=True)]}
                 for p in predictions]
         return json.dumps(rows, indent=2) + "\n"
-    if fmt != "csv":
-        raise FitError(f"--format {fmt}: use csv or json")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     extra = [f"{kind}_{i}" for i in range(1, top_k + 1) for kind in ("label", "probability")] if top_k > 1 else []

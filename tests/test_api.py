@@ -41,6 +41,18 @@ def test_importing_the_package_is_cheap(tmp_path: Path) -> None:
     assert out.stdout.split() == ["False"]
 
 
+def test_api_functions_stay_functions_after_every_module_is_loaded(tmp_path: Path) -> None:
+    """Loading a submodule binds its name on the package: one named like an API function (audit.py,
+    repair.py once) turned `bf.audit` into a module after its first call."""
+    code = ("import pkgutil, importlib, bottleneck_features as bf\n"
+            "for m in pkgutil.walk_packages(bf.__path__, 'bottleneck_features.'):\n"
+            "    m.name.endswith('__main__') or importlib.import_module(m.name)\n"
+            "print(' '.join(n for n in bf.__all__ if not callable(getattr(bf, n))))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == []
+
+
 @pytest.mark.parametrize("command", ["extract", "fit", "predict", "compare", "export"])
 def test_api_defaults_are_the_clis(command: str) -> None:
     cli_defaults = {name: getattr(p.default, "default", p.default)

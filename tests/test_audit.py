@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bottleneck_features.audit import audit_features
 from bottleneck_features.cli import app
+from bottleneck_features.dataset_audit import audit_features
 from bottleneck_features.errors import AuditError
 from bottleneck_features.sources import register_model
 from bottleneck_features.store import Features
@@ -68,8 +68,10 @@ def test_clean_data_has_no_duplicates_or_outliers() -> None:
 
 def test_bad_input_is_one_line_that_says_what_to_do() -> None:
     f = _features(4)
-    with pytest.raises(AuditError, match=r"^class 'ant' has 4 images, fewer than --folds 5: pass --folds 4$"):
+    with pytest.raises(AuditError, match=r"^--folds 5: class 'ant' has only 4 images; use --folds 4 or less$"):
         audit_features(f, folds=5)
+    with pytest.raises(AuditError, match=r"^--folds 1: K-fold needs at least 2 folds$"):  # compare --cv's rule
+        audit_features(f, folds=1)
     f.labels[:] = "ant"
     with pytest.raises(AuditError, match="one class .*two or more class folders"):
         audit_features(f, folds=2)
@@ -101,7 +103,7 @@ def test_cli_writes_csv_json_and_html_safe_for_hostile_names(tmp_path: Path) -> 
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert page.count("data:image/jpeg;base64,") >= 4
     too_many = runner.invoke(app, ["audit", "--cache", cache, "--folds", "9"])
-    assert too_many.exit_code == 1 and "pass --folds 7" in too_many.output
+    assert too_many.exit_code == 1 and "use --folds 7 or less" in too_many.output
 
 
 def test_thumbnails_confirm_a_near_duplicate_below_the_threshold() -> None:
@@ -121,7 +123,7 @@ def test_thumbnails_confirm_a_near_duplicate_below_the_threshold() -> None:
 
 def test_an_audit_without_update_opens_the_cache_read_only(image_folder: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from bottleneck_features.audit import run_audit
+    from bottleneck_features.dataset_audit import run_audit
     from bottleneck_features.extraction import ExtractOptions, extract_dataset
     from bottleneck_features.store import Store
 
@@ -134,3 +136,25 @@ def test_an_audit_without_update_opens_the_cache_read_only(image_folder: Path, t
                                                     or real(path, writable)))
     audit = run_audit(cache, folds=2, update=False)
     assert opened and not any(opened) and cache.read_bytes() == before and audit.dataset == "data"
+
+
+def test_the_api_resolves_the_audited_extraction_once(image_folder: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import bottleneck_features.dataset_audit as audit_module
+    import bottleneck_features.store as store
+    from bottleneck_features import api
+
+    cache = tmp_path / "c.h5"
+    register_model("tiny", lambda weights=None, layer=None, pool="avg": tiny_backbone())
+    api.extract(image_folder, "tiny", cache=cache, workers=0)
+    calls = []
+    real = store.select_extraction
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "select_extraction", counting)
+    monkeypatch.setattr(audit_module, "select_extraction", counting)
+    result = api.audit(folds=2, cache=cache, out=tmp_path / "report")
+    assert len(calls) == 1 and result.dataset == "data" and (tmp_path / "report" / "audit.json").is_file()

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import bottleneck_features.compare_fits as compare_fits
 import bottleneck_features.comparison as compare
 from bottleneck_features.comparison import CompareError, run_compare
-from bottleneck_features.errors import BackboneError, StoreError
+from bottleneck_features.errors import BackboneError, BottleneckError, DeviceError, StoreError, UnknownHeadError
 from bottleneck_features.extraction import ExtractOptions, extract_dataset
 from bottleneck_features.sources import load_backbone
 from bottleneck_features.store import Store
@@ -42,13 +44,13 @@ def colour_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_compare_end_to_end_with_raw_pixels(colour_cache: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
-    real_run_cell = compare.run_cell
+    real_run_cell = compare_fits.run_cell
 
     def recording_run_cell(estimator, X, y, split, tta=False):  # noqa: ANN001, ANN202
         seen.append((X.shape[1], tuple(split.train), tuple(split.test)))
         return real_run_cell(estimator, X, y, split, tta)
 
-    monkeypatch.setattr(compare, "run_cell", recording_run_cell)
+    monkeypatch.setattr(compare_fits, "run_cell", recording_run_cell)
     result = run_compare(colour_cache, models=["raw16"], heads=["logreg", "knn"], per_class=[2, 4], repeats=2,
                          pixels=8, out=tmp_path / "out", jobs=1)  # in this process, where run_cell is recorded
     assert result.dataset == "colours"
@@ -70,13 +72,13 @@ def test_compare_end_to_end_with_raw_pixels(colour_cache: Path, tmp_path: Path,
 
 def test_svm_rows_on_raw_pixels_are_rbf(colour_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kinds: set[str] = set()
-    real_run_cell = compare.run_cell
+    real_run_cell = compare_fits.run_cell
 
     def recording_run_cell(estimator, X, y, split, tta=False):  # noqa: ANN001, ANN202
         kinds.add(type(estimator[-1]).__name__)
         return real_run_cell(estimator, X, y, split, tta)
 
-    monkeypatch.setattr(compare, "run_cell", recording_run_cell)
+    monkeypatch.setattr(compare_fits, "run_cell", recording_run_cell)
     result = run_compare(colour_cache, models=[], heads=["svm"], per_class=[3], repeats=1, pixels=8, tune=[],
                          out=tmp_path, jobs=1)
     assert kinds == {"RBFSVMClassifier", "FastGaussianNB"}
@@ -131,12 +133,15 @@ def test_logreg_cells_batched_in_torch_match_scikit_learn(colour_cache: Path, tm
             assert ours.scores == theirs.scores
 
 
-@pytest.mark.parametrize("device, message", [("tpu", "--device tpu: use auto, sklearn, cpu or cuda"),
-                                             ("cuda:7", "CUDA is not available")])
+@pytest.mark.parametrize("device, message", [("tpu", r"--device tpu: .*sklearn"),
+                                             ("cuda:7", r"--device cuda:7: no CUDA GPU .*sklearn")])
 def test_device_errors(colour_cache: Path, device: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compare.torch.cuda, "is_available", lambda: False)
-    with pytest.raises(CompareError, match=message):
+    """compare's own word (sklearn) on top of runtime.resolve_device's, which checks every other device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match=message):
         run_compare(colour_cache, models=[], heads=["logreg"], per_class=[2], pixels=8, device=device)
+    assert compare._linear_device("sklearn") is None and compare._linear_device("auto") is None  # no CUDA here
+    assert compare._linear_device("cpu") == "cpu"
 
 
 def test_progress_names_the_cell_being_fitted(colour_cache: Path, tmp_path: Path) -> None:
@@ -180,14 +185,18 @@ def test_n_too_large_names_the_class(colour_cache: Path, tmp_path: Path) -> None
     assert any("capped" in n and "blue (6)" in n for n in capped.notes)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(heads=["logreg", "xgboost"]), "unknown head 'xgboost'"),
-    (dict(per_class=[5], cv=3), "not both"),
-    (dict(metric="f1"), "unknown metric 'f1'"),
-    (dict(models=[], pixels=None), "nothing to compare"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(heads=["logreg", "xgboost"]), UnknownHeadError, "^unknown head 'xgboost'; known heads: softmax, logreg"),
+    (dict(tune=["xgboost"]), UnknownHeadError, "unknown head 'xgboost'"),
+    (dict(per_class=[5], cv=3), CompareError, "not both"),
+    (dict(per_class=[5, 0]), CompareError, "^--per-class 0: need at least 1 training image per class$"),
+    (dict(cv=1), CompareError, "^--cv 1: K-fold needs at least 2 folds$"),
+    (dict(metric="f1"), CompareError, "unknown metric 'f1'"),
+    (dict(models=[], pixels=None), CompareError, "nothing to compare"),
 ])
-def test_option_errors(colour_cache: Path, kwargs: dict, message: str) -> None:
-    with pytest.raises(CompareError, match=message):
+def test_option_errors(colour_cache: Path, kwargs: dict, error: type[BottleneckError], message: str) -> None:
+    """Each option has one check, shared with the code that uses it (heads._factory, evaluate)."""
+    with pytest.raises(error, match=message):
         run_compare(colour_cache, **kwargs)
 
 
@@ -255,3 +264,36 @@ def test_the_comparison_itself_opens_the_cache_read_only(image_folder: Path, tmp
     again = run_compare(cache, pixels=8, update=False, **kwargs)
     assert opened and not any(opened) and cache.read_bytes() == before
     assert [c.scores for c in again.cells] == [c.scores for c in updated.cells]
+
+
+def test_a_compare_opens_the_cache_twice(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read only, twice: to choose the rows, then to read them all. The update step between opens it only
+    through extract_dataset (the spec as stored comes with the row's vectors)."""
+    import bottleneck_features.compare_plan as compare_plan
+    from tiny_backbone import tiny_backbone
+
+    cache = tmp_path / "c.h5"
+    extract_dataset(image_folder, tiny_backbone(), cache, options=ExtractOptions(workers=0))
+    kwargs = dict(heads=["logreg"], per_class=[3], repeats=1, pixels=8, out=tmp_path / "r")
+    run_compare(cache, **kwargs)  # raw8 extracted: two rows
+    extracting = [False]
+    real_extract = compare_plan.extract_dataset
+
+    def extract(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        extracting[0] = True
+        try:
+            return real_extract(*args, **kw)
+        finally:
+            extracting[0] = False
+
+    monkeypatch.setattr(compare_plan, "extract_dataset", extract)
+    opened: list[tuple[bool, bool]] = []
+    real = Store.open
+    monkeypatch.setattr(Store, "open", staticmethod(lambda path, writable=False: opened.append(
+        (writable, extracting[0])) or real(path, writable)))
+    for update in (False, True):
+        opened.clear()
+        run_compare(cache, update=update, **kwargs)
+        assert [writable for writable, inside in opened if not inside] == [False, False]
+        assert all(inside for writable, inside in opened if writable)  # writes only through extract_dataset
+        assert ((True, True) in opened) == update

@@ -125,3 +125,11 @@ def test_run_cell_fits_a_clone_and_times_it() -> None:
     rows = cell.records()
     assert [r["metric"] for r in rows] == list(METRICS)
     assert rows[0]["mean"] == 1.0 and rows[0]["std"] == 0.0 and rows[0]["draws"] == 1
+
+
+def test_kfold_on_a_class_of_one_image_says_to_add_images() -> None:
+    labels = np.array(["a"] * 5 + ["b"])
+    with pytest.raises(CompareError, match=r"^--cv 2: class 'b' has only 1 images; add images to it or remove"):
+        kfold_splits(labels, 2, seed=0)
+    with pytest.raises(CompareError, match=r"^--cv 1: K-fold needs at least 2 folds$"):  # compare's own check
+        kfold_splits(labels, 1, seed=0)

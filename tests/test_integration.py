@@ -70,7 +70,7 @@ def test_audit_flags_junk_among_real_embeddings(lite0_cache: Path, tmp_path: Pat
     largest of them and flagged nothing, not even a noise image (benchmarks/RESULTS.md 14)."""
     from PIL import Image
 
-    from bottleneck_features.audit import audit_features
+    from bottleneck_features.dataset_audit import audit_features
     from bottleneck_features.extraction import ExtractOptions, extract_dataset
     from bottleneck_features.sources import load_backbone
     from bottleneck_features.store import Features

@@ -169,3 +169,17 @@ def test_cli_extract_fit_predict_with_device_decode(tmp_path: Path) -> None:
     assert models["m"].model.images_seen == seen  # same extractor: every vector came from the cache
     bad = runner.invoke(app, ["extract", str(root), "--model", "tiny", "--decode", "gpu", *args])
     assert bad.exit_code == 1 and "--decode gpu: use one of pil, torchvision" in bad.output
+
+
+def test_fit_checks_the_head_name_before_any_work(tmp_path: Path) -> None:
+    from bottleneck_features.errors import UnknownHeadError
+
+    with pytest.raises(UnknownHeadError, match="^unknown head 'xgboost'; known heads: softmax"):
+        fit_head(tmp_path / "none.h5", head="xgboost")  # not even the missing cache is looked at
+    assert not (tmp_path / "none.h5").exists()
+
+
+def test_write_predictions_takes_the_formats_predict_checks() -> None:
+    with pytest.raises(FitError, match="^--format xml: use csv or json$"):
+        write_predictions([], "xml")
+    assert write_predictions([], "csv").startswith("path,prediction,probability")

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import bottleneck_features as bf
+import bottleneck_features.compare_fits as compare_fits
 import bottleneck_features.comparison as compare
 from bottleneck_features.augment import DEFAULT_AUGMENT, Augment, augmented_view, parse_augment
 from bottleneck_features.cli import app
@@ -133,13 +134,13 @@ def test_compare_has_a_views_row_and_its_tta_twin(image_folder: Path, tmp_path: 
     cache = tmp_path / "c.h5"
     bf.extract(image_folder, "tiny", cache=cache, views=4, workers=0)
     trained: dict[str, set] = {}
-    real_run_cell = compare.run_cell
+    real_run_cell = compare_fits.run_cell
 
     def recording(estimator, X, y, split, tta=False):  # noqa: ANN001, ANN202
         trained.setdefault(f"{X.ndim}-{tta}", set()).add(X.shape[1] if X.ndim == 3 else 1)
         return real_run_cell(estimator, X, y, split, tta)
 
-    monkeypatch.setattr(compare, "run_cell", recording)
+    monkeypatch.setattr(compare_fits, "run_cell", recording)
     kwargs = dict(heads=["logreg", "svm"], per_class=[2, 3], repeats=2, pixels=None, jobs=1, out=tmp_path / "r")
     result = compare.run_compare(cache, **kwargs)
     rows = sorted({c.features for c in result.cells})

@@ -31,7 +31,8 @@ HEADS: dict[str, str] = {
 }
 
 
-def _check_name(name: str) -> None:
+def check_head(name: str) -> None:
+    """The one check of a head name (fit, compare and the factory)."""
     if name not in HEADS:
         raise UnknownHeadError(f"unknown head {name!r}; known heads: {', '.join(HEADS)}")
 
@@ -99,7 +100,7 @@ def param_grid(name: str, **params: Any) -> dict[str, list[Any]]:
     ``params`` matter only where they change what is worth searching (``svm`` with
     ``kernel="linear"`` has no gamma).
     """
-    _check_name(name)
+    check_head(name)
     grid = {key: list(values) for key, values in _GRIDS[name].items()}
     if name == "svm" and "kernel" in params and params["kernel"] != "linear":
         grid = {"C": [0.1, 1.0, 10.0, 100.0], "gamma": ["scale"]}
@@ -125,7 +126,7 @@ def make_head(
     stratified k-fold (k = min(5, smallest class count), at least 2) on the data given to
     ``fit`` alone, then refits the best candidate on all of it.
     """
-    _check_name(name)
+    check_head(name)
     steps: list[tuple[str, BaseEstimator]] = [("scale", StandardScaler())]
     if l2_normalize:
         steps.append(("l2", Normalizer()))

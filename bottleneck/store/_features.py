@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,24 +43,35 @@ class Features:
         return pd.concat([rows, columns], axis=1)
 
 
-def load_views(cache: Path, dataset: str, fp: str, shas: Sequence[str]) -> np.ndarray:
+@contextmanager
+def _reading(cache: Path | Store) -> Iterator[Store]:
+    """`cache` opened read-only, or the Store a caller holds open already (several loads, one open)."""
+    if isinstance(cache, Store):
+        yield cache
+    else:
+        with Store.open(cache) as store:
+            yield store
+
+
+def load_views(cache: Path | Store, dataset: str, fp: str, shas: Sequence[str]) -> np.ndarray:
     """(images, views, dim): the augmented views of `shas` under `fp`, as many as the last extract made."""
-    with Store.open(cache) as store:
+    with _reading(cache) as store:
         views = store.dataset_views(dataset).get(fp)
         if not views:
-            raise StoreError(f"{cache}: {fp} holds no augmented views of {dataset!r}; run `bottleneck extract "
+            raise StoreError(f"{store.path}: {fp} holds no augmented views of {dataset!r}; run `bottleneck extract "
                              f"{store.dataset_root(dataset)} --views K`")
         missing = [s for s in shas if not store.has(fp, view_key(s, views - 1))]
         if missing:
-            raise StoreError(f"{cache}: {len(missing)} images of {dataset!r} lack their {views} views under {fp}; "
-                             f"run `bottleneck extract {store.dataset_root(dataset)} --views {views}`")
+            raise StoreError(f"{store.path}: {len(missing)} images of {dataset!r} lack their {views} views under "
+                             f"{fp}; run `bottleneck extract {store.dataset_root(dataset)} --views {views}`")
         X = store.get_vectors(fp, [view_key(s, i) for s in shas for i in range(views)])
     return X.reshape(len(shas), views, -1)
 
 
-def load_features(cache: Path, dataset: str, fp: str) -> Features:
-    """Everything a head needs: the usable rows of `dataset` and their vectors under `fp`."""
-    with Store.open(cache) as store:
+def load_features(cache: Path | Store, dataset: str, fp: str) -> Features:
+    """Everything a head needs: the usable rows of `dataset` and their vectors under `fp`; `cache` a path,
+    or a Store already open."""
+    with _reading(cache) as store:
         root = store.dataset_root(dataset)
         spec = store.extractor_spec(fp)
         if spec.augment:
@@ -72,7 +84,7 @@ def load_features(cache: Path, dataset: str, fp: str) -> Features:
             damaged = set(exc.shas)
             paths = [r.path for r in rows if r.sha256 in damaged]
             raise DamagedVectorsError(
-                f"{cache}: the vectors of {len(paths)} images of {dataset!r} are damaged ({', '.join(paths[:3])}"
+                f"{store.path}: the vectors of {len(paths)} images of {dataset!r} are damaged ({', '.join(paths[:3])}"
                 f"{', ...' if len(paths) > 3 else ''}); run `bottleneck extract {root}` to compute them again",
                 exc.shas) from None
     return Features(
