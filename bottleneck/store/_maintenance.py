@@ -12,8 +12,8 @@ from ._cache import Store
 
 
 def verify_cache(cache: Path) -> list[tuple[str, int, list[str]]]:
-    """Check every vector against its checksum (and for NaN/inf); hide the damaged ones so the next
-    extract computes them again. Per extractor: (fingerprint, vectors checked, dataset/path of each
+    """Check every vector against its checksum (and for NaN/inf); drop the damaged ones (the
+    group is rewritten without them) so the next extract computes them again. Per extractor: (fingerprint, vectors checked, dataset/path of each
     damaged image, or its sha256 where no manifest names it)."""
     report = []
     with Store.open(cache, writable=True) as store:
