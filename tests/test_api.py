@@ -46,7 +46,10 @@ def test_api_functions_stay_functions_after_every_module_is_loaded(tmp_path: Pat
     repair.py once) turned `bf.audit` into a module after its first call."""
     code = ("import pkgutil, importlib, bottleneck_features as bf\n"
             "for m in pkgutil.walk_packages(bf.__path__, 'bottleneck_features.'):\n"
-            "    m.name.endswith('__main__') or importlib.import_module(m.name)\n"
+            "    try:\n"
+            "        m.name.endswith('__main__') or importlib.import_module(m.name)\n"
+            "    except ModuleNotFoundError as e:\n"  # an optional extra that is not installed (ray, onnx)
+            "        assert not e.name.startswith('bottleneck_features'), e\n"
             "print(' '.join(n for n in bf.__all__ if not callable(getattr(bf, n))))")
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -95,9 +95,10 @@ def test_device_decode_extracts_what_pil_does(tmp_path: Path, workers: int, monk
         return decode_jpeg(data, **kwargs)
 
     monkeypatch.setattr(device_decode, "decode_jpeg", spy)
-    pil = extract_dataset(root, tiny_backbone(), tmp_path / "pil.h5", options=OPTIONS)
+    pil = extract_dataset(root, tiny_backbone(), tmp_path / "pil.h5", options=ExtractOptions(workers=0, batch_size=4, device="cpu"))
     backbone = tiny_backbone()
-    options = ExtractOptions(workers=workers, batch_size=4)
+    # Decoded on the CPU (libjpeg-turbo, as PIL): on a GPU nvJPEG decodes, another decoder
+    options = ExtractOptions(workers=workers, batch_size=4, device="cpu")
     device = extract_dataset(root, device_decoding(backbone), tmp_path / "dev.h5", options=options)
     assert device.computed == pil.computed == backbone.model.images_seen == 14
     assert dict(device.skipped).keys() == dict(pil.skipped).keys() == {"a/truncated.jpg", "a/empty.jpg", "b/text.jpg"}
