@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,7 +200,7 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
     estimator, meta = load_head(head_path)
     spec, fp = head_spec(meta, sidecar_path(head_path))
     _check_width(estimator, spec.feature_dim, head_path, f"its sidecar's extractor {spec.label()}")
-    files = _expand(inputs)
+    files = expand_inputs(inputs)
     # The spec fixes every vector; the caller's options only how fast they are made.
     result = extract_files(files, spec, cache, options, weights_file=weights)
     if result.fingerprint != fp:
@@ -269,7 +270,8 @@ def write_predictions(predictions: list[Prediction], fmt: str, top_k: int = 1) -
     return buffer.getvalue()
 
 
-def _expand(inputs: list[Path]) -> list[Path]:
+def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """The image files of `inputs` (files and folders), or one line naming the input that is neither."""
     files: list[Path] = []
     for item in (Path(i).resolve() for i in inputs):
         if item.is_dir():

@@ -1,0 +1,325 @@
+"""export-model: a head and its backbone as one .onnx / .pt2 network, checked against predict; running it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from typer.testing import CliRunner
+
+from bottleneck_features.classifier_graph import head_module, linear_form
+from bottleneck_features.cli import app
+from bottleneck_features.errors import BottleneckError, FitError, OutputError, WeightsUnavailableError
+from bottleneck_features.extraction import ExtractOptions, extract_dataset
+from bottleneck_features.heads import FineTunedTailClassifier, LinearSVMClassifier, make_head
+from bottleneck_features.images import sha256_file
+from bottleneck_features.registry import Backbone
+from bottleneck_features.sources import register_model, resolve_spec
+from bottleneck_features.spec import ExtractorSpec
+from bottleneck_features.training import fit_head, load_head, predict_files, sidecar_path
+from tiny_backbone import PREPROCESS
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+from bottleneck_features.model_export import export_model  # noqa: E402
+from bottleneck_features.model_file import open_model, predict_with_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = ROOT / "examples" / "onnx_classify.py"
+QUIET = ExtractOptions(workers=0)
+
+
+class TinyNet(nn.Module):
+    """Conv → ReLU → global average pool: small enough to export in a second, traceable (no state)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, dim, kernel_size=3, stride=2)
+        self.norm = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.norm(self.conv(x))).mean(dim=(2, 3))
+
+
+def tiny(weights: str | None = None, layer: str | None = None, pool: str = "avg") -> Backbone:
+    return Backbone(TinyNet().eval(), ExtractorSpec("tinyx", "random-seed0", PREPROCESS, 8))
+
+
+def _shades(root: Path, per_class: int = 12) -> Path:
+    """Three classes a random CNN tells apart: dark, mid and bright noise, of varied sizes."""
+    rng = np.random.default_rng(0)
+    for label, base in [("dark", 40), ("mid", 128), ("bright", 215)]:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            size = (int(rng.integers(36, 60)), int(rng.integers(36, 60)))
+            pixels = np.clip(base + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(image folder, cache) with the folder extracted by tinyx in fp32, once for the module."""
+    tmp = tmp_path_factory.mktemp("export")
+    root, cache = _shades(tmp / "shades"), tmp / "cache.h5"
+    extract_dataset(root, tiny().using(precision="fp32"), cache, options=QUIET)
+    return root, cache
+
+
+@pytest.fixture
+def cache(dataset: tuple[Path, Path]) -> Path:
+    register_model("tinyx", tiny)  # forgotten after each test (conftest)
+    return dataset[1]
+
+
+def _fit(cache: Path, head: str, tmp_path: Path, **params: object) -> Path:
+    return fit_head(cache, head=head, test_size=0.3, out=tmp_path / f"{head}.joblib", params=params or None).head_path
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_head_modules_are_predict_proba(classes: int) -> None:
+    """Each head as a torch module on features, against its own predict_proba (no export: fast)."""
+    rng = np.random.default_rng(classes)
+    X = (rng.normal(size=(150, 12)) * 3 + 1).astype(np.float32)
+    y = np.array(["a", "b", "c"][:classes])[rng.integers(0, classes, 150)]
+    X[y == "a"] += 1.5
+    new = (rng.normal(size=(40, 12)) * 3 + 1).astype(np.float32)
+    for name, options in [("logreg", {}), ("logreg", {"tune": True}), ("logreg", {"l2_normalize": True}),
+                          ("softmax", {}), ("svm", {}), ("svm", {"tune": True}), ("svm", {"kernel": "rbf"}),
+                          ("knn", {}), ("knn", {"weights": "uniform", "metric": "euclidean"}), ("nb", {}), ("mlp", {})]:
+        head = make_head(name, **options).fit(X, y)
+        module = head_module(head, 12)
+        assert module is not None
+        with torch.no_grad():
+            got = module(torch.from_numpy(new)).double().numpy()
+        assert np.abs(got - head.predict_proba(new)).max() < 1e-5, (name, options)
+    linear = linear_form(make_head("svm").fit(X, y))
+    assert linear.weight.shape == (classes, 12) and linear.temperature is not None
+    assert head_module(make_head("et").fit(X, y), 12) is None  # skl2onnx's
+    tail = Pipeline([("scale", StandardScaler().fit(X)), ("clf", FineTunedTailClassifier())])
+    with pytest.raises(FitError, match="a fine-tuned tail reads a layer's whole maps"):
+        head_module(tail, 12)
+    for calibration in [{"method": "sigmoid"}, {"ensemble": True}]:
+        svm = make_head("svm")
+        svm.set_params(clf__estimator=LinearSVMClassifier(), **{f"clf__{k}": v for k, v in calibration.items()})
+        with pytest.raises(FitError, match="does not export; heads that export: logreg, softmax, svm"):
+            head_module(svm.fit(X, y), 12)
+
+
+@pytest.mark.parametrize("head", ["logreg", "svm", "softmax", "knn", "nb", "mlp", "et", "rf"])
+def test_every_head_exports_and_agrees_with_predict(cache: Path, tmp_path: Path, head: str) -> None:
+    head_path = _fit(cache, head, tmp_path)
+    result = export_model(head_path, tmp_path / "m.onnx", cache=cache)
+    assert result.check is not None and result.check.passed, result.summary()
+    assert result.check.images == 36 and result.check.cached_same_top1 == 36
+    assert result.form.startswith("linear") == (head in ("logreg", "svm", "softmax"))
+    assert (result.form == "skl2onnx") == (head in ("et", "rf"))
+    model = open_model(result.path)
+    estimator, meta = load_head(head_path)
+    assert model.classes == ["bright", "dark", "mid"] and model.metadata["head_sha256"] == meta["sha256"]
+    assert model.spec == ExtractorSpec.from_dict(meta["extractor"]["spec"])
+    assert model.preprocess == PREPROCESS and "centre crop" in model.metadata["preprocess"]["rule"]
+    assert "against the torch fp32 backbone + head: top-1 36/36" in result.summary()
+    assert result.check.head_same_top1 == 36 and result.check.head_difference is not None
+    assert result.check.head_difference < 1e-5 and (result.check.trees is not None) == (head in ("et", "rf"))
+
+
+def test_binary_and_tuned_heads_fold_into_one_matrix(tmp_path: Path) -> None:
+    register_model("tinyx", tiny)
+    root = _shades(tmp_path / "two")
+    for extra in (root / "mid").iterdir():
+        extra.unlink()
+    (root / "mid").rmdir()
+    cache = tmp_path / "two.h5"
+    extract_dataset(root, tiny().using(precision="fp32"), cache, options=QUIET)
+    for head, tune in [("logreg", True), ("svm", False)]:
+        head_path = fit_head(cache, head=head, tune=tune, test_size=0.3, out=tmp_path / f"{head}.joblib").head_path
+        result = export_model(head_path, tmp_path / f"{head}.onnx", cache=cache)
+        assert result.check is not None and result.check.passed and result.form.startswith("linear: one 2 x 8")
+
+
+def test_pt2_matches_onnx_and_refuses_trees(cache: Path, tmp_path: Path) -> None:
+    head_path = _fit(cache, "logreg", tmp_path)
+    onnx_model = open_model(export_model(head_path, tmp_path / "m.onnx", cache=cache).path)
+    result = export_model(head_path, tmp_path / "m.pt2", cache=cache)
+    assert result.check is not None and result.check.passed and result.check.head_difference is None
+    pt2 = open_model(result.path)
+    crops = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    assert np.abs(pt2.run(crops) - onnx_model.run(crops)).max() < 1e-5
+    assert pt2.classes == onnx_model.classes and pt2.metadata["head_sha256"] == onnx_model.metadata["head_sha256"]
+    with pytest.raises(FitError, match=r"export it as \.onnx"):
+        export_model(_fit(cache, "et", tmp_path), tmp_path / "et.pt2", cache=cache)
+
+
+def test_dynamic_batch_and_int8(cache: Path, tmp_path: Path) -> None:
+    head_path = _fit(cache, "logreg", tmp_path)
+    result = export_model(head_path, tmp_path / "q.onnx", cache=cache, quantize="int8")
+    assert result.quantized is not None and result.check is not None and result.check.passed
+    assert result.quantized.test_images > 0 and result.quantized.calibration > 0
+    assert "held-out accuracy" in result.summary() and "MB" in result.summary()
+    model = open_model(result.path)
+    assert model.metadata["quantization"]["kind"] == "int8"
+    for n in (1, 3, 17):
+        probabilities = model.run(np.zeros((n, 32, 32, 3), dtype=np.uint8))
+        assert probabilities.shape == (n, 3) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    trees = export_model(_fit(cache, "et", tmp_path), tmp_path / "et.onnx", cache=cache, quantize="int8")
+    assert trees.quantized is not None and trees.check is not None and trees.check.passed
+
+
+def test_predict_from_the_model_file_is_predict(cache: Path, dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    root = dataset[0]
+    head_path = _fit(cache, "svm", tmp_path)
+    model_file = export_model(head_path, tmp_path / "m.onnx", cache=cache).path
+    from_model, skipped = predict_with_model([root], model_file, top_k=2)
+    (root.parent / "broken.jpg").write_bytes(b"not an image")
+    from_head, _ = predict_files([root], head_path, cache, top_k=2, options=QUIET)
+    assert not skipped and [p.path for p in from_model] == [p.path for p in from_head]
+    assert [p.labels for p in from_model] == [p.labels for p in from_head]
+    assert np.abs(np.array([p.probabilities for p in from_model])
+                  - np.array([p.probabilities for p in from_head])).max() < 1e-4
+    _, skipped = predict_with_model([root.parent / "broken.jpg"], model_file)
+    assert skipped and "not an image" in skipped[0][1]
+
+
+def test_the_standalone_runner_needs_no_torch(cache: Path, dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    model_file = export_model(_fit(cache, "logreg", tmp_path), tmp_path / "m.onnx", cache=cache).path
+    script = (f"import runpy, sys; sys.argv = ['onnx_classify.py', {str(model_file)!r}, {str(dataset[0])!r}]; "
+              f"runpy.run_path({str(RUNNER)!r}, run_name='__main__'); "
+              "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn', 'bottleneck_features')); "
+              "print('IMPORTED', heavy)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "IMPORTED []"
+    labelled = {Path(p).parent.name: label for p, label, _ in (line.split(",") for line in lines[:-1])}
+    assert len(lines) == 37 and labelled == {"dark": "dark", "mid": "mid", "bright": "bright"}
+    assert len(RUNNER.read_text().splitlines()) <= 30
+
+
+def test_bad_inputs_are_one_line(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    head_path = _fit(cache, "logreg", tmp_path)
+    (tmp_path / "folder.onnx").mkdir()
+    for out, message in [(tmp_path / "m.tflite", "must end in .onnx or .pt2"),
+                         (Path("/proc/m.onnx"), "no file can be written"), (tmp_path / "folder.onnx", "is a folder")]:
+        with pytest.raises((FitError, OutputError), match=message):
+            export_model(head_path, out, cache=cache)
+    with pytest.raises(FitError, match="--quantize int8, with an .onnx"):
+        export_model(head_path, tmp_path / "m.pt2", cache=cache, quantize="int8")
+    with pytest.raises(FitError, match="no such head file"):
+        export_model(tmp_path / "gone.joblib", tmp_path / "m.onnx", cache=cache)
+    import importlib
+
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name == "onnxscript" else real(name, *a))
+    with pytest.raises(BottleneckError, match=r"pip install 'bottleneck-features\[onnx\]'"):
+        export_model(head_path, tmp_path / "m.onnx", cache=cache)
+
+
+def _forge(head_path: Path, estimator: object | None = None, **spec_changes: object) -> None:
+    """Rewrite a head (and its sidecar's sha256) or its sidecar's spec, as another tool might."""
+    meta = json.loads(sidecar_path(head_path).read_text())
+    if estimator is not None:
+        joblib.dump(estimator, head_path)
+        meta["sha256"] = sha256_file(head_path)
+    spec = ExtractorSpec.from_dict(meta["extractor"]["spec"]).replace(**spec_changes)
+    meta["extractor"] = {**meta["extractor"], "spec": spec.to_dict(), "fingerprint": spec.fingerprint()}
+    sidecar_path(head_path).write_text(json.dumps(meta))
+
+
+def test_heads_that_cannot_export_say_which_do(cache: Path, tmp_path: Path) -> None:
+    from sklearn.gaussian_process import GaussianProcessClassifier
+
+    views = _fit(cache, "logreg", tmp_path)
+    _forge(views, augment="flip")
+    with pytest.raises(FitError, match="augmented views"):
+        export_model(views, tmp_path / "m.onnx", cache=cache)
+    foreign = _fit(cache, "knn", tmp_path)
+    estimator, _ = load_head(foreign)
+    estimator.steps[-1] = ("clf", GaussianProcessClassifier().fit(np.eye(8)[:6], [0, 1, 2] * 2))
+    _forge(foreign, estimator)
+    with pytest.raises(FitError, match="GaussianProcessClassifier head does not export; heads that export: logreg"):
+        export_model(foreign, tmp_path / "m.onnx", cache=cache)
+    other = _fit(cache, "logreg", tmp_path)
+    _forge(other, model="resnet50", feature_dim=2048)  # a sidecar from another model family
+    with pytest.raises(FitError, match="takes 8-d features but its sidecar's extractor resnet50 gives 2048-d"):
+        export_model(other, tmp_path / "m.onnx", cache=cache)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_missing_weights_file_is_one_line(cache: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "w.pt"
+    torch.save(TinyNet().state_dict(), weights)
+    head_path = _fit(cache, "logreg", tmp_path)
+    _forge(head_path, weights=f"sha256:{sha256_file(weights)}", weights_file=str(weights))
+    weights.unlink()
+    with pytest.raises(WeightsUnavailableError, match="pass --weights FILE"):
+        export_model(head_path, tmp_path / "m.onnx", cache=cache, check=False)
+
+
+# --- the CLI: bottleneck export-model, bottleneck predict --model-file ------------------------------
+
+
+def _rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_export_then_predict_from_the_file(tmp_path: Path) -> None:
+    register_model("tinyx", tiny)
+    root, cache = _shades(tmp_path / "shades"), str(tmp_path / "c.h5")
+    extract_dataset(root, tiny().using(precision="fp32"), Path(cache), options=ExtractOptions(workers=0))
+    runner, head, model = CliRunner(), str(tmp_path / "h.joblib"), str(tmp_path / "classifier.onnx")
+    assert runner.invoke(app, ["fit", "--head", "svm", "--cache", cache, "--out", head]).exit_code == 0
+    exported = runner.invoke(app, ["export-model", "--head", head, model, "--cache", cache, "-q"])
+    assert exported.exit_code == 0, exported.output
+    assert "against the torch fp32 backbone + head: top-1 36/36" in exported.output
+    assert "[torch.onnx]" not in exported.output
+    with_head = runner.invoke(app, ["predict", str(root), "--head", head, "--cache", cache, "--top-k", "2", "-q"])
+    with_file = runner.invoke(app, ["predict", str(root), "--model-file", model, "--top-k", "2", "-q"])
+    assert with_head.exit_code == 0 and with_file.exit_code == 0, with_file.output
+    a, b = _rows(with_head.stdout), _rows(with_file.stdout)
+    assert [r["path"] for r in a] == [r["path"] for r in b] and len(a) == 36
+    assert [(r["label_1"], r["label_2"]) for r in a] == [(r["label_1"], r["label_2"]) for r in b]
+    assert max(abs(float(r["probability"]) - float(s["probability"])) for r, s in zip(a, b, strict=True)) < 1e-4
+    out = tmp_path / "p.json"
+    assert runner.invoke(app, ["predict", str(root), "--model-file", model, "--out", str(out), "-q"]).exit_code == 0
+    assert out.read_text().lstrip().startswith("[")
+
+
+def test_export_model_errors_are_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(app, ["export-model", "--head", str(tmp_path / "none.joblib"), str(tmp_path / "m.onnx")])
+    assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1
+    assert "no such head file" in missing.output
+    both = runner.invoke(app, ["predict", str(tmp_path), "--head", "h.joblib", "--model-file", "m.onnx"])
+    assert both.exit_code == 1 and "not both" in both.output
+    no_file = runner.invoke(app, ["predict", str(tmp_path), "--model-file", str(tmp_path / "m.onnx")])
+    assert no_file.exit_code == 1 and "no such model file" in no_file.output
+
+
+# --- real weights, ../shared/datasets ---------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("data,head", [("photo_vs_drawing", "logreg"), ("hymenoptera", "svm"),
+                                       ("photo_vs_drawing", "et")])
+def test_lite0_exports_agree_with_predict(lite0_cache: Path, tmp_path: Path, data: str, head: str) -> None:
+    head_path = fit_head(lite0_cache, head=head, dataset=data, out=tmp_path / "h.joblib").head_path
+    result = export_model(head_path, tmp_path / "m.onnx", cache=lite0_cache)
+    assert result.check is not None and result.check.passed, result.summary()
+    assert result.check.cached_same_top1 == result.check.images and result.check.missing == 0
+    assert resolve_spec("efficientnet_lite0").preprocess == open_model(result.path).preprocess
