@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .augment import DEFAULT_AUGMENT
+from .dataset_identity import dataset_input
 from .errors import BottleneckError, CompareError
 from .evaluate import Split, draw_per_class, kfold_splits, protocol_pool
 from .extraction import ExtractOptions, extract_dataset
@@ -21,6 +22,10 @@ from .store import Features, Store, load_features, load_views
 
 if TYPE_CHECKING:
     import torch
+
+    from .label_files import LabelColumns
+
+    Input = tuple[Path, LabelColumns | None]  # what extract_dataset reads: a folder, or a label file and its columns
 
 Tail = tuple["torch.nn.Module", tuple]  # the network after a layer, and the shape of that layer's maps
 Setting = tuple[int | None, int | None, list[Split]]  # (N per class, K folds, draws)
@@ -62,12 +67,14 @@ class Plan:
 
 
 def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels: int | None
-                    ) -> tuple[str, Path, list[ExtractorSpec], list[tuple[ExtractorSpec, int]]]:
-    """(dataset name, root, the specs of its plain rows, (augmented spec, views) of its views rows):
-    every query is resolved before any work. A views row brings its plain spec's row along."""
+                    ) -> tuple[str, Path, list[ExtractorSpec], list[tuple[ExtractorSpec, int]], Input]:
+    """(dataset name, root, the specs of its plain rows, (augmented spec, views) of its views rows, what
+    extract reads to update it): every query is resolved before any work. A views row brings its plain
+    spec's row along."""
     with Store.open(cache) as store:
         dataset = store.dataset_or_last(dataset)
         root = store.dataset_root(dataset)  # StoreError naming the cached datasets if unknown
+        data = dataset_input(store, dataset)  # its folder, or its label file
         extracted = {fp: store.extractor_spec(fp) for fp in store.dataset_extractors(dataset)}
         counts = store.dataset_views(dataset)
         if models is None:
@@ -82,7 +89,7 @@ def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | No
     if pixels:
         raw = resolve_spec(f"raw{pixels}")
         specs += [] if raw in specs else [raw]
-    return dataset, root, list(dict.fromkeys(specs)), list(dict.fromkeys(view_rows))
+    return dataset, root, list(dict.fromkeys(specs)), list(dict.fromkeys(view_rows)), data
 
 
 def tails(specs: list[ExtractorSpec], layers: Sequence[str]) -> dict[ExtractorSpec, Tail]:
@@ -112,17 +119,19 @@ def row_names(specs: list[ExtractorSpec]) -> list[str]:
 
 
 def bring_up_to_date(cache: Path, name: str, root: Path, specs: list[ExtractorSpec],
-                     view_rows: list[tuple[ExtractorSpec, int]], progress: Progress | None) -> dict[ExtractorSpec, str]:
+                     view_rows: list[tuple[ExtractorSpec, int]], progress: Progress | None,
+                     source: Input | None = None) -> dict[ExtractorSpec, str]:
     """The step before a comparison, the only one that writes: what each row lacks is extracted while
     the dataset's folder is there (only images it lacks are computed; a model is built only then).
     Each spec → the fingerprint it is stored under, its width and precision decided (none without the folder)."""
-    if not root.is_dir():
+    data, columns = source or (root, None)  # the dataset's folder, or its label file (`choose_features`)
+    if not root.is_dir() or not data.exists():
         return {}
     options = ExtractOptions(progress=progress)
-    stored = {spec: extract_dataset(root, spec, cache, name=name, options=options, remember=False).fingerprint
-              for spec in specs}
+    stored = {spec: extract_dataset(data, spec, cache, name=name, options=options, remember=False,
+                                    columns=columns).fingerprint for spec in specs}
     for spec, views in view_rows:
-        extract_dataset(root, spec, cache, name=name, options=options, remember=False, views=views)
+        extract_dataset(data, spec, cache, name=name, options=options, remember=False, views=views, columns=columns)
     return stored
 
 

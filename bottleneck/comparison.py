@@ -178,7 +178,7 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
           options: CompareOptions, update: bool, progress: Progress | None) -> Plan:
     """Choose the features, check where the report goes, bring every row up to date (`update`), then
     load them read-only and draw."""
-    name, root, specs, view_rows = choose_features(cache, dataset, models, pixels)
+    name, root, specs, view_rows, source = choose_features(cache, dataset, models, pixels)
     if not specs:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
     out = out or Path("reports") / name
@@ -188,7 +188,7 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
     whole = _whole_networks(specs, root) if WHOLE_NETWORK in options.finetune else []
     found = tails(specs, [layer for layer in options.finetune if layer != WHOLE_NETWORK])  # checked before any work
     specs += [spec for spec in found if spec not in specs]
-    stored = bring_up_to_date(cache, name, root, specs, view_rows, progress) if update else {}
+    stored = bring_up_to_date(cache, name, root, specs, view_rows, progress, source) if update else {}
     notes: list[str] = []
     loaded, (paths, shas, labels, splits, Xs), views = load(cache, name, root, specs, stored, view_rows, notes)
     if stored:  # each spec as stored: its width and precision decided

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+from .dataset_identity import dataset_input
 from .errors import AuditError
 from .evaluate import check_folds, check_stratified_folds
 from .extraction import extract_dataset
@@ -140,8 +141,10 @@ def _group_finding(issue: str, features: Features, rows: list[int], score: float
 def update_pixels(cache: Path, name: str, root: Path) -> None:
     """The step before an audit, the only one that writes the cache: the dataset's raw32 thumbnails,
     extracted while its folder is there (about 1 ms an image, once)."""
-    if root.is_dir():
-        extract_dataset(root, resolve_spec(PIXELS), cache, name=name, remember=False)
+    with Store.open(cache) as store:
+        data, columns = dataset_input(store, name)  # its folder, or its label file
+    if root.is_dir() and data.exists():
+        extract_dataset(data, resolve_spec(PIXELS), cache, name=name, remember=False, columns=columns)
 
 
 def _pixels(cache: Path, name: str, features: Features) -> np.ndarray | None:

@@ -30,9 +30,11 @@ class Entry:
 class Dataset:
     root: Path
     name: str
-    layout: str  # "classes": ROOT/<class>/...  |  "splits": ROOT/<split>/<class>/...
+    layout: str  # "classes": ROOT/<class>/...  |  "splits": ROOT/<split>/<class>/...  |  "labels": a label file
     entries: list[Entry]
     ignored: tuple[str, ...] = ()  # images outside any class folder
+    problems: tuple[tuple[str, str], ...] = ()  # (row, why) for each row of a label file left out
+    source: str = ""  # a label file's dataset: the file and its columns, as JSON (label_files.source_json)
 
     @property
     def classes(self) -> list[str]:
@@ -86,7 +88,8 @@ def scan_dataset(root: Path, name: str | None = None) -> Dataset:
     """Read `ROOT/<class>/<images>` or `ROOT/{train,val,test}/<class>/<images>`."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder; pass a folder with one sub-folder per class")
+        raise DatasetError(f"{root}: not a folder; pass a folder with one sub-folder per class, "
+                           "or a label file (.csv, .json, .jsonl, .parquet)")
     root = root.resolve()
     files = find_image_parts(root)
     if not files:

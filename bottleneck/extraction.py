@@ -21,11 +21,12 @@ import torch
 from . import ray_engine
 from .augment import DEFAULT_AUGMENT, parse_augment
 from .dataset_identity import check_moved, check_same_dataset
-from .datasets import check_dataset_name, scan_dataset
+from .datasets import check_dataset_name
 from .decode import DecodeDataset, decoded_batches, loader_batches
 from .errors import ExtractError
 from .images import READ_FAILED, sha256_file
 from .inference import forward_batch, prepare_model
+from .label_files import LabelColumns, scan_input
 from .progress import Progress, no_progress
 from .runtime import AUTOCAST, auto_precision, cpu_runtime, default_batch_size, resolve_device
 from .sources import Backbone, build
@@ -83,6 +84,8 @@ class ExtractReport:
     repaired: int = 0  # cached vectors that failed their checksum and were computed again
     views: int | None = None  # augmented views per image: computed and reused then count views
     precision: str = ""  # how precision auto was decided, when it was
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (row, reason): a label file's unusable rows
+    unlabelled: int = 0  # a label file's rows without a label: extracted, for predict; fit leaves them out
 
     @property
     def found_per_second(self) -> float:
@@ -98,6 +101,8 @@ class ExtractReport:
             f"{len(self.skipped)} skipped{rate} ({self.seconds:.1f} s on {self.device})"
             + (f"; {self.repaired} damaged vectors computed again" if self.repaired else "")
             + (f"; precision {self.precision}" if self.precision else "")
+            + (f"; {len(self.left_out)} rows of the label file left out" if self.left_out else "")
+            + (f"; {self.unlabelled} without a label (for predict; fit leaves them out)" if self.unlabelled else "")
         )
 
 
@@ -114,9 +119,11 @@ class FileFeatures:
 def extract_dataset(
     root: Path, extractor: ExtractorSpec | Backbone, cache: Path, *, name: str | None = None,
     options: ExtractOptions | None = None, remember: bool = True, views: int | None = None,
+    columns: LabelColumns | None = None,
 ) -> ExtractReport:
-    """Embed every image of the dataset at `root` that the cache does not hold yet under `extractor`
-    (a spec, built only if something is missing, or a network already built).
+    """Embed every image of the dataset at `root` (a folder, or a label file read with `columns`)
+    that the cache does not hold yet under `extractor` (a spec, built only if something is missing,
+    or a network already built).
 
     `remember` makes this the cache's last run, the default of `fit` and `compare`. `views`: for a
     spec with an `augment`, how many augmented views of each image (views 0 .. views-1).
@@ -132,13 +139,13 @@ def extract_dataset(
             raise ExtractError("--engine ray decodes with PIL: leave out --decode torchvision")
         ray_engine.connect(options.address)  # first: a missing Ray or a wrong address fails in seconds
     extractor, chosen = decide_precision(extractor, options)
-    dataset = scan_dataset(root, name)
+    dataset = scan_input(root, name, columns)
     root_dir = str(dataset.root)
     paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
     with Store.open(cache, writable=True) as store:
-        check_same_dataset(store, dataset.name, dataset.root, cache)
+        check_same_dataset(store, dataset.name, dataset, cache)
         shas, unreadable = _hash_files(store, paths)
-        check_moved(store, dataset.name, dataset.root, cache, set(shas.values()))  # before anything else is written
+        check_moved(store, dataset.name, dataset, cache, set(shas.values()))  # before anything else is written
         spec, fp, backbone = _open_extractor(store, extractor)
         bad = _previous_failures(store, dataset.name)
         keys = _keys(shas, views)
@@ -157,13 +164,14 @@ def extract_dataset(
                 sha = shas.get(path, "")
                 status = unreadable.get(path) or _status(sha, bad, store, fp, keys.get(sha, [sha]))
                 rows.append(ManifestRow(entry.path, entry.label, entry.split, sha, status))
-            store.write_manifest(dataset.name, dataset.root, dataset.layout, rows, fp, remember, views=views)
+            store.write_manifest(dataset.name, dataset.root, dataset.layout, rows, fp, remember, views=views,
+                                 source=dataset.source)
     ok = sum(r.status == "ok" for r in rows)
     report = ExtractReport(
         dataset=dataset.name, fingerprint=fp, found=len(rows), computed=computed, views=views,
         reused=ok * (views or 1) - computed, skipped=[(r.path, r.status) for r in rows if r.status != "ok"],
         ignored=dataset.ignored, seconds=time.perf_counter() - start, device=str(device), repaired=len(repaired),
-        precision=chosen,
+        precision=chosen, left_out=list(dataset.problems), unlabelled=sum(not r.label for r in rows),
     )
     if ok == 0:
         raise ExtractError(f"{dataset.root}: none of the {len(rows)} images could be used; first: {report.skipped[0][1]}")

@@ -318,7 +318,12 @@ class Store:
         return dict(self._dataset_group(name).attrs)
 
     def dataset_root(self, name: str) -> Path:
+        """The folder the manifest's paths are relative to."""
         return Path(self._dataset_group(name).attrs["root"])
+
+    def dataset_source(self, name: str) -> str:
+        """A label file's dataset: its file and columns as JSON (label_files.source_json); "" for a folder's."""
+        return str(self._dataset_group(name).attrs.get("source", ""))
 
     def _dataset_group(self, name: str) -> h5py.Group:
         group = self._get(f"datasets/{name}")
@@ -328,12 +333,12 @@ class Store:
         return group
 
     def write_manifest(self, name: str, root: Path, layout: str, rows: Sequence[ManifestRow], fp: str,
-                       remember: bool = True, views: int | None = None) -> None:
+                       remember: bool = True, views: int | None = None, source: str = "") -> None:
         """Replace the manifest of `name` (written beside the old one, then swapped in), unless it is
         unchanged: a rerun that finds nothing new writes nothing, so the file does not grow.
 
         `remember` records (name, fp) as the last run, and fp as this dataset's last extractor:
-        the defaults of `fit` and `compare`.
+        the defaults of `fit` and `compare`. `source`: a label file's dataset, the file and its columns.
         """
         parent = self.h5.require_group("datasets")
         old = self._get(f"datasets/{name}")
@@ -341,7 +346,7 @@ class Store:
         last = fp if remember or old is None else old.attrs.get("last_extractor", fp)
         counts = json.loads(old.attrs.get("views", "{}")) if old is not None else {}
         counts.update({fp: views} if views else {})
-        same_root = old is not None and old.attrs.get("root") == str(root)
+        same_root = old is not None and old.attrs.get("root") == str(root) and old.attrs.get("source", "") == source
         if same_root and json.loads(old.attrs["extractors"]) == extractors and old.attrs.get("last_extractor") == last \
                 and json.loads(old.attrs.get("views", "{}")) == counts and self.read_manifest(name) == list(rows):
             if remember and self.last_run() != (name, fp):
@@ -357,6 +362,7 @@ class Store:
         tmp.attrs.update(
             name=name, root=str(root), layout=layout, images=len(rows), extractors=json.dumps(extractors), views=json.dumps(counts),
             last_extractor=last, created=old.attrs["created"] if old is not None else _now(), updated=_now(),
+            **({"source": source} if source else {}),
         )
         if old is not None:
             del parent[name]

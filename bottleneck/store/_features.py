@@ -77,7 +77,7 @@ def load_features(cache: Path | Store, dataset: str, fp: str) -> Features:
         if spec.augment:
             raise StoreError(f"{spec.label()} holds augmented views, which compare trains on (its +views rows); "
                              f"fit and export take a plain extraction, e.g. --model {spec.replace(augment=None).label()}")
-        rows = [r for r in store.read_manifest(dataset) if r.status == "ok"]
+        rows = [r for r in store.read_manifest(dataset) if r.status == "ok" and r.label]  # unlabelled: for predict
         try:
             X = store.get_vectors(fp, [r.sha256 for r in rows])
         except DamagedVectorsError as exc:
