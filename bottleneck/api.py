@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .comparison import CompareResult
     from .dataset_audit import Audit
     from .extraction import ExtractReport
+    from .model_export import ExportResult
     from .training import FitResult, Prediction
 
 def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str | Path = DEFAULT_CACHE,
@@ -31,14 +32,19 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
             workers: int | None = None, threads: int | None = None, device: str = "auto", compile: bool = False,
             views: int | None = None, augment: str | None = None, engine: str = "local", address: str | None = None,
             actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0.0,
+            images: str | Path | None = None, id_column: str | None = None, label_column: str | None = None,
             progress: Progress | None = None) -> ExtractReport:
     """Embed every image of `data` the cache lacks (see `bottleneck extract --help`). `views` K: also K
     augmented views of each image (`augment`, default augment.DEFAULT_AUGMENT), after the plain one;
     the report is then the views'. engine "ray": on the Ray cluster at `address` (None: a local
     one), `actors` each holding the network. precision "auto": decided where the vectors are computed
-    (`extraction.decide_precision`); the report's summary says which ran and why."""
+    (`extraction.decide_precision`); the report's summary says which ran and why.
+
+    `data` may be a label file (.csv, .json, .jsonl, .parquet) with `path,label[,split]` columns, paths
+    relative to it (or to `images`); `id_column` names a column of file names under `images` instead."""
     from .augment import DEFAULT_AUGMENT, parse_augment
     from .extraction import ExtractOptions, check_views, extract_dataset
+    from .label_files import LabelColumns
     from .sources import resolve_spec
 
     check_views(DEFAULT_AUGMENT if augment is None and views is not None else augment, views, decode)
@@ -48,7 +54,9 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
                              cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)  # checked first
     spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
                         decode=decode)
-    report = extract_dataset(Path(data), spec, Path(cache), name=name, options=options)
+    columns = None if images is None and id_column is None and label_column is None else LabelColumns(
+        images=Path(images) if images is not None else None, id_column=id_column, label_column=label_column or "label")
+    report = extract_dataset(Path(data), spec, Path(cache), name=name, options=options, columns=columns)
     if not canonical:
         return report
     with Store.open(Path(cache)) as store:  # the plain spec completed (a layer's width is known now)
@@ -56,7 +64,7 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
     # remember=False: the plain extraction stays the default of fit and compare --data
     chosen = report.precision  # the views run inherits the plain run's decision
     report = extract_dataset(Path(data), views_spec, Path(cache), name=name, options=options, views=views,
-                             remember=False)
+                             remember=False, columns=columns)
     report.precision = chosen
     return report
 
@@ -96,8 +104,9 @@ class Predictions:
                              "probability": [p.probabilities[0] for p in self.items]})
 
 
-def predict(inputs: str | Path | Sequence[str | Path], head: str | Path, *, cache: str | Path = DEFAULT_CACHE,
-            top_k: int = 1, weights: str | None = None, out: str | Path | None = None, format: str | None = None,
+def predict(inputs: str | Path | Sequence[str | Path], head: str | Path | None = None, *,
+            model_file: str | Path | None = None, cache: str | Path = DEFAULT_CACHE, top_k: int = 1,
+            weights: str | None = None, out: str | Path | None = None, format: str | None = None,
             progress: Progress | None = None) -> Predictions:
     """Label image files or folders with a head written by `fit` (cached images cost nothing). `out`:
     also write the predictions there, when any image could be used, as `format` (csv or json;
@@ -107,6 +116,8 @@ def predict(inputs: str | Path | Sequence[str | Path], head: str | Path, *, cach
 
     fmt = predictions_format(Path(out) if out is not None else None, format)
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+    if model_file is not None or head is None:
+        return _predict_with_model(paths, model_file, head, top_k, out, fmt, cache, progress)
     if out is not None:
         read = [*(("the input", p) for p in paths), ("the head", Path(head)),
                 ("the head's sidecar", sidecar_path(Path(head))),
@@ -119,6 +130,38 @@ def predict(inputs: str | Path | Sequence[str | Path], head: str | Path, *, cach
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).write_text(write_predictions(items, fmt, top_k))
     return Predictions(items, skipped)
+
+
+def _predict_with_model(paths: list[Path], model_file: str | Path | None, head: str | Path | None, top_k: int,
+                        out: str | Path | None, fmt: str, cache: str | Path, progress: Progress | None) -> Predictions:
+    """predict from a file written by `export-model`: no cache, no head file."""
+    from .errors import FitError
+    from .model_file import predict_with_model
+    from .training import write_predictions
+
+    if (model_file is None) == (head is None):
+        raise FitError("give a head (--head, from fit) or a model file (--model-file, from export-model), not both")
+    assert model_file is not None
+    if out is not None:
+        check_outputs([("--out", Path(out))], cache=Path(cache),
+                      inputs=[*(("the input", p) for p in paths), ("the model file", Path(model_file))])
+    items, skipped = predict_with_model(paths, Path(model_file), top_k=top_k, progress=progress)
+    if out is not None and items:
+        with writing(Path(out)):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(write_predictions(items, fmt, top_k))
+    return Predictions(items, skipped)
+
+
+def export_model(head: str | Path, out: str | Path, *, cache: str | Path = DEFAULT_CACHE, weights: str | None = None,
+                 quantize: str | None = None, check: bool = True, progress: Progress | None = None) -> ExportResult:
+    """One network file from a head written by `fit`: .onnx or .pt2 by `out`'s suffix, uint8 RGB crops in,
+    probabilities out; written once it agrees with predict on the head's dataset (`check`). `quantize`:
+    "int8" (.onnx), with its held-out accuracy, size and latency beside fp32's in `result.summary()`."""
+    from .model_export import export_model as export
+
+    return export(Path(head), Path(out), cache=Path(cache), weights=weights, quantize=quantize, check=check,
+                  progress=progress)
 
 
 def compare(*, data: str | None = None, models: Sequence[str] | None = None, heads: Sequence[str] | None = None,

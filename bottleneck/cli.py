@@ -72,7 +72,8 @@ def _progress_bars(enabled: bool) -> Iterator[Progress | None]:
 
 @app.command()
 def extract(
-    data: Path = typer.Argument(..., help="DATA/<class>/<images> or DATA/{train,val,test}/<class>/<images>."),
+    data: Path = typer.Argument(..., help="DATA/<class>/<images>, DATA/{train,val,test}/<class>/<images>, or a "
+                                "label file (.csv, .json, .jsonl, .parquet) with path,label[,split] columns."),
     model: str = typer.Option("efficientnet_lite0", "--model", "-m", help="See `bottleneck models`; timm:NAME for any timm model."),
     weights: Optional[str] = typer.Option(None, help="Local state_dict file, or 'random'. Default: the model's pretrained weights."),
     layer: Optional[str] = typer.Option(None, help="Intermediate node to read instead of the penultimate features."),
@@ -102,6 +103,11 @@ def extract(
     actors: int = typer.Option(1, help="--engine ray: actors holding the network."),
     cpus_per_actor: int = typer.Option(1, help="--engine ray: CPUs (decode and torch threads) per actor."),
     gpus_per_actor: float = typer.Option(0.0, help="--engine ray: GPUs per actor (e.g. 1, or 0.5 to share one)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Label file: the folder its paths or ids are "
+                                          "relative to (default: the label file's folder)."),
+    id_column: Optional[str] = typer.Option(None, "--id-column", help="Label file: a column of file names under "
+                                            "--images instead of a path column (an extension is looked up when an id has none)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Label file: the label column (default label)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Embed every image once with a frozen pretrained network and cache the vectors."""
@@ -110,14 +116,20 @@ def extract(
                              dtype=dtype, decode=decode, name=name, batch_size=batch_size, workers=workers,
                              threads=threads, device=device, compile=compile, views=views, augment=augment,
                              engine=engine, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
-                             gpus_per_actor=gpus_per_actor, progress=progress)
+                             gpus_per_actor=gpus_per_actor, images=images, id_column=id_column,
+                             label_column=label_column, progress=progress)
+    for row, reason in report.left_out[:20]:
+        stderr.print(f"[yellow]left out[/yellow] {escape(row)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if len(report.left_out) > 20:
+        stderr.print(f"... and {len(report.left_out) - 20} more rows of the label file")
     for path, reason in report.skipped[:20]:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if len(report.skipped) > 20:
         stderr.print(f"... and {len(report.skipped) - 20} more (see `bottleneck info --skipped`)")
     if report.ignored:
         stderr.print(f"[yellow]ignored[/yellow] {len(report.ignored)} images outside class folders, e.g. {report.ignored[0]}")
-    console.print(f"{report.dataset}: {report.summary()} → {cache} ({report.fingerprint})", highlight=False, soft_wrap=True)
+    console.print(f"{report.dataset}: {report.summary()} → {cache} ({report.fingerprint})", highlight=False,
+                  soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -204,7 +216,10 @@ def fit(
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders."),
-    head: Path = typer.Option(..., "--head", help="A .joblib head written by `bottleneck fit` (its .json sidecar beside it)."),
+    head: Optional[Path] = typer.Option(None, "--head", help="A .joblib head written by `bottleneck fit` (its .json "
+                                        "sidecar beside it)."),
+    model_file: Optional[Path] = typer.Option(None, "--model-file", help="Or a .onnx / .pt2 file written by "
+                                              "`bottleneck export-model` (no cache, no head file)."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Write predictions here (.csv or .json)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv or json (default: from --out's suffix, else csv)."),
     top_k: int = typer.Option(1, "--top-k", help="Also write the k best classes and their probabilities."),
@@ -217,8 +232,8 @@ def predict(
     from .training import predictions_format, write_predictions
 
     with _user_errors(cache), _progress_bars(not quiet) as progress:  # --format and --out checked before any work
-        result = api.predict(inputs, head, cache=cache, top_k=top_k, weights=weights, out=out_file, format=fmt,
-                             progress=progress)
+        result = api.predict(inputs, head, model_file=model_file, cache=cache, top_k=top_k, weights=weights,
+                             out=out_file, format=fmt, progress=progress)
     predictions, skipped = result.items, result.skipped
     for path, reason in skipped:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
@@ -231,6 +246,26 @@ def predict(
     summary = ", ".join(f"{label} {n}" for label, n in counts.most_common())
     stderr.print(escape(f"{len(predictions)} images labelled ({summary}), {len(skipped)} skipped"
                         + (f" → {out_file}" if out_file else "")), highlight=False, soft_wrap=True)
+
+
+@app.command("export-model")
+def export_model(
+    out: Path = typer.Argument(..., help="The file to write: .onnx (onnxruntime) or .pt2 (torch.export)."),
+    head: Path = typer.Option(..., "--head", help="A .joblib head written by `bottleneck fit`."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: onnxruntime's static quantisation of the "
+                                           "backbone (.onnx), its accuracy change, size and speed printed."),
+    weights: Optional[str] = typer.Option(None, help="The weights file the head's features were made with, if it "
+                                          "has moved since (checked by sha256)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Run the file on the head's dataset against predict "
+                               "before it replaces anything (same top-1, probabilities within 1e-4)."),
+    cache: Path = CacheOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """One network: uint8 RGB crops in, class probabilities out (normalisation, backbone and head inside)."""
+    with _user_errors(cache), _progress_bars(not quiet) as progress:
+        result = api.export_model(head, out, cache=cache, weights=weights, quantize=quantize, check=check,
+                                  progress=progress)
+    console.print(result.summary(), highlight=False, markup=False, soft_wrap=True)
 
 
 def _csv(value: str | None) -> list[str] | None:
