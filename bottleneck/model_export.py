@@ -37,6 +37,7 @@ from .model_file import (
     SPEC,
     SUFFIXES,
     VERSION,
+    one_line_reason,
     open_model,
     require,
 )
@@ -174,7 +175,7 @@ def _write_pt2(net: ClassifierNet, spec: ExtractorSpec, path: Path, metadata: di
     try:
         program = torch.export.export(net.eval(), (_example(spec),), dynamic_shapes=(_batch_dim(),))
     except Exception as exc:  # torch.export raises many kinds for a network it cannot trace
-        raise FitError(f"{spec.label()}: torch.export could not trace it ({_reason(exc)})") from None
+        raise FitError(f"{spec.label()}: torch.export could not trace it ({one_line_reason(exc)})") from None
     torch.export.save(program, str(path), extra_files={PT2_METADATA: json.dumps(metadata)})
 
 
@@ -184,7 +185,7 @@ def _torch_onnx(module: torch.nn.Module, example: torch.Tensor, names: tuple[str
                                     input_names=[names[0]], output_names=[names[1]],
                                     dynamic_shapes=(_batch_dim(),))
     except Exception as exc:  # the exporter raises many kinds for a network it cannot translate
-        raise FitError(f"{what}: torch could not export it to ONNX ({_reason(exc)})") from None
+        raise FitError(f"{what}: torch could not export it to ONNX ({one_line_reason(exc)})") from None
     assert program is not None
     return program.model_proto
 
@@ -207,7 +208,7 @@ def _onnx_parts(backbone: Backbone, head: torch.nn.Module | None, estimator: Any
                                     target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
                                     options={id(classifier): {"zipmap": False}})
     except Exception as exc:  # skl2onnx raises many kinds for what it cannot convert
-        raise refuse(f"skl2onnx could not convert the {type(classifier).__name__} head ({_reason(exc)})") from None
+        raise refuse(f"skl2onnx could not convert the {type(classifier).__name__} head ({one_line_reason(exc)})") from None
     return features, converted
 
 
@@ -268,6 +269,3 @@ def _quantize(features: Any, scratch: Path, calibration: Any) -> Any:
                       activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
     return onnx.load(str(quantized))
 
-
-def _reason(exc: Exception) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:240]

@@ -9,16 +9,15 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .decode import resize_crop
+from .decode import DecodeDataset, alternating_batches, resize_crop
 from .errors import BottleneckError, FitError
-from .images import ImageError, decode_rgb
+from .images import decode_rgb
 from .spec import ExtractorSpec, Preprocess
 from .training import Prediction, expand_inputs
 
@@ -86,7 +85,7 @@ def open_model(path: Path, threads: int | None = None) -> ExportedModel:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for a bad file
-        raise FitError(f"{path}: not an ONNX model onnxruntime can load ({_reason(exc)})") from None
+        raise FitError(f"{path}: not an ONNX model onnxruntime can load ({one_line_reason(exc)})") from None
     raw = session.get_modelmeta().custom_metadata_map
     metadata = _parsed(path, {k[len("bottleneck."):]: v for k, v in raw.items() if k.startswith("bottleneck.")})
 
@@ -110,7 +109,7 @@ def _open_pt2(path: Path, threads: int | None) -> ExportedModel:
             warnings.simplefilter("ignore", UserWarning)
             program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:  # a truncated or foreign archive
-        raise FitError(f"{path}: not a torch.export program torch can load ({_reason(exc)})") from None
+        raise FitError(f"{path}: not a torch.export program torch can load ({one_line_reason(exc)})") from None
     try:
         fields = json.loads(extra[PT2_METADATA] or "null")
     except json.JSONDecodeError:
@@ -143,8 +142,9 @@ def _parsed(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     return metadata
 
 
-def _reason(exc: Exception) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+def one_line_reason(exc: Exception) -> str:
+    """An exception as one short line, for a message that names the file and the fix."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:240]
 
 
 def crop(path: Path, preprocess: Preprocess) -> np.ndarray:
@@ -155,21 +155,12 @@ def crop(path: Path, preprocess: Preprocess) -> np.ndarray:
 
 def crop_batches(paths: Sequence[Path], preprocess: Preprocess, batch_size: int = 32, threads: int | None = None
                  ) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
-    """(indices, uint8 (B, S, S, 3) crops, [(index, why skipped)]) for `paths`, a batch at a time,
-    decoded by `threads` threads (default: one per core) while the network waits."""
-
-    def one(i: int) -> tuple[int, np.ndarray | str]:
-        try:
-            return i, crop(paths[i], preprocess)
-        except ImageError as exc:
-            return i, str(exc)
-
-    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-        for start in range(0, len(paths), batch_size):
-            done = list(pool.map(one, range(start, min(start + batch_size, len(paths)))))
-            good = [(i, c) for i, c in done if isinstance(c, np.ndarray)]
-            bad = [(i, c) for i, c in done if isinstance(c, str)]
-            yield [i for i, _ in good], np.stack([c for _, c in good]) if good else None, bad
+    """(indices, uint8 (B, S, S, 3) crops, [(index, why skipped)]) for `paths`, a batch at a time:
+    extraction's own decode (threads taking turns with the network), as NHWC arrays."""
+    dataset = DecodeDataset([("", str(p)) for p in paths], preprocess)
+    for indices, batch, bad in alternating_batches(dataset, batch_size, threads or os.cpu_count() or 1):
+        # collate stacks (B, H, W, C) and views it as NCHW: permuted back, it is that buffer again
+        yield indices, None if batch is None else batch.permute(0, 2, 3, 1).numpy(), bad
 
 
 def predict_with_model(inputs: Sequence[Path], model_file: Path, *, top_k: int = 1,
