@@ -13,7 +13,8 @@ from typing import Any
 
 from ._version import __version__ as __version__
 
-__all__ = ["audit", "compare", "export", "export_model", "extract", "fit", "load_features", "predict", "repair"]
+__all__ = ["audit", "compare", "embedding_map", "export", "export_model", "extract", "fit", "load_features", "predict",
+           "repair"]
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,7 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
             views: int | None = None, augment: str | None = None, engine: str = "local", address: str | None = None,
             actors: int = 1, cpus_per_actor: int = 1, gpus_per_actor: float = 0.0,
             images: str | Path | None = None, id_column: str | None = None, label_column: str | None = None,
-            progress: Progress | None = None) -> ExtractReport:
+            label_key: str | None = None, progress: Progress | None = None) -> ExtractReport:
     """Embed every image of `data` the cache lacks (see `bottleneck extract --help`). `views` K: also K
     augmented views of each image (`augment`, default augment.DEFAULT_AUGMENT), after the plain one;
     the report is then the views'. engine "ray": on the Ray cluster at `address` (None: a local
@@ -41,10 +41,13 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
     (`extraction.decide_precision`); the report's summary says which ran and why.
 
     `data` may be a label file (.csv, .json, .jsonl, .parquet) with `path,label[,split]` columns, paths
-    relative to it (or to `images`); `id_column` names a column of file names under `images` instead."""
+    relative to it (or to `images`); `id_column` names a column of file names under `images` instead.
+    Or WebDataset tar shards, `shards/train-{000000..000099}.tar`, each sample's label its cls or txt
+    member, or its json member's `label_key`. A path or an fsspec URL (s3://, gs://, https://, memory://)."""
     from .augment import DEFAULT_AUGMENT, parse_augment
     from .extraction import ExtractOptions, check_views, extract_dataset
     from .label_files import LabelColumns
+    from .locations import is_url
     from .sources import resolve_spec
 
     check_views(DEFAULT_AUGMENT if augment is None and views is not None else augment, views, decode)
@@ -54,16 +57,19 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
                              cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)  # checked first
     spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
                         decode=decode)
-    columns = None if images is None and id_column is None and label_column is None else LabelColumns(
-        images=Path(images) if images is not None else None, id_column=id_column, label_column=label_column or "label")
-    report = extract_dataset(Path(data), spec, Path(cache), name=name, options=options, columns=columns)
+    columns = None if images is None and id_column is None and label_column is None and label_key is None else \
+        LabelColumns(images=images if images is None or isinstance(images, str) and is_url(images) else Path(images),
+                     id_column=id_column,
+                     label_column=label_column or "label", label_key=label_key)
+    data = data if isinstance(data, str) and is_url(data) else Path(data)
+    report = extract_dataset(data, spec, Path(cache), name=name, options=options, columns=columns)
     if not canonical:
         return report
     with Store.open(Path(cache)) as store:  # the plain spec completed (a layer's width is known now)
         views_spec = store.extractor_spec(report.fingerprint).replace(augment=canonical)
     # remember=False: the plain extraction stays the default of fit and compare --data
     chosen = report.precision  # the views run inherits the plain run's decision
-    report = extract_dataset(Path(data), views_spec, Path(cache), name=name, options=options, views=views,
+    report = extract_dataset(data, views_spec, Path(cache), name=name, options=options, views=views,
                              remember=False, columns=columns)
     report.precision = chosen
     return report
@@ -169,15 +175,18 @@ def compare(*, data: str | None = None, models: Sequence[str] | None = None, hea
             pixels: int | None = 32, metric: str = "accuracy", tune: Sequence[str] | None = None,
             cap: bool = False, out: str | Path | None = None, jobs: int | None = None, device: str = "auto",
             finetune: Sequence[str] | None = None, cache: str | Path = DEFAULT_CACHE,
-            progress: Progress | None = None) -> CompareResult:
+            progress: Progress | None = None, embedding_map: bool = True) -> CompareResult:
     """Heads × extractions × raw pixels on one dataset, with the report (see `bottleneck compare --help`;
-    heads and tune: None for compare's defaults). `result.to_frame()` gives one row per cell and metric."""
+    heads and tune: None for compare's defaults). `result.to_frame()` gives one row per cell and metric.
+    `embedding_map`: report.html shows each extraction's 2-D map (needs the `map` extra; without it the
+    report says so)."""
     from .comparison import DEFAULT_HEADS, DEFAULT_TUNED, run_compare
 
     return run_compare(Path(cache), dataset=data, models=models, heads=DEFAULT_HEADS if heads is None else heads,
                        per_class=per_class, cv=cv, repeats=repeats, seed=seed, pixels=pixels, metric=metric,
                        tune=DEFAULT_TUNED if tune is None else tune, cap=cap, out=Path(out) if out else None,
-                       jobs=jobs, device=device, finetune=finetune or (), progress=progress)
+                       jobs=jobs, device=device, finetune=finetune or (), progress=progress,
+                       embedding_map=embedding_map)
 
 
 def export(out: str | Path, *, data: str | None = None, model: str | None = None, format: str | None = None,
@@ -192,10 +201,11 @@ def export(out: str | Path, *, data: str | None = None, model: str | None = None
 
 
 def audit(*, data: str | None = None, model: str | None = None, threshold: float | None = None, folds: int = 5,
-          out: str | Path | None = None, cache: str | Path = DEFAULT_CACHE) -> Audit:
+          out: str | Path | None = None, cache: str | Path = DEFAULT_CACHE, embedding_map: bool = True) -> Audit:
     """Duplicates, leakage, likely label errors and outliers of a cached dataset (see `bottleneck audit
-    --help`); writes audit.csv, audit.json and audit.html under `out` (default reports/<dataset>/audit)."""
-    from .audit_report import audit_files, write_audit
+    --help`); writes audit.csv, audit.json and audit.html under `out` (default reports/<dataset>/audit).
+    `embedding_map`: audit.html shows the extraction's 2-D map with the findings marked (the `map` extra)."""
+    from .audit_report import audit_files, audit_map, write_audit
     from .dataset_audit import DEFAULT_THRESHOLD, run_audit
     from .store import select_extraction
 
@@ -205,8 +215,9 @@ def audit(*, data: str | None = None, model: str | None = None, threshold: float
                   folder=folder)
     result = run_audit(Path(cache), threshold=DEFAULT_THRESHOLD if threshold is None else threshold, folds=folds,
                        extraction=extraction)
+    drawn, note = audit_map(Path(cache), extraction[1], result) if embedding_map else (None, "")
     with writing(folder):
-        result.files = write_audit(folder, result)
+        result.files = write_audit(folder, result, drawn, note)
     return result
 
 
@@ -216,3 +227,31 @@ def repair(*, cache: str | Path = DEFAULT_CACHE) -> RepairReport:
     from .cache_repair import repair_cache
 
     return repair_cache(Path(cache))
+
+
+def embedding_map(data: str | None = None, *, model: str | None = None, out: str | Path | None = None,
+                  cache: str | Path = DEFAULT_CACHE) -> Path:
+    """Write the 2-D map of dataset `data` (default: the last extracted) under the extraction `model` names
+    (default: the dataset's last) as one page, `out` (default reports/<dataset>/map.html); the layout is
+    computed once and kept in the cache. Needs the `map` extra."""
+    from .map_layout import cached_projection, check_available
+    from .map_page import EmbeddingMap, MapView, map_document
+    from .shards import image_addresses
+    from .store import load_features as load
+    from .store import select_extraction
+
+    check_available()
+    dataset, fp = select_extraction(Path(cache), data, model)
+    target = Path(out) if out else Path("reports") / dataset / "map.html"
+    features = load(Path(cache), dataset, fp)
+    folder = [("the dataset folder", features.root)] if isinstance(features.root, Path) else []
+    check_outputs([("the map", target)], cache=Path(cache), inputs=folder)
+    xy, _ = cached_projection(Path(cache), fp, features.shas, features.X)
+    label = features.spec.label() if features.spec else fp
+    page = map_document(f"{dataset}: embedding map ({label})", EmbeddingMap(
+        features.paths, image_addresses(Path(cache), dataset, features.paths), [str(x) for x in features.labels],
+        [MapView(label, xy)]))
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page)
+    return target

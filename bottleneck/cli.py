@@ -72,8 +72,9 @@ def _progress_bars(enabled: bool) -> Iterator[Progress | None]:
 
 @app.command()
 def extract(
-    data: Path = typer.Argument(..., help="DATA/<class>/<images>, DATA/{train,val,test}/<class>/<images>, or a "
-                                "label file (.csv, .json, .jsonl, .parquet) with path,label[,split] columns."),
+    data: str = typer.Argument(..., help="DATA/<class>/<images>, DATA/{train,val,test}/<class>/<images>, a label "
+                               "file (.csv, .json, .jsonl, .parquet) with path,label[,split] columns, or WebDataset tar "
+                               "shards ('shards/train-{000000..000099}.tar'); a path or a URL (s3://, gs://, https://)."),
     model: str = typer.Option("efficientnet_lite0", "--model", "-m", help="See `bottleneck models`; timm:NAME for any timm model."),
     weights: Optional[str] = typer.Option(None, help="Local state_dict file, or 'random'. Default: the model's pretrained weights."),
     layer: Optional[str] = typer.Option(None, help="Intermediate node to read instead of the penultimate features."),
@@ -103,11 +104,13 @@ def extract(
     actors: int = typer.Option(1, help="--engine ray: actors holding the network."),
     cpus_per_actor: int = typer.Option(1, help="--engine ray: CPUs (decode and torch threads) per actor."),
     gpus_per_actor: float = typer.Option(0.0, help="--engine ray: GPUs per actor (e.g. 1, or 0.5 to share one)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Label file: the folder its paths or ids are "
-                                          "relative to (default: the label file's folder)."),
+    images: Optional[str] = typer.Option(None, "--images", help="Label file: the folder (or URL) its paths or ids "
+                                         "are relative to (default: the label file's folder)."),
     id_column: Optional[str] = typer.Option(None, "--id-column", help="Label file: a column of file names under "
                                             "--images instead of a path column (an extension is looked up when an id has none)."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Label file: the label column (default label)."),
+    label_key: Optional[str] = typer.Option(None, "--label-key", help="Tar shards: the key of each sample's json "
+                                            "member holding its label (default: its cls or txt member, else json's label)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Embed every image once with a frozen pretrained network and cache the vectors."""
@@ -117,11 +120,11 @@ def extract(
                              threads=threads, device=device, compile=compile, views=views, augment=augment,
                              engine=engine, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
                              gpus_per_actor=gpus_per_actor, images=images, id_column=id_column,
-                             label_column=label_column, progress=progress)
+                             label_column=label_column, label_key=label_key, progress=progress)
     for row, reason in report.left_out[:20]:
         stderr.print(f"[yellow]left out[/yellow] {escape(row)}: {escape(reason)}", highlight=False, soft_wrap=True)
     if len(report.left_out) > 20:
-        stderr.print(f"... and {len(report.left_out) - 20} more rows of the label file")
+        stderr.print(f"... and {len(report.left_out) - 20} more rows or samples")
     for path, reason in report.skipped[:20]:
         stderr.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if len(report.skipped) > 20:
@@ -304,6 +307,8 @@ def compare(
                                            "augmented images decoded each epoch (minutes a draw on a CPU)."),
     cache: Path = CacheOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    embedding_map: bool = typer.Option(True, "--map/--no-map", help="report.html shows each extraction's 2-D "
+                                       "map (needs pip install 'bottleneck-features[map]')."),
 ) -> None:
     """Benchmark table: heads × extractions × raw pixels, N images per class, mean ± std over draws."""
     counts = _ints(per_class, "--per-class")
@@ -312,7 +317,7 @@ def compare(
             data=data, models=_csv(models), heads=_csv(heads) or [], per_class=counts, cv=cv, repeats=repeats,
             seed=seed, pixels=pixels or None, metric=metric, tune=[] if tune == "none" else _csv(tune) or [],
             cap=cap, out=out_dir, jobs=jobs, device=device, finetune=_csv(finetune), cache=cache,
-            progress=progress,
+            progress=progress, embedding_map=embedding_map,
         )
     console.print(result.table())
     for note in result.notes:
@@ -365,12 +370,15 @@ def audit(
     folds: int = typer.Option(5, help="Cross-validation folds for the out-of-fold probabilities of label checks."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/<dataset>/audit/)."),
     cache: Path = CacheOption,
+    embedding_map: bool = typer.Option(True, "--map/--no-map", help="audit.html shows the 2-D map with the "
+                                       "findings marked (needs pip install 'bottleneck-features[map]')."),
 ) -> None:
     """Duplicates, train/test leakage, likely label errors and outliers, from the cached embeddings."""
     from .dataset_audit import ISSUES
 
     with _user_errors(cache):
-        result = api.audit(data=data, model=model, threshold=threshold, folds=folds, out=out_dir, cache=cache)
+        result = api.audit(data=data, model=model, threshold=threshold, folds=folds, out=out_dir, cache=cache,
+                           embedding_map=embedding_map)
     table = Table("class", "images", *ISSUES, title=escape(f"{result.dataset}: audit ({result.extractor})"))
     for c in result.classes:
         table.add_row(escape(c.label), str(c.images), *(str(n) for n in c.counts.values()))
@@ -386,6 +394,21 @@ def audit(
             console.print(f"... {len(found) - 5} more {issue} findings", markup=False)
     for kind, path in result.files.items():
         console.print(f"{kind}: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("map")
+def embedding_map(
+    data: Optional[str] = typer.Argument(None, help="Dataset name in the cache (default: the last extracted)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model name, a label or a fingerprint "
+                                        "(default: the dataset's last extraction)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The page to write (default reports/<dataset>/map.html)."),
+    cache: Path = CacheOption,
+) -> None:
+    """One self-contained page: the dataset's embeddings in 2-D (openTSNE), a point per image coloured by
+    class; hover for the thumbnail, click to open the image. The layout is kept in the cache."""
+    with _user_errors(cache):
+        written = api.embedding_map(data, model=model, out=out, cache=cache)
+    console.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

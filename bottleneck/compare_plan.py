@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .augment import DEFAULT_AUGMENT
-from .dataset_identity import dataset_input
+from .dataset_identity import dataset_input, input_present
 from .errors import BottleneckError, CompareError
 from .evaluate import Split, draw_per_class, kfold_splits, protocol_pool
 from .extraction import ExtractOptions, extract_dataset
 from .progress import Progress
+from .shards import image_addresses
 from .sources import DEFAULT_MODEL, build_tail, resolve_spec
 from .spec import ExtractorSpec
 from .store import Features, Store, load_features, load_views
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
     from .label_files import LabelColumns
 
-    Input = tuple[Path, LabelColumns | None]  # what extract_dataset reads: a folder, or a label file and its columns
+    Input = tuple[Path | str, LabelColumns | None]  # what extract_dataset reads: a folder, or a label file and its columns
 
 Tail = tuple["torch.nn.Module", tuple]  # the network after a layer, and the shape of that layer's maps
 Setting = tuple[int | None, int | None, list[Split]]  # (N per class, K folds, draws)
@@ -55,10 +56,11 @@ class Plan:
     """What a compare fits: its rows, on the images they all have, and the draws they share."""
 
     name: str  # the dataset
-    root: Path
+    root: Path | str
     out: Path
     rows: list[Row]
     paths: list[str]
+    addresses: list[str]  # where each image's bytes are (shards.image_addresses)
     shas: list[str]
     labels: np.ndarray
     settings: list[Setting]
@@ -67,7 +69,7 @@ class Plan:
 
 
 def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels: int | None
-                    ) -> tuple[str, Path, list[ExtractorSpec], list[tuple[ExtractorSpec, int]], Input]:
+                    ) -> tuple[str, Path | str, list[ExtractorSpec], list[tuple[ExtractorSpec, int]], Input]:
     """(dataset name, root, the specs of its plain rows, (augmented spec, views) of its views rows, what
     extract reads to update it): every query is resolved before any work. A views row brings its plain
     spec's row along."""
@@ -118,14 +120,14 @@ def row_names(specs: list[ExtractorSpec]) -> list[str]:
             for label, s in zip(labels, specs, strict=True)]
 
 
-def bring_up_to_date(cache: Path, name: str, root: Path, specs: list[ExtractorSpec],
+def bring_up_to_date(cache: Path, name: str, root: Path | str, specs: list[ExtractorSpec],
                      view_rows: list[tuple[ExtractorSpec, int]], progress: Progress | None,
                      source: Input | None = None) -> dict[ExtractorSpec, str]:
     """The step before a comparison, the only one that writes: what each row lacks is extracted while
     the dataset's folder is there (only images it lacks are computed; a model is built only then).
     Each spec → the fingerprint it is stored under, its width and precision decided (none without the folder)."""
     data, columns = source or (root, None)  # the dataset's folder, or its label file (`choose_features`)
-    if not root.is_dir() or not data.exists():
+    if not input_present(root) or not input_present(data):
         return {}
     options = ExtractOptions(progress=progress)
     stored = {spec: extract_dataset(data, spec, cache, name=name, options=options, remember=False,
@@ -138,12 +140,13 @@ def bring_up_to_date(cache: Path, name: str, root: Path, specs: list[ExtractorSp
 Aligned = tuple[list[str], list[str], np.ndarray, np.ndarray, list[np.ndarray]]  # paths, shas, labels, splits, Xs
 
 
-def load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], stored: dict[ExtractorSpec, str],
-         view_rows: list[tuple[ExtractorSpec, int]], notes: list[str]) -> tuple[list[Features], Aligned, list[np.ndarray]]:
+def load(cache: Path, name: str, root: Path | str, specs: list[ExtractorSpec], stored: dict[ExtractorSpec, str],
+         view_rows: list[tuple[ExtractorSpec, int]], notes: list[str]
+         ) -> tuple[list[Features], Aligned, list[np.ndarray], list[str]]:
     """All the comparison reads, in one read-only open of the cache: each feature set under the fingerprint
     `bring_up_to_date` found (else its own), aligned on the images they all have (`align`), and the views
     of those images for each views row. Without the folder: the images cached when it was last extracted."""
-    if not root.is_dir():
+    if not input_present(root):
         notes.append(f"{root} is gone: compared the images cached when it was last extracted")
     fps = [stored.get(spec) or (spec.fingerprint() if spec.complete else "") for spec in specs]
     with Store.open(cache) as store:
@@ -155,7 +158,8 @@ def load(cache: Path, name: str, root: Path, specs: list[ExtractorSpec], stored:
         loaded = [load_features(store, name, fp) for fp in fps]
         aligned = align(loaded, notes)
         views = [load_views(store, name, spec.fingerprint(), aligned[1]) for spec, _ in view_rows]
-    return loaded, aligned, views
+        addresses = image_addresses(store, name, aligned[0])
+    return loaded, aligned, views, addresses
 
 
 def align(features: list[Features], notes: list[str]) -> Aligned:
@@ -198,12 +202,12 @@ def views_rows(view_rows: list[tuple[ExtractorSpec, int]], views: list[np.ndarra
     return rows
 
 
-def files_rows(whole: list[ExtractorSpec], plain: list[Row], root: Path, paths: list[str],
-               shas: list[str]) -> list[Row]:
-    """For each network --finetune all trains: a row of (sha, path) items, named as the spec's own row."""
+def files_rows(whole: list[ExtractorSpec], plain: list[Row], addresses: list[str], shas: list[str]) -> list[Row]:
+    """For each network --finetune all trains: a row of (sha, where its bytes are) items, named as the
+    spec's own row."""
     if not whole:
         return []
-    items = np.array([[sha, str(root / path)] for path, sha in zip(paths, shas, strict=True)], dtype=object).reshape(-1, 2)
+    items = np.array([[sha, address] for address, sha in zip(addresses, shas, strict=True)], dtype=object).reshape(-1, 2)
     names = {row.spec: row.name for row in plain}
     return [Row(spec, names[spec], items, f"{spec.fingerprint()}+files", files=True) for spec in whole]
 

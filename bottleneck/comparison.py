@@ -36,11 +36,14 @@ from .compare_plan import (
     tails,
     views_rows,
 )
-from .errors import CompareError, DeviceError
+from .dataset_identity import input_present
+from .errors import BottleneckError, CompareError, DeviceError
 from .evaluate import Cell, CellRun, Split, check_folds, check_metric, check_per_class
 from .finetune import FineTunedNetworkClassifier
 from .heads import FineTunedTailClassifier, input_params, make_head
 from .heads._factory import check_head
+from .map_layout import cached_projection, check_available
+from .map_page import EmbeddingMap, MapView, mark_bits
 from .outputs import check_outputs, writing
 from .progress import Progress
 from .report import FILES, GALLERY_CAP, BestRun, Mistake, records, rich_table, write_report
@@ -65,7 +68,7 @@ WHOLE_NETWORK = "all"  # --finetune all: the whole network, trained on the image
 @dataclass
 class CompareResult:
     dataset: str
-    root: Path
+    root: Path | str  # a str: a URL
     protocol: str
     metric: str
     cells: list[Cell]
@@ -146,6 +149,7 @@ def run_compare(
     finetune: Sequence[str] = (),
     update: bool = True,
     progress: Progress | None = None,
+    embedding_map: bool = False,
 ) -> CompareResult:
     """Compare feature sets and heads on one cached dataset and write the report under `out`.
 
@@ -165,13 +169,16 @@ def run_compare(
     update: first extract what the rows lack while the dataset's folder is there (`compare_plan.
     bring_up_to_date`, the only step that writes the cache); False compares the cache as it is,
     opening it read-only.
+    embedding_map: report.html shows each extraction's 2-D map (`map_layout.cached_projection`), its
+    best cell's mistakes marked; the step after the comparison, which stores the layout in the cache
+    when `update` (so the next report costs nothing) and only reads it otherwise.
     """
     start = time.perf_counter()
     options = CompareOptions(tuple(heads), None if per_class is None else tuple(per_class), cv, repeats, seed, metric,
                              tuple(tune), cap, (os.cpu_count() or 1) if jobs is None else jobs, tuple(finetune), device)
     plan = _plan(cache, dataset, models, pixels, out, options, update, progress)
     grid, runs = _fit_all(cache, plan, options, progress)
-    return _score(plan, options, grid, runs, start)
+    return _score(plan, options, grid, runs, start, (Path(cache), update) if embedding_map else None)
 
 
 def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels: int | None, out: Path | None,
@@ -183,31 +190,32 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
     out = out or Path("reports") / name
     check_outputs([("the report", out / f) for f in FILES.values()], cache=cache,
-                  inputs=[("the dataset folder", root)], folder=out)
+                  inputs=[("the dataset folder", root)] if isinstance(root, Path) else [], folder=out)
     chosen = len(specs)  # rows of every head; a --finetune row not among them gets only its own cells
     whole = _whole_networks(specs, root) if WHOLE_NETWORK in options.finetune else []
     found = tails(specs, [layer for layer in options.finetune if layer != WHOLE_NETWORK])  # checked before any work
     specs += [spec for spec in found if spec not in specs]
     stored = bring_up_to_date(cache, name, root, specs, view_rows, progress, source) if update else {}
     notes: list[str] = []
-    loaded, (paths, shas, labels, splits, Xs), views = load(cache, name, root, specs, stored, view_rows, notes)
+    loaded, (paths, shas, labels, splits, Xs), views, addresses = load(cache, name, root, specs, stored, view_rows,
+                                                                      notes)
     if stored:  # each spec as stored: its width and precision decided
         as_stored = {spec: features.spec or spec for spec, features in zip(specs, loaded, strict=True)}
         specs, whole = [as_stored[s] for s in specs], [as_stored[s] for s in whole]
         found = {as_stored[s]: tail for s, tail in found.items()}
     plain = plain_rows(specs, loaded, Xs, chosen, found)
-    rows = plain + views_rows(view_rows, views, plain) + files_rows(whole, plain, root, paths, shas)
+    rows = plain + views_rows(view_rows, views, plain) + files_rows(whole, plain, addresses, shas)
     if view_rows:
         notes.append("+viewsK rows: the head trains on the plain and K augmented views of each training image "
                      "and predicts from the plain view; +tta rows from the mean of its scores over all views")
     draws, protocol = settings(labels, splits, options.per_class, options.cv, options.repeats, options.seed,
                                options.cap, notes)
-    return Plan(name, root, out, rows, paths, shas, labels, draws, protocol, notes)
+    return Plan(name, root, out, rows, paths, addresses, shas, labels, draws, protocol, notes)
 
 
-def _whole_networks(specs: list[ExtractorSpec], root: Path) -> list[ExtractorSpec]:
+def _whole_networks(specs: list[ExtractorSpec], root: Path | str) -> list[ExtractorSpec]:
     """The embedding rows whose networks `--finetune all` trains on the files under `root`."""
-    if not root.is_dir():
+    if not input_present(root):
         raise CompareError(f"--finetune {WHOLE_NETWORK} trains on the image files, and {root} is gone: "
                            "restore the folder, or leave out --finetune all")
     whole = [s for s in specs if not s.pixels and s.pool != "none"]
@@ -296,8 +304,9 @@ def _fit_all(cache: Path, plan: Plan, options: CompareOptions,
 
 
 def _score(plan: Plan, options: CompareOptions, jobs: list[Job], runs: dict[Job, CellRun],
-           start: float) -> CompareResult:
-    """The table's cells from the runs, the best cell's pictures, and the report."""
+           start: float, mapped: tuple[Path, bool] | None = None) -> CompareResult:
+    """The table's cells from the runs, the best cell's pictures, the map (`mapped`: the cache and whether
+    it may be written), and the report."""
     by_cell = by_cell_of(jobs)
     cells = []
     for (row, head, n, k), cell_jobs in by_cell.items():
@@ -309,9 +318,11 @@ def _score(plan: Plan, options: CompareOptions, jobs: list[Job], runs: dict[Job,
     best_jobs = list(by_cell.values())[best_index]
     best = _best_run(cells[best_index], [job.split for job in best_jobs], [runs[job] for job in best_jobs],
                      plan.labels, plan.paths, options.seed)
+    embedding, map_note = _embedding_map(plan, cells, by_cell, runs, options.metric, *mapped) if mapped else (None, "")
     with writing(plan.out):
-        files = write_report(plan.out, cells, best, root=plan.root, title=f"{plan.name}: {plan.protocol}",
-                             metric=options.metric, notes=plan.notes)
+        files = write_report(plan.out, cells, best, images=dict(zip(plan.paths, plan.addresses, strict=True)),
+                             title=f"{plan.name}: {plan.protocol}", metric=options.metric, notes=plan.notes,
+                             embedding_map=embedding, map_note=map_note)
     return CompareResult(plan.name, plan.root, plan.protocol, options.metric, cells, best, files, plan.notes,
                          time.perf_counter() - start)
 
@@ -341,3 +352,41 @@ def _best_run(cell: Cell, draws: list[Split], runs: list[CellRun], labels: np.nd
     mistakes = sorted((Mistake(paths[test[i]], str(labels[test[i]]), str(pred[i])) for i in chosen),
                       key=lambda m: (m.true, m.path))
     return BestRun(cell, classes, np.asarray(confusion), mistakes)
+
+
+def _embedding_map(plan: Plan, cells: list[Cell], by_cell: dict, runs: dict[Job, CellRun], metric: str, cache: Path,
+                   write: bool) -> tuple[EmbeddingMap | None, str]:
+    """Each plain extraction row laid out in 2-D, the test images of its best cell's first draw marked
+    where that cell was wrong; (None, why) when the map cannot be drawn (the `map` extra missing)."""
+    rows = [row for row in dict.fromkeys(key[0] for key in by_cell)
+            if isinstance(row.X, np.ndarray) and row.X.ndim == 2 and not row.files and row.spec.pool != "none"]
+    if not rows:
+        return None, "no extraction row to draw"
+    try:
+        check_available()
+        views = [_map_view(plan, row, cells, by_cell, runs, metric, cache, write) for row in rows]
+    except BottleneckError as exc:
+        plan.notes.append(f"no embedding map: {exc}")
+        return None, str(exc)
+    return EmbeddingMap(list(plan.paths), list(plan.addresses), [str(x) for x in plan.labels], views), ""
+
+
+def _map_view(plan: Plan, row: Row, cells: list[Cell], by_cell: dict, runs: dict[Job, CellRun], metric: str,
+              cache: Path, write: bool) -> MapView:
+    fp = row.spec.fingerprint() if row.spec.complete else row.fingerprint
+    xy, _ = cached_projection(cache, fp, plan.shas, row.X, write=write)
+    keys = [key for key in by_cell if key[0] is row]
+    scored = [(cell.mean_std(metric)[0], key) for cell, key in zip(cells, by_cell, strict=True) if key in keys]
+    notes, marks, caption = [""] * len(plan.paths), [0] * len(plan.paths), ""
+    if scored:
+        _, key = max(scored, key=lambda item: item[0])
+        job = by_cell[key][0]
+        _, head, n, k = key
+        setting = f"{k}-fold, fold 1" if k else f"N={n}, draw 1"
+        wrong = mark_bits(["misclassified"])
+        for i, predicted in zip(job.split.test, runs[job].y_pred, strict=True):
+            notes[i] = f"predicted: {predicted} ({head}, {setting})"
+            marks[i] = wrong if str(predicted) != str(plan.labels[i]) else 0
+        caption = (f"marked: the test images that {head} ({setting}), this row's best head, got wrong; "
+                   "hover a test image for its prediction")
+    return MapView(row.name, xy, marks, notes, caption=caption)

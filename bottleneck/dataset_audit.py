@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from .dataset_identity import dataset_input
+from .dataset_identity import dataset_input, input_present
 from .errors import AuditError
 from .evaluate import check_folds, check_stratified_folds
 from .extraction import extract_dataset
 from .heads import make_head
 from .neighbours import cosine_neighbours
+from .shards import image_addresses
 from .sources import resolve_spec
 from .store import Features, Store, load_features, select_extraction
 
@@ -64,13 +65,14 @@ class ClassSummary:
 @dataclass
 class Audit:
     dataset: str
-    root: Path
+    root: Path | str
     extractor: str  # the label of the extraction audited
     findings: list[Finding]
     classes: list[ClassSummary]
     threshold: float
     seconds: float
     files: dict[str, Path] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)  # path → where its bytes are (shards.image_addresses)
 
     def to_records(self) -> list[dict]:
         return [asdict(f) for f in self.findings]
@@ -96,7 +98,8 @@ def run_audit(cache: Path, *, dataset: str | None = None, model: str | None = No
                               pixels=_pixels(cache, name, features))
     label = features.spec.label() if features.spec else fp
     return Audit(name, features.root, label, findings, summarise(features, findings), threshold,
-                 time.perf_counter() - start)
+                 time.perf_counter() - start, images=dict(zip(features.paths, image_addresses(cache, name, features.paths),
+                                                              strict=True)))
 
 
 def audit_features(features: Features, *, threshold: float = DEFAULT_THRESHOLD, folds: int = 5, k: int = 5,
@@ -138,12 +141,12 @@ def _group_finding(issue: str, features: Features, rows: list[int], score: float
                    [features.paths[r] for r in rows[1:]], flag)
 
 
-def update_pixels(cache: Path, name: str, root: Path) -> None:
+def update_pixels(cache: Path, name: str, root: Path | str) -> None:
     """The step before an audit, the only one that writes the cache: the dataset's raw32 thumbnails,
     extracted while its folder is there (about 1 ms an image, once)."""
     with Store.open(cache) as store:
         data, columns = dataset_input(store, name)  # its folder, or its label file
-    if root.is_dir() and data.exists():
+    if input_present(root) and input_present(data):
         extract_dataset(data, resolve_spec(PIXELS), cache, name=name, remember=False, columns=columns)
 
 

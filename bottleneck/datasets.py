@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DatasetError
-from .images import find_image_parts
+from .images import find_image_parts, is_image_file_name
+from .locations import is_url, list_files
 
 # The store writes a manifest as `<name>.writing` and marks its temporary copies with "~".
 WRITING = ".writing"
@@ -28,7 +29,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Dataset:
-    root: Path
+    root: Path | str  # a folder, or a URL (tar shards' folder)
     name: str
     layout: str  # "classes": ROOT/<class>/...  |  "splits": ROOT/<split>/<class>/...  |  "labels": a label file
     entries: list[Entry]
@@ -41,9 +42,11 @@ class Dataset:
         return sorted({e.label for e in self.entries})
 
 
-def dataset_name(root: Path) -> str:
-    """A default name for the dataset at `root`: its folder name, safe as an HDF5 group name."""
-    return _safe(root.resolve().name) or "dataset"
+def dataset_name(root: Path | str) -> str:
+    """A default name for the dataset at `root` (a folder or a URL): its folder name, safe as an HDF5
+    group name."""
+    folder = root.rstrip("/").rsplit("/", 1)[-1] if isinstance(root, str) else root.resolve().name
+    return _safe(folder) or "dataset"
 
 
 def _safe(text: str) -> str:
@@ -84,14 +87,24 @@ def check_dataset_name(name: str, root: Path | None = None) -> str:
     raise DatasetError(f"{given} {problem}; {fix}, e.g. --name {suggest_name(name)}")
 
 
-def scan_dataset(root: Path, name: str | None = None) -> Dataset:
-    """Read `ROOT/<class>/<images>` or `ROOT/{train,val,test}/<class>/<images>`."""
+def scan_dataset(root: Path | str, name: str | None = None) -> Dataset:
+    """Read `ROOT/<class>/<images>` or `ROOT/{train,val,test}/<class>/<images>`; ROOT a folder, or a
+    URL as a str (listed through fsspec)."""
+    if isinstance(root, str) and is_url(root):
+        root = root.rstrip("/")
+        files = sorted(tuple(f.split("/")) for f in list_files(root)
+                       if is_image_file_name(f.rsplit("/", 1)[-1]) and not any(p.startswith(".") for p in f.split("/")))
+        return _classes(root, files, _name_for(root, name))
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; pass a folder with one sub-folder per class, "
                            "or a label file (.csv, .json, .jsonl, .parquet)")
     root = root.resolve()
-    files = find_image_parts(root)
+    return _classes(root, find_image_parts(root), _name_for(root, name))
+
+
+def _classes(root: Path | str, files: list[tuple[str, ...]], name: str) -> Dataset:
+    """The dataset of `files` (path parts under `root`): a class per folder, under split folders or not."""
     if not files:
         raise DatasetError(f"{root}: no images found (looked for .jpg .jpeg .png .bmp .gif .webp .tif .tiff)")
     top = {parts[0] for parts in files if len(parts) > 1}
@@ -113,14 +126,14 @@ def scan_dataset(root: Path, name: str | None = None) -> Dataset:
         )
     ignored = tuple(loose)
     layout = "splits" if is_split else "classes"
-    return Dataset(root, _name_for(root, name), layout, entries, ignored)
+    return Dataset(root, name, layout, entries, ignored)
 
 
-def _name_for(root: Path, name: str | None) -> str:
+def _name_for(root: Path | str, name: str | None) -> str:
     """The dataset name given, or the one `root`'s folder name makes; either checked."""
     if name is not None:
         return check_dataset_name(name)
-    return check_dataset_name(dataset_name(root), root)
+    return check_dataset_name(dataset_name(root), Path(root) if isinstance(root, Path) else None)
 
 
 def hash_split(sha256: str, test_size: float, seed: int = 0) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +13,8 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from .augment import Augment, augmented_view
-from .images import ImageError, decode_rgb, read_bytes
+from .images import ImageError, decode_rgb
+from .locations import read
 from .spec import Preprocess
 
 
@@ -92,7 +92,7 @@ class DecodeDataset(TorchDataset):
 
     def read(self, i: int) -> bytes | ImageError:
         try:
-            return read_bytes(Path(self.items[i][1]))
+            return read(self.items[i][1])
         except ImageError as exc:
             return exc
 

@@ -8,7 +8,6 @@ something is missing: a rerun on a cached folder builds nothing.
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,23 +17,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ray_engine
+from . import locations, ray_engine
 from .augment import DEFAULT_AUGMENT, parse_augment
 from .dataset_identity import check_moved, check_same_dataset
 from .datasets import check_dataset_name
 from .decode import DecodeDataset, decoded_batches, loader_batches
 from .errors import ExtractError
-from .images import READ_FAILED, sha256_file
+from .images import READ_FAILED, ImageError
 from .inference import forward_batch, prepare_model
 from .label_files import LabelColumns, scan_input
 from .progress import Progress, no_progress
 from .runtime import AUTOCAST, auto_precision, cpu_runtime, default_batch_size, resolve_device
+from .shards import LAYOUT as SHARDS
+from .shards import is_shard_input, read_shards
 from .sources import Backbone, build
 from .spec import AUTO, ExtractorSpec
 from .store import PENDING, ManifestRow, Store, view_key
 
 NOT_FINITE = "the model gave NaN or inf for this image"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+HASH_THREADS = min(8, (os.cpu_count() or 1) * 2)  # files hashed (or shards listed) at once: I/O and hashlib release the GIL
 ENGINES = ("local", "ray")
 
 
@@ -117,11 +119,12 @@ class FileFeatures:
 
 
 def extract_dataset(
-    root: Path, extractor: ExtractorSpec | Backbone, cache: Path, *, name: str | None = None,
+    root: Path | str, extractor: ExtractorSpec | Backbone, cache: Path, *, name: str | None = None,
     options: ExtractOptions | None = None, remember: bool = True, views: int | None = None,
     columns: LabelColumns | None = None,
 ) -> ExtractReport:
-    """Embed every image of the dataset at `root` (a folder, or a label file read with `columns`)
+    """Embed every image of the dataset at `root` (a folder, a label file read with `columns`, or tar
+    shards: a path or URL with brace ranges)
     that the cache does not hold yet under `extractor` (a spec, built only if something is missing,
     or a network already built).
 
@@ -139,12 +142,19 @@ def extract_dataset(
             raise ExtractError("--engine ray decodes with PIL: leave out --decode torchvision")
         ray_engine.connect(options.address)  # first: a missing Ray or a wrong address fails in seconds
     extractor, chosen = decide_precision(extractor, options)
-    dataset = scan_input(root, name, columns)
-    root_dir = str(dataset.root)
-    paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
+    data = locations.local(os.fspath(root))
+    dataset = None if is_shard_input(data) else scan_input(data if locations.is_url(data) else Path(data), name, columns)
     with Store.open(cache, writable=True) as store:
+        if dataset is None:  # tar shards: listed (hashed) with the cache's listings, each image a byte range
+            dataset, addresses, shas = read_shards(store, data, name, columns or LabelColumns(), HASH_THREADS)
+            paths, unreadable = [addresses[e.path] for e in dataset.entries], dict[str, str]()
+        else:
+            root_dir = str(dataset.root)
+            paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
         check_same_dataset(store, dataset.name, dataset, cache)
-        shas, unreadable = _hash_files(store, paths)
+        if dataset.layout != SHARDS:
+            listed = locations.listed_versions(str(dataset.root)) if locations.is_url(str(dataset.root)) else {}
+            shas, unreadable = _hash_files(store, paths, listed)
         check_moved(store, dataset.name, dataset, cache, set(shas.values()))  # before anything else is written
         spec, fp, backbone = _open_extractor(store, extractor)
         bad = _previous_failures(store, dataset.name)
@@ -268,35 +278,37 @@ def _previous_failures(store: Store, name: str) -> dict[str, str]:
             if r.status not in ("ok", PENDING) and r.sha256 and not r.status.startswith(READ_FAILED)}
 
 
-def _hash_files(store: Store, paths: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """sha256 per path, re-reading only files whose size or mtime changed since the last run."""
+def _hash_files(store: Store, paths: Sequence[str], listed: dict[str, tuple[int, int]] | None = None
+                ) -> tuple[dict[str, str], dict[str, str]]:
+    """sha256 per path (or URL), re-reading only files whose size or version (mtime, ETag) changed
+    since the last run; `listed`: the (size, version) of URLs, known from listing their folder."""
     index = store.read_path_index()
     shas: dict[str, str] = {}
     stale: list[tuple[str, int, int]] = []
     unreadable: dict[str, str] = {}
     for key in paths:
         try:
-            st = os.stat(key)
+            size, version = (listed or {}).get(key) or locations.version(key)
         except OSError as exc:
-            unreadable[key] = f"{READ_FAILED} ({exc.strerror})"
+            unreadable[key] = f"{READ_FAILED} ({exc.strerror or exc})"
             continue
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
-            unreadable[key] = "not a regular file (a pipe, device or socket); skipped"
+        except ImageError as exc:
+            unreadable[key] = str(exc)
             continue
         known = index.get(key)
-        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+        if known and known[0] == size and known[1] == version:
             shas[key] = known[2]
         else:
-            stale.append((key, st.st_size, st.st_mtime_ns))
+            stale.append((key, size, version))
 
     def digest(item: tuple[str, int, int]) -> tuple[tuple[str, int, int], str | None, str]:
         try:
-            return item, sha256_file(Path(item[0])), ""
+            return item, locations.sha256(item[0]), ""
         except OSError as exc:
-            return item, None, f"{READ_FAILED} ({exc.strerror})"
+            return item, None, f"{READ_FAILED} ({exc.strerror or exc})"
 
     if stale:
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
             for (key, size, mtime), sha, error in pool.map(digest, stale):
                 if sha is None:
                     unreadable[key] = error

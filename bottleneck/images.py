@@ -28,7 +28,7 @@ class ImageError(Exception):
 
 
 def is_image_file(path: Path) -> bool:
-    return _is_image_name(path.name)
+    return is_image_file_name(path.name)
 
 
 def find_images(root: Path) -> list[Path]:
@@ -51,12 +51,12 @@ def find_image_parts(root: Path) -> list[tuple[str, ...]]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         relative = os.path.relpath(dirpath, top)
         parts = () if relative == os.curdir else tuple(relative.split(os.sep))
-        found.extend((*parts, f) for f in filenames if _is_image_name(f))
+        found.extend((*parts, f) for f in filenames if is_image_file_name(f))
     found.sort()
     return found
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_file_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 

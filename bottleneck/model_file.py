@@ -18,6 +18,7 @@ import numpy as np
 from .decode import DecodeDataset, alternating_batches, resize_crop
 from .errors import BottleneckError, FitError
 from .images import decode_rgb
+from .locations import read
 from .spec import ExtractorSpec, Preprocess
 from .training import Prediction, expand_inputs
 
@@ -147,13 +148,14 @@ def one_line_reason(exc: Exception) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:240]
 
 
-def crop(path: Path, preprocess: Preprocess) -> np.ndarray:
-    """uint8 (S, S, 3): the crop extraction makes of `path` (draft-mode JPEG, resize_crop)."""
-    tensor = resize_crop(decode_rgb(path, draft_to=preprocess.resize_size), preprocess)
+def crop(path: Path | str, preprocess: Preprocess) -> np.ndarray:
+    """uint8 (S, S, 3): the crop extraction makes of the image at `path` (a file, URL or shard member:
+    `locations`), draft-mode JPEG and resize_crop as extract decodes it."""
+    tensor = resize_crop(decode_rgb(read(str(path)), draft_to=preprocess.resize_size), preprocess)
     return np.ascontiguousarray(tensor.permute(1, 2, 0).numpy())
 
 
-def crop_batches(paths: Sequence[Path], preprocess: Preprocess, batch_size: int = 32, threads: int | None = None
+def crop_batches(paths: Sequence[Path | str], preprocess: Preprocess, batch_size: int = 32, threads: int | None = None
                  ) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
     """(indices, uint8 (B, S, S, 3) crops, [(index, why skipped)]) for `paths`, a batch at a time:
     extraction's own decode (threads taking turns with the network), as NHWC arrays."""

@@ -18,6 +18,7 @@ from .decode import normalize
 from .errors import FitError
 from .model_file import ExportedModel, crop, crop_batches
 from .registry import Backbone
+from .shards import image_addresses
 from .spec import Preprocess
 from .store import Features, load_features
 from .training import split_indices
@@ -36,8 +37,10 @@ class Rows:
     train: np.ndarray
     test: np.ndarray
 
-    def paths(self) -> list[Path]:
-        return [Path(self.features.root, p) for p in self.features.paths]
+    addresses: list[str]  # where each image's bytes are (shards.image_addresses)
+
+    def paths(self) -> list[str]:
+        return self.addresses
 
 
 def dataset_rows(cache: Path, meta: dict[str, Any], fingerprint: str) -> Rows:
@@ -47,7 +50,8 @@ def dataset_rows(cache: Path, meta: dict[str, Any], fingerprint: str) -> Rows:
     features = load_features(cache, dataset, fingerprint)
     split = meta.get("split") or {}
     train, val, test = split_indices(features, float(split.get("test_size", 0.25)), int(split.get("seed", 0)))
-    return Rows(dataset, features, np.concatenate([train, val]).astype(int), test)
+    return Rows(dataset, features, np.concatenate([train, val]).astype(int), test,
+                image_addresses(cache, dataset, features.paths))
 
 
 def calibration_crops(rows: Rows, preprocess: Preprocess, limit: int = CALIBRATION_IMAGES) -> np.ndarray:

@@ -23,6 +23,8 @@ from rich.table import Table
 
 from .evaluate import Cell, check_metric
 from .images import ImageError, decode_rgb
+from .locations import read
+from .map_page import EmbeddingMap, map_section
 
 GALLERY_CAP = 24
 FILES = {
@@ -191,8 +193,9 @@ def plot_confusion(path: Path, best: BestRun) -> None:
     _save(fig, path)
 
 
-def plot_mistakes(path: Path, root: Path, best: BestRun) -> None:
-    """Thumbnails of misclassified test images with their true and predicted labels."""
+def plot_mistakes(path: Path, images: dict[str, str], best: BestRun) -> None:
+    """Thumbnails of misclassified test images with their true and predicted labels; `images`: each
+    path's address (`locations`)."""
     shown = best.mistakes[:GALLERY_CAP]
     cols = min(6, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / cols))
@@ -205,7 +208,7 @@ def plot_mistakes(path: Path, root: Path, best: BestRun) -> None:
             continue
         m = shown[i]
         try:
-            image = decode_rgb(root / m.path, draft_to=128)
+            image = decode_rgb(read(images.get(m.path, "")), draft_to=128)
             image.thumbnail((128, 128))
             ax.imshow(np.asarray(image))
         except (ImageError, OSError):
@@ -252,8 +255,9 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_html(path: Path, cells: Sequence[Cell], metric: str, title: str, notes: Sequence[str],
-               pictures: dict[str, Path]) -> None:
-    """One self-contained page: the tables, the notes and the PNGs embedded, so it can be moved or mailed."""
+               pictures: dict[str, Path], embedding_map: EmbeddingMap | None = None, map_note: str = "") -> None:
+    """One self-contained page: the tables, the notes, the embedding map (or why there is none: `map_note`)
+    and the PNGs embedded, so it can be moved or mailed."""
     header, scores, times = _text_tables(cells, metric)
     parts = [
         f"<h1>{html.escape(title)}</h1>",
@@ -262,29 +266,36 @@ def write_html(path: Path, cells: Sequence[Cell], metric: str, title: str, notes
     ]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    if embedding_map is not None or map_note:
+        parts.append(map_section(embedding_map, map_note))
     parts += [f'<h2>{html.escape(caption)}</h2><img src="data:image/png;base64,'
               f'{base64.b64encode(png.read_bytes()).decode()}" alt="{html.escape(caption)}">'
               for caption, png in pictures.items()]
     style = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}td:first-child{text-align:left}"
              "img{max-width:100%}")
-    path.write_text(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+    path.write_text(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+                    f'<title>{html.escape(title)}'
                     f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
-def write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, root: Path, title: str,
-                 metric: str, notes: Sequence[str] = ()) -> dict[str, Path]:
+def write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, images: dict[str, str], title: str,
+                 metric: str, notes: Sequence[str] = (), embedding_map: EmbeddingMap | None = None,
+                 map_note: str = "") -> dict[str, Path]:
     """Write every output under `out`; returns kind → path of the files written.
 
-    The curve needs more than one N (none under --cv); the pictures of the best run need `best`.
+    The curve needs more than one N (none under --cv); the pictures of the best run need `best`;
+    report.html shows `embedding_map`, or says why there is none (`map_note`).
     """
     check_metric(metric)
     with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):  # a class named $x$ is text
-        return _write_report(out, cells, best, root=root, title=title, metric=metric, notes=notes)
+        return _write_report(out, cells, best, images=images, title=title, metric=metric, notes=notes,
+                             embedding_map=embedding_map, map_note=map_note)
 
 
-def _write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, root: Path, title: str,
-                  metric: str, notes: Sequence[str]) -> dict[str, Path]:
+def _write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, images: dict[str, str], title: str,
+                  metric: str, notes: Sequence[str], embedding_map: EmbeddingMap | None,
+                  map_note: str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {kind: out / FILES[kind] for kind in ("markdown", "csv", "json")}
     files["markdown"].write_text(markdown(cells, metric, title, notes))
@@ -294,7 +305,7 @@ def _write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, roo
     if best is not None:
         files["confusion"], files["mistakes"] = out / FILES["confusion"], out / FILES["mistakes"]
         plot_confusion(files["confusion"], best)
-        plot_mistakes(files["mistakes"], root, best)
+        plot_mistakes(files["mistakes"], images, best)
         pictures[f"Confusion matrix, {describe(best.cell)}"] = files["confusion"]
         pictures["Misclassified test images"] = files["mistakes"]
     if all(c.per_class is not None for c in cells):
@@ -302,5 +313,5 @@ def _write_report(out: Path, cells: Sequence[Cell], best: BestRun | None, *, roo
         plot_curve(files["curve"], cells, metric)
         pictures[f"{metric} vs training images per class"] = files["curve"]
     files["html"] = out / FILES["html"]
-    write_html(files["html"], cells, metric, title, notes, pictures)
+    write_html(files["html"], cells, metric, title, notes, pictures, embedding_map, map_note)
     return files

@@ -338,22 +338,25 @@ def documented_layout() -> dict[str, dict[str, Any]]:
 
 
 def test_hdf5_layout_is_what_extract_writes(image_folder: Path, tmp_path: Path) -> None:
+    from test_shards import folder_to_shards, write_shards
+
     from bottleneck_features.extraction import extract_dataset
     from bottleneck_features.sources import resolve_spec
 
     cache = tmp_path / "cache.h5"
     extract_dataset(image_folder, resolve_spec("raw8"), cache)
+    extract_dataset(write_shards(tmp_path / "shards", folder_to_shards(image_folder, 1)), resolve_spec("raw8"), cache)
     layout = documented_layout()
-    assert set(layout) == {"/", "/extractors/<fp>/", "/datasets/<name>/", "/paths/"}
+    assert set(layout) == {"/", "/extractors/<fp>/", "/datasets/<name>/", "/paths/", "/tables/shards/"}
     with h5py.File(cache, "r") as h5:
         assert set(h5) == {p.strip("/").split("/")[0] for p in layout if p != "/"}
         assert set(h5.attrs) == layout["/"]["attrs"]
         for path, group in layout.items():
             if path == "/":
                 continue
-            real = h5[path.strip("/").split("/")[0]]
-            if "<" in path:  # one group per fingerprint or dataset name
-                (real,) = real.values()
+            real = h5[path.strip("/").split("/<")[0]]
+            if "<" in path:  # one group per fingerprint or dataset name: the first
+                real = next(iter(real.values()))
             assert set(real.attrs) == group["attrs"], path
             assert set(real) == set(group["members"]), path
             for name, member in group["members"].items():

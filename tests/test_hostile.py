@@ -211,17 +211,17 @@ def test_the_lock_belongs_to_the_file_not_the_path(image_folder: Path, tmp_path:
 def test_a_read_error_is_tried_again_next_run(image_folder: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     cache, victim = tmp_path / "c.h5", str(image_folder / "cat" / "cat1.jpg")
-    real = bottleneck_features.decode.read_bytes
+    real = bottleneck_features.decode.read
 
-    def vanished(path: Path) -> bytes:  # deleted between hashing and decoding
-        if str(path) == victim:
+    def vanished(address: str) -> bytes:  # deleted between hashing and decoding
+        if address == victim:
             raise ImageError(f"{READ_FAILED} (No such file or directory)")
-        return real(path)
+        return real(address)
 
-    monkeypatch.setattr(bottleneck_features.decode, "read_bytes", vanished)
+    monkeypatch.setattr(bottleneck_features.decode, "read", vanished)
     report = extract_dataset(image_folder, tiny_backbone(), cache, options=QUIET)
     assert [reason for _, reason in report.skipped] == [f"{READ_FAILED} (No such file or directory)"]
-    monkeypatch.setattr(bottleneck_features.decode, "read_bytes", real)
+    monkeypatch.setattr(bottleneck_features.decode, "read", real)
     again = extract_dataset(image_folder, tiny_backbone(), cache, options=QUIET)
     assert (again.computed, again.skipped) == (1, [])
 

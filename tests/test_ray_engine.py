@@ -56,6 +56,22 @@ def test_ray_fills_the_cache_as_the_local_engine_does(ray_instance: None, tmp_pa
     assert again.computed == 0  # nothing sent to the cluster
 
 
+def test_ray_actors_read_tar_shards_by_byte_range(ray_instance: None, tmp_path: Path) -> None:
+    from test_shards import folder_to_shards, write_shards
+
+    root = _images(tmp_path / "data", 12)
+    pattern = write_shards(tmp_path / "shards", folder_to_shards(root, 4))
+    ray_run = extract_dataset(pattern, tiny_backbone(), tmp_path / "ray.h5",
+                              options=ExtractOptions(engine="ray", actors=2, batch_size=4))
+    local = extract_dataset(root, tiny_backbone(), tmp_path / "local.h5", options=ExtractOptions(workers=0))
+    assert (ray_run.dataset, ray_run.computed, ray_run.skipped, ray_run.fingerprint) == ("shards", 12, [], local.fingerprint)
+    on_ray, here = (load_features(tmp_path / f"{n}.h5", d, local.fingerprint) for n, d in (("ray", "shards"), ("local", "data")))
+    assert on_ray.paths[0] == "train-000000.tar/000000" and sorted(on_ray.shas) == sorted(here.shas)
+    order = [on_ray.shas.index(s) for s in here.shas]
+    assert list(on_ray.labels[order]) == list(here.labels)
+    np.testing.assert_allclose(on_ray.X[order], here.X, rtol=1e-5, atol=1e-6)
+
+
 def test_a_lost_actor_is_restarted_and_its_batch_retried(ray_instance: None, tmp_path: Path) -> None:
     root = _images(tmp_path / "data", 12)
     died = tmp_path / "died"

@@ -48,7 +48,8 @@ def synthetic_best(root: Path, cell: Cell, k: int = 3) -> BestRun:
 def test_write_report_writes_every_file(tmp_path: Path) -> None:
     cells = synthetic_cells([2, 4])
     best = synthetic_best(tmp_path / "data", cells[0])
-    files = write_report(tmp_path / "out", cells, best, root=tmp_path / "data", title="toy: 3 draws",
+    images = {m.path: str(tmp_path / "data" / m.path) for m in best.mistakes[:2]}  # gone.jpg: nowhere
+    files = write_report(tmp_path / "out", cells, best, images=images, title="toy: 3 draws",
                          metric="balanced_accuracy", notes=["a note"])
     assert sorted(files) == ["confusion", "csv", "curve", "html", "json", "markdown", "mistakes"]
     for path in files.values():
@@ -79,7 +80,7 @@ def test_write_report_writes_every_file(tmp_path: Path) -> None:
 
 def test_cv_report_has_no_curve(tmp_path: Path) -> None:
     cells = synthetic_cells([None], cv=5)
-    files = write_report(tmp_path, cells, None, root=tmp_path, title="cv", metric="accuracy")
+    files = write_report(tmp_path, cells, None, images={}, title="cv", metric="accuracy")
     assert "curve" not in files and "confusion" not in files
     assert json.loads(files["json"].read_text())[0]["per_class"] is None
     assert "5-fold" in files["markdown"].read_text()

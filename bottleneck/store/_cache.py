@@ -317,9 +317,10 @@ class Store:
     def dataset_attrs(self, name: str) -> dict[str, Any]:
         return dict(self._dataset_group(name).attrs)
 
-    def dataset_root(self, name: str) -> Path:
-        """The folder the manifest's paths are relative to."""
-        return Path(self._dataset_group(name).attrs["root"])
+    def dataset_root(self, name: str) -> Path | str:
+        """The folder the manifest's paths are relative to: a Path, or a URL (tar shards' folder)."""
+        root = str(self._dataset_group(name).attrs["root"])
+        return root if "://" in root else Path(root)
 
     def dataset_source(self, name: str) -> str:
         """A label file's dataset: its file and columns as JSON (label_files.source_json); "" for a folder's."""
@@ -332,7 +333,7 @@ class Store:
             raise StoreError(f"{self.path}: no dataset named {name!r} (cached: {known}); run `bottleneck extract` on it")
         return group
 
-    def write_manifest(self, name: str, root: Path, layout: str, rows: Sequence[ManifestRow], fp: str,
+    def write_manifest(self, name: str, root: Path | str, layout: str, rows: Sequence[ManifestRow], fp: str,
                        remember: bool = True, views: int | None = None, source: str = "") -> None:
         """Replace the manifest of `name` (written beside the old one, then swapped in), unless it is
         unchanged: a rerun that finds nothing new writes nothing, so the file does not grow.

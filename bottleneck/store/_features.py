@@ -20,7 +20,7 @@ from ._rows import view_key
 class Features:
     """The usable rows of one dataset under one extraction: `X`, `y` (the labels) and `paths` line up."""
 
-    root: Path
+    root: Path | str  # a folder, or a URL (tar shards' folder)
     paths: list[str]  # relative to root
     labels: np.ndarray
     splits: np.ndarray  # "train" | "val" | "test", or "" without split folders
