@@ -1,6 +1,6 @@
 """The embedding map's projections kept in the cache: `/projections/<fp>/<key>/` holds `keys` (the
 images' sha256) and `xy` (their 2-D coordinates); the key names the set of images and the parameters
-(`embedding_map.projection_key`). A cache, not data: compact copies them, repair may drop them."""
+(`map_layout.projection_key`). A cache, not data: compact copies them, repair may drop them."""
 
 from __future__ import annotations
 
