@@ -89,12 +89,25 @@ def load_features(data: str | None = None, model: str | None = None, *,
 
 def fit(head: str = "logreg", *, data: str | None = None, model: str | None = None,
         cache: str | Path = DEFAULT_CACHE, tune: bool = False, test_size: float = 0.25, seed: int = 0,
-        out: str | Path | None = None) -> FitResult:
-    """Train `head` on cached features and save it with its sidecar (see `bottleneck fit --help`)."""
+        out: str | Path | None = None, budget: float | str | None = None) -> FitResult:
+    """Train `head` on cached features and save it with its sidecar (see `bottleneck fit --help`); `head`
+    auto: chosen by cross-validation on the training split, within `budget` (seconds, or "90s", "2m")."""
     from .training import fit_head
 
     return fit_head(Path(cache), head=head, dataset=data, model=model, tune=tune, test_size=test_size, seed=seed,
-                    out=Path(out) if out else None)
+                    out=Path(out) if out else None, budget=seconds(budget) if budget is not None else None)
+
+
+def seconds(text: float | str) -> float:
+    """`--budget`: 90, 90s, 1.5m or 2h as seconds."""
+    from .errors import FitError
+
+    value = str(text).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(value[-1:], 0)
+    try:
+        return float(value[:-1] if scale else value) * (scale or 1)
+    except ValueError:
+        raise FitError(f"--budget {text}: give seconds (90, 90s) or minutes (1.5m)") from None
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .heads import PathTunedLogisticRegression, tuning_splits
+from .heads import PathTunedLogisticRegression, block_weights, tuning_splits
 from .heads._tuning import DEFAULT_C, walk_C_path
 
 
@@ -40,6 +40,7 @@ class BatchedLogReg:
     max_iter: int = 1000
     tol: float = 1e-4
     random_state: int | None = 0
+    blocks: tuple[int, ...] = ()  # fused extractions' widths: weighted as `heads.BlockScaler` weights them
 
 
 @dataclass
@@ -63,6 +64,8 @@ def fit_draws(head: BatchedLogReg, X: np.ndarray, y: np.ndarray, trains: Sequenc
     mean = torch.stack([X_t[r].mean(0) for r in rows])
     scale = torch.stack([X_t[r].std(0, correction=0) for r in rows])
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # StandardScaler leaves constant columns be
+    if head.blocks:
+        scale = scale / torch.as_tensor(block_weights(head.blocks), dtype=torch.float32, device=device)
     standard = [(X_t[r] - m) / s for r, m, s in zip(rows, mean, scale, strict=True)]
     k = len(classes)
     if head.tune:

@@ -192,28 +192,38 @@ def info(cache: Path = CacheOption,
 
 @app.command()
 def fit(
-    head: str = typer.Option("logreg", "--head", help="softmax, logreg, svm, rf, knn, mlp or nb."),
+    head: str = typer.Option("logreg", "--head", help="softmax, logreg, svm, et, rf, knn, mlp, nb, or auto: the head "
+                             "and key parameter best by cross-validation on the training split."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=escape("Use these features: a model name, a label "
-                                        "such as resnet50[layer3,max], or a fingerprint (default: the last extracted).")),
+                                        "such as resnet50[layer3,max], or a fingerprint (default: the last extracted); "
+                                        "a+b: two extractions side by side, each block weighted alike.")),
     tune: bool = typer.Option(False, "--tune", help="Search the key hyperparameter by stratified CV on the training split."),
     test_size: float = typer.Option(0.25, help="Held-out fraction when the dataset has no split folders."),
     seed: int = typer.Option(0, help="Seed of the content-hash split and of the head."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to save the head (default cache/heads/<data>-<head>.joblib)."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="--head auto: time for the search (90, 90s, 2m); "
+                                         "default: every candidate."),
     cache: Path = CacheOption,
 ) -> None:
     """Train a classifier head on cached embeddings and report its held-out accuracy."""
     with _user_errors():
         result = api.fit(head, data=data, model=model, cache=cache, tune=tune, test_size=test_size, seed=seed,
-                         out=out)
+                         out=out, budget=budget)
     meta = result.sidecar
     console.print(result.report, highlight=False, markup=False, soft_wrap=True)
     sizes = meta["sizes"]
     console.print(escape(
-        f"{meta['head']} on {meta['dataset']} ({meta['extractor']['label']}): test accuracy "
+        f"{meta['head']} on {meta['dataset']} ({'+'.join(e['label'] for e in meta.get('fused', [meta['extractor']]))}): "
+        f"test accuracy "
         f"{meta['metrics']['test_accuracy']:.3f}, balanced {meta['metrics']['balanced_accuracy']:.3f} "
         f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; fit {meta['fit_seconds']:.2f} s) "
         f"→ {result.head_path}"), highlight=False, soft_wrap=True)
+    if "auto" in meta:
+        auto = meta["auto"]
+        console.print(escape(f"auto chose {auto['choice']['head']} {auto['choice']['params']} (cross-validated accuracy "
+                             f"{auto['cv_accuracy']:.3f} on the training split; {auto['candidates_scored']} candidates "
+                             f"in {auto['seconds']:.1f} s)"), highlight=False, soft_wrap=True)
 
 
 @app.command()

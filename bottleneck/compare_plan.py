@@ -19,7 +19,7 @@ from .progress import Progress
 from .shards import image_addresses
 from .sources import DEFAULT_MODEL, build_tail, resolve_spec
 from .spec import ExtractorSpec
-from .store import Features, Store, load_features, load_views
+from .store import Features, Store, fusion_parts, load_features, load_views
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +44,7 @@ class Row:
     tta: bool = False  # predicts from the mean of its scores over all views
     tail: Tail | None = None  # --finetune LAYER: the network after the row's layer, trained on its maps
     files: bool = False  # --finetune all: the row's whole network, trained on the image files
+    blocks: tuple[int, ...] = ()  # a fused row (`--models a+b`): its blocks' widths; `spec` is its first block's
 
     @property
     def raw(self) -> bool:
@@ -68,11 +69,15 @@ class Plan:
     notes: list[str]
 
 
+Fusion = tuple[ExtractorSpec, ...]  # `--models a+b`: the extractions of one fused row
+
+
 def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels: int | None
-                    ) -> tuple[str, Path | str, list[ExtractorSpec], list[tuple[ExtractorSpec, int]], Input]:
+                    ) -> tuple[str, Path | str, list[ExtractorSpec], list[tuple[ExtractorSpec, int]], Input,
+                               list[Fusion]]:
     """(dataset name, root, the specs of its plain rows, (augmented spec, views) of its views rows, what
-    extract reads to update it): every query is resolved before any work. A views row brings its plain
-    spec's row along."""
+    extract reads to update it, the fused rows' extractions): every query is resolved before any work.
+    A views row brings its plain spec's row along; a fused row's blocks are loaded, not shown alone."""
     with Store.open(cache) as store:
         dataset = store.dataset_or_last(dataset)
         root = store.dataset_root(dataset)  # StoreError naming the cached datasets if unknown
@@ -83,15 +88,23 @@ def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | No
             # whole maps (--pool none) are --finetune's input: a row only when named in --models
             chosen = [s for fp, s in extracted.items() if (s.augment and fp in counts) or
                       not (s.augment or s.pixels or s.pool == "none")] or [resolve_spec(DEFAULT_MODEL)]
+            fusions: list[Fusion] = []
         else:
-            named = {query: store.extraction_named(dataset, query, "--models") for query in models}
-            chosen = [extracted[fp] if fp else resolve_spec(query) for query, fp in named.items()]
+            named = {part: store.extraction_named(dataset, part, "--models")
+                     for query in models for part in fusion_parts(query)}
+            spec_of = {part: extracted[fp] if fp else resolve_spec(part) for part, fp in named.items()}
+            chosen = [spec_of[query] for query in models if len(fusion_parts(query)) == 1]
+            fusions = [tuple(spec_of[part] for part in fusion_parts(query)) for query in models
+                       if len(fusion_parts(query)) > 1]
+    if any(s.augment or s.pool == "none" for fusion in fusions for s in fusion):
+        raise CompareError("a fused row (a+b) joins pooled extractions; augmented views and whole maps cannot be "
+                           "fused yet")
     view_rows = [(s, counts[s.fingerprint()]) for s in chosen if s.augment]
     specs = [s.replace(augment=None) for s in chosen]
     if pixels:
         raw = resolve_spec(f"raw{pixels}")
         specs += [] if raw in specs else [raw]
-    return dataset, root, list(dict.fromkeys(specs)), list(dict.fromkeys(view_rows)), data
+    return dataset, root, list(dict.fromkeys(specs)), list(dict.fromkeys(view_rows)), data, list(dict.fromkeys(fusions))
 
 
 def tails(specs: list[ExtractorSpec], layers: Sequence[str]) -> dict[ExtractorSpec, Tail]:
@@ -185,6 +198,17 @@ def plain_rows(specs: list[ExtractorSpec], loaded: list[Features], Xs: list[np.n
     """A row per spec; those past the first `chosen` are --finetune LAYER rows not asked for."""
     return [Row(spec, name, X, (features.spec or spec).fingerprint(), every_head=i < chosen, tail=found.get(spec))
             for i, (spec, name, features, X) in enumerate(zip(specs, row_names(specs), loaded, Xs, strict=True))]
+
+
+def fused_rows(fusions: list[Fusion], rows: list[Row]) -> list[Row]:
+    """A row per fusion: its blocks' features side by side (aligned already), named a+b."""
+    by_spec = {row.spec: row for row in rows}
+    fused = []
+    for fusion in fusions:
+        blocks = [by_spec[spec] for spec in fusion]
+        fused.append(Row(blocks[0].spec, "+".join(b.name for b in blocks), np.concatenate([b.X for b in blocks], axis=1),
+                         "+".join(b.fingerprint for b in blocks), blocks=tuple(b.X.shape[1] for b in blocks)))
+    return fused
 
 
 def views_rows(view_rows: list[tuple[ExtractorSpec, int]], views: list[np.ndarray], plain: list[Row]) -> list[Row]:

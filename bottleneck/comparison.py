@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .compare_plan import (
     bring_up_to_date,
     choose_features,
     files_rows,
+    fused_rows,
     load,
     plain_rows,
     settings,
@@ -185,8 +186,8 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
           options: CompareOptions, update: bool, progress: Progress | None) -> Plan:
     """Choose the features, check where the report goes, bring every row up to date (`update`), then
     load them read-only and draw."""
-    name, root, specs, view_rows, source = choose_features(cache, dataset, models, pixels)
-    if not specs:
+    name, root, specs, view_rows, source, fusions = choose_features(cache, dataset, models, pixels)
+    if not specs and not fusions:
         raise CompareError("nothing to compare: no --models and no --pixels baseline")
     out = out or Path("reports") / name
     check_outputs([("the report", out / f) for f in FILES.values()], cache=cache,
@@ -195,6 +196,7 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
     whole = _whole_networks(specs, root) if WHOLE_NETWORK in options.finetune else []
     found = tails(specs, [layer for layer in options.finetune if layer != WHOLE_NETWORK])  # checked before any work
     specs += [spec for spec in found if spec not in specs]
+    specs += [spec for fusion in fusions for spec in fusion if spec not in specs]  # loaded for their fused rows
     stored = bring_up_to_date(cache, name, root, specs, view_rows, progress, source) if update else {}
     notes: list[str] = []
     loaded, (paths, shas, labels, splits, Xs), views, addresses = load(cache, name, root, specs, stored, view_rows,
@@ -203,8 +205,13 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
         as_stored = {spec: features.spec or spec for spec, features in zip(specs, loaded, strict=True)}
         specs, whole = [as_stored[s] for s in specs], [as_stored[s] for s in whole]
         found = {as_stored[s]: tail for s, tail in found.items()}
+        fusions = [tuple(as_stored[s] for s in fusion) for fusion in fusions]
     plain = plain_rows(specs, loaded, Xs, chosen, found)
-    rows = plain + views_rows(view_rows, views, plain) + files_rows(whole, plain, addresses, shas)
+    rows = plain + fused_rows(fusions, plain) + views_rows(view_rows, views, plain) + \
+        files_rows(whole, plain, addresses, shas)
+    if fusions:
+        notes.append("a+b rows: the extractions' vectors side by side, each block standardised and weighted to the "
+                     "same total variance (heads.BlockScaler), so no block counts more for being wider")
     if view_rows:
         notes.append("+viewsK rows: the head trains on the plain and K augmented views of each training image "
                      "and predicts from the plain view; +tta rows from the mean of its scores over all views")
@@ -243,9 +250,9 @@ def _jobs(rows: list[Row], heads: list[str], settings: list[Setting]) -> list[Jo
             for n, k, draws in settings for r, split in enumerate(draws)]
 
 
-def _heads_used(jobs: list[Job]) -> list[tuple[str, bool]]:
-    """(head, on raw pixels) of every cell but the finetune ones, in the grid's order."""
-    return list(dict.fromkeys((job.head, job.row.raw) for job in jobs if job.head != FINETUNE_HEAD))
+def _heads_used(jobs: list[Job]) -> list[tuple[str, bool, tuple[int, ...]]]:
+    """(head, on raw pixels, fused blocks) of every cell but the finetune ones, in the grid's order."""
+    return list(dict.fromkeys((job.head, job.row.raw, job.row.blocks) for job in jobs if job.head != FINETUNE_HEAD))
 
 
 def _estimators(jobs: list[Job], options: CompareOptions) -> Estimators:
@@ -253,9 +260,10 @@ def _estimators(jobs: list[Job], options: CompareOptions) -> Estimators:
     torch on `options.torch_device`, a finetune head per --finetune row."""
     # Fits run in parallel across cells: a forest then builds its trees on one core.
     single: dict[str, Any] = {"n_jobs": 1} if options.jobs != 1 else {}
-    sklearn_heads = {(h, raw): make_head(h, tune=h in options.tune, random_state=options.seed, probabilities=False,
-                                         **(single if h in ("rf", "et") else {}), **input_params(h, raw))
-                     for h, raw in _heads_used(jobs)}
+    sklearn_heads = {(h, raw, blocks): make_head(h, tune=h in options.tune, random_state=options.seed,
+                                                 probabilities=False, blocks=blocks,
+                                                 **(single if h in ("rf", "et") else {}), **input_params(h, raw))
+                     for h, raw, blocks in _heads_used(jobs)}
     batched = (BatchedLogReg(tune="logreg" in options.tune, random_state=options.seed)
                if options.torch_device is not None else None)
     estimators: Estimators = {}
@@ -265,9 +273,9 @@ def _estimators(jobs: list[Job], options: CompareOptions) -> Estimators:
         elif head == FINETUNE_HEAD:
             estimators[row, head] = FineTunedNetworkClassifier(row.spec, random_state=options.seed)
         elif head == "logreg" and batched is not None and row.X.ndim == 2:
-            estimators[row, head] = batched
+            estimators[row, head] = replace(batched, blocks=row.blocks)
         else:
-            estimators[row, head] = sklearn_heads[head, row.raw]
+            estimators[row, head] = sklearn_heads[head, row.raw, row.blocks]
     return estimators
 
 
@@ -284,11 +292,11 @@ def _head_notes(plan: Plan, jobs: list[Job], tune: Sequence[str]) -> None:
                      f"view e of each image ({DEFAULT_AUGMENT}) decoded in epoch e: AdamW at 1e-5, up to 8 epochs, "
                      "early stopping on a tenth of the training draw; fits one at a time, on every core (or CUDA)")
     pixel_params = [f"{h} {', '.join(f'{k}={v}' for k, v in input_params(h, True).items())}"
-                    for h, raw in used if raw and input_params(h, True)]
+                    for h, raw, _ in used if raw and input_params(h, True)]
     if pixel_params:
         notes.append(f"on raw pixels, settings that suit pixels better than the embedding rows' (README, heads): "
                      f"{'; '.join(pixel_params)}")
-    tuned = ", ".join(h for h in dict.fromkeys(h for h, _ in used) if h in tune) or "none"
+    tuned = ", ".join(h for h in dict.fromkeys(h for h, _, _ in used) if h in tune) or "none"
     notes.insert(0, f"{len(plan.paths)} images, {len(np.unique(plan.labels))} classes; ± is the sample std (ddof=1) "
                     f"over draws; hyperparameters tuned inside each training draw: {tuned}")
 
@@ -359,7 +367,8 @@ def _embedding_map(plan: Plan, cells: list[Cell], by_cell: dict, runs: dict[Job,
     """Each plain extraction row laid out in 2-D, the test images of its best cell's first draw marked
     where that cell was wrong; (None, why) when the map cannot be drawn (the `map` extra missing)."""
     rows = [row for row in dict.fromkeys(key[0] for key in by_cell)
-            if isinstance(row.X, np.ndarray) and row.X.ndim == 2 and not row.files and row.spec.pool != "none"]
+            if isinstance(row.X, np.ndarray) and row.X.ndim == 2 and not row.files and not row.blocks
+            and row.spec.pool != "none"]
     if not rows:
         return None, "no extraction row to draw"
     try:

@@ -29,7 +29,7 @@ from .heads._factory import check_head
 from .images import find_images, is_image_file, sha256_file
 from .outputs import check_outputs, writing
 from .spec import ExtractorSpec
-from .store import Features, Store, load_features, select_extraction
+from .store import Features, Store, load_fused, select_extractions
 
 if TYPE_CHECKING:
     from .extraction import ExtractOptions
@@ -80,26 +80,32 @@ def _check_trainable(labels: np.ndarray, dataset: str) -> None:
 
 def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str | None = None,
              tune: bool = False, test_size: float = 0.25, seed: int = 0, out: Path | None = None,
-             params: dict | None = None) -> FitResult:
-    """Train `head` on the cached features of `dataset`, score it on the held-out split, save it."""
+             params: dict | None = None, budget: float | None = None) -> FitResult:
+    """Train `head` on the cached features of `dataset`, score it on the held-out split, save it.
+    `model` a+b: the extractions' vectors side by side (a fused head, `heads.BlockScaler`). Head
+    `auto`: chosen by cross-validation on the training split within `budget` seconds."""
     check_head(head)
+    if budget is not None and (head != "auto" or budget <= 0):
+        raise FitError(f"--budget {budget:g}: a positive number of seconds, for --head auto")
     if not 0 < test_size < 1:
         raise FitError(f"--test-size {test_size}: give a fraction between 0 and 1, e.g. 0.25")
-    dataset, fp = select_extraction(cache, dataset, model)
+    dataset, fps = select_extractions(cache, dataset, model)
+    fp = fps[0]
     out = Path(out) if out else Path(cache).parent / "heads" / f"{dataset}-{head}.joblib"
     partial = out.with_name(out.name + ".partial")  # the head and its sidecar land together or not at all
     partial_sidecar = out.with_name(out.name + ".json.partial")
     check_outputs([("--out", out), ("its sidecar", sidecar_path(out)), ("its temporary file", partial),
                    ("its sidecar's temporary file", partial_sidecar)], cache=cache)
-    features = load_features(cache, dataset, fp)
+    features, specs, dropped = load_fused(cache, dataset, fps)
     spec = features.spec
     assert spec is not None  # load_features reads it
+    blocks = tuple(int(s.feature_dim or 0) for s in specs) if len(fps) > 1 else ()
     train, val, test = split_indices(features, test_size, seed)
     _check_trainable(features.labels[train], dataset)
     if len(test) == 0:
         raise FitError(f"dataset {dataset!r}: no test images; raise --test-size or add a val/test folder")
-    estimator = make_head(head, tune=tune, random_state=seed,
-                          **{**input_params(head, spec.pixels), **(params or {})})
+    estimator = make_head(head, tune=tune, random_state=seed, blocks=blocks,
+                          **{**input_params(head, spec.pixels), **({"budget": budget} if budget else {}), **(params or {})})
     # A separate val split (split folders) joins training: tuning and early stopping split it off again.
     fit_rows = np.concatenate([train, val])
     # One BLAS thread, as in compare: on 2 cores, BLAS threads made a 22-class logistic
@@ -124,6 +130,8 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
             "dataset": dataset,
             "dataset_root": str(features.root),
             "extractor": {"fingerprint": fp, "label": spec.label(), "spec": spec.to_dict()},
+            **({"fused": [{"fingerprint": f, "label": s.label(), "spec": s.to_dict()} for f, s in zip(fps, specs, strict=True)],
+                "left_out": dropped} if blocks else {}),
             "sizes": {"train": int(len(train)), "val": int(len(val)), "test": int(len(test))},
             "split": {"test_size": test_size, "seed": seed, "from_folders": bool((features.splits != "").any())},
             "metrics": {
@@ -134,6 +142,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
                                        "support": int(per_class[str(c)]["support"])} for c in classes},
             },
             "fit_seconds": fit_seconds,
+            **({"auto": _auto_summary(estimator)} if head == "auto" else {}),
             "versions": {"bottleneck-features": __version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -152,6 +161,14 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
         report += (f"\nno test images for {', '.join(missing)}: add images, raise --test-size, or use split "
                    "folders to score every class\n")
     return FitResult(out, sidecar, report)
+
+
+def _auto_summary(estimator: Any) -> dict[str, Any]:
+    """What `--head auto` chose, its cross-validated accuracy, the runners-up and the time spent."""
+    ranked = sorted(estimator.results_, key=lambda r: -r["cv_accuracy"])
+    return {"choice": _jsonable(estimator.choice_), "cv_accuracy": estimator.cv_score_,
+            "runners_up": _jsonable(ranked[1:6]), "candidates_scored": len(ranked), "seconds": estimator.seconds_,
+            "budget": estimator.budget}
 
 
 def sidecar_path(head_path: Path) -> Path:
@@ -198,31 +215,54 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
     if top_k < 1:
         raise FitError(f"--top-k {top_k}: must be at least 1")
     estimator, meta = load_head(head_path)
-    spec, fp = head_spec(meta, sidecar_path(head_path))
-    _check_width(estimator, spec.feature_dim, head_path, f"its sidecar's extractor {spec.label()}")
+    specs = head_specs(meta, sidecar_path(head_path))
+    label = "+".join(spec.label() for spec, _ in specs)
+    _check_width(estimator, sum(int(spec.feature_dim or 0) for spec, _ in specs), head_path,
+                 f"its sidecar's extractor {label}")
     files = expand_inputs(inputs)
     # The spec fixes every vector; the caller's options only how fast they are made.
-    result = extract_files(files, spec, cache, options, weights_file=weights)
-    if result.fingerprint != fp:
-        raise FitError(f"{head_path}: trained on features {fp} but {spec.label()} now gives {result.fingerprint}; "
-                       "pass the --weights it was trained with, or refit")
-    paths = [p for p in map(str, files) if p in result.shas]
+    results = [extract_files(files, spec, cache, options, weights_file=weights) for spec, _ in specs]
+    for result, (spec, fp) in zip(results, specs, strict=True):
+        if result.fingerprint != fp:
+            raise FitError(f"{head_path}: trained on features {fp} but {spec.label()} now gives {result.fingerprint}; "
+                           "pass the --weights it was trained with, or refit")
+    paths = [p for p in map(str, files) if all(p in result.shas for result in results)]
     with Store.open(cache) as store:
-        X = store.get_vectors(result.fingerprint, [result.shas[p] for p in paths])
+        X = np.concatenate([store.get_vectors(result.fingerprint, [result.shas[p] for p in paths])
+                            for result in results], axis=1)
     predictions = []
     if paths:
-        _check_width(estimator, X.shape[1], head_path, spec.label())
+        _check_width(estimator, X.shape[1], head_path, label)
         proba = estimator.predict_proba(X)
         classes = np.asarray(estimator.classes_)
         for path, row in zip(paths, proba, strict=True):
             order = np.argsort(-row)[:top_k]
             predictions.append(Prediction(path, [str(classes[i]) for i in order], [float(row[i]) for i in order]))
-    return predictions, result.skipped
+    skipped = dict(item for result in results for item in result.skipped)
+    return predictions, sorted(skipped.items())
+
+
+def head_specs(meta: dict, meta_path: Path) -> list[tuple[ExtractorSpec, str]]:
+    """The extractors a head's features came from, and their fingerprints: one, or a fused head's blocks."""
+    fused = meta.get("fused")
+    if fused is None:
+        return [head_spec(meta, meta_path)]
+    if not isinstance(fused, list) or not fused:
+        raise FitError(f"{meta_path}: its fused extractors are unreadable; refit the head with `bottleneck fit`")
+    return [_extractor(block, meta_path) for block in fused]
 
 
 def head_spec(meta: dict, meta_path: Path) -> tuple[ExtractorSpec, str]:
-    """The extractor a head's features came from, and their fingerprint, from its sidecar."""
-    extractor = meta.get("extractor") or {}
+    """The extractor a head's features came from, and their fingerprint, from its sidecar; a fused
+    head (a+b) is refused here, where one extractor is expected (`head_specs` reads its blocks)."""
+    if "fused" in meta:
+        raise FitError(f"{meta_path}: a head on fused extractions (a+b); this takes a head on one extraction "
+                       "for now: fit one with --model NAME")
+    return _extractor(meta.get("extractor"), meta_path)
+
+
+def _extractor(extractor: Any, meta_path: Path) -> tuple[ExtractorSpec, str]:
+    extractor = extractor or {}
     if not isinstance(extractor, dict) or not isinstance(extractor.get("spec"), (dict, str)) \
             or "fingerprint" not in extractor:
         raise FitError(f"{meta_path}: no extractor spec in this sidecar (an older release?); refit the head "

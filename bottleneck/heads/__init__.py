@@ -6,14 +6,15 @@ data passed to ``fit``. Defaults are chosen for small data: tens of images per c
 features.
 """
 
+from ._blocks import BlockScaler, block_weights
 from ._classical import FastGaussianNB, LinearSVMClassifier, RBFSVMClassifier, labels_from_scores
-from ._factory import HEADS, input_params, make_head, param_grid
+from ._factory import HEADS, AutoHeadClassifier, input_params, make_head, param_grid
 from ._tail import FineTunedTailClassifier, FrozenNorm, start_from_probe
 from ._torch import EarlyStopping, holdout_split, seeded_rng, torch_threads, train_epochs
 from ._torch_heads import MLPHeadClassifier, SmallCNNClassifier, SoftmaxClassifier
 from ._tuning import PathTunedLogisticRegression, tuning_splits
 
-__all__ = ["HEADS", "EarlyStopping", "FastGaussianNB", "FineTunedTailClassifier", "FrozenNorm", "LinearSVMClassifier",
+__all__ = ["HEADS", "AutoHeadClassifier", "BlockScaler", "EarlyStopping", "FastGaussianNB", "FineTunedTailClassifier", "FrozenNorm", "LinearSVMClassifier",
            "MLPHeadClassifier", "PathTunedLogisticRegression", "RBFSVMClassifier", "SmallCNNClassifier",
-           "SoftmaxClassifier", "holdout_split", "input_params", "labels_from_scores", "make_head", "param_grid",
+           "SoftmaxClassifier", "block_weights", "holdout_split", "input_params", "labels_from_scores", "make_head", "param_grid",
            "seeded_rng", "start_from_probe", "torch_threads", "train_epochs", "tuning_splits"]

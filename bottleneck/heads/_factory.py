@@ -1,19 +1,28 @@
-"""The head catalogue and factory: `HEADS`, `make_head`, their defaults and grids."""
+"""The head catalogue and factory: `HEADS`, `make_head`, their defaults and grids; `auto`, the head
+chosen among them by cross-validation on the data it is fitted on (`AutoHeadClassifier`): each
+candidate (a head and a value of its key parameter) is scored on the training data alone, cheapest
+first, until the candidates or the time budget run out, and the best is refitted on all of it.
+Inside a compare draw it chooses again for every draw (nested), so its cell estimates what
+`fit --head auto` delivers."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from sklearn.base import BaseEstimator
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
 from ..errors import UnknownHeadError
+from ._blocks import BlockScaler
 from ._classical import FastGaussianNB, _svm
 from ._torch_heads import MLPHeadClassifier, SmallCNNClassifier, SoftmaxClassifier
 from ._tuning import PathTunedLogisticRegression, _StratifiedKFoldUpTo
@@ -28,6 +37,7 @@ HEADS: dict[str, str] = {
     "mlp": "Dense(64) + batch-norm + ReLU + dropout + softmax, trained with torch",
     "nb": "Gaussian naive Bayes",
     "cnn": "small CNN trained from scratch on raw pixels (rawN features), torch",
+    "auto": "the head and key parameter (logreg C, knn k, nb, svm C, et) best by cross-validation on the training data",
 }
 
 
@@ -87,6 +97,8 @@ def input_params(name: str, raw_pixels: bool) -> dict[str, Any]:
     the linear kernel that suits embeddings lost 1-6 points to it there. The trees draw log2(d)
     features per split on pixels, where √d lost 1.4-1.6 points on openclipart22 (and gained 1.8-2.1
     on its embeddings)."""
+    if name == "auto":  # passed on to each candidate
+        return {"raw_pixels": raw_pixels}
     if raw_pixels and name == "svm":
         return {"kernel": "rbf"}
     if raw_pixels and name == "et":
@@ -115,9 +127,13 @@ def make_head(
     l2_normalize: bool = False,
     random_state: int | None = 0,
     probabilities: bool = True,
+    blocks: tuple[int, ...] = (),
     **params: Any,
-) -> Pipeline | GridSearchCV:
+) -> Pipeline | GridSearchCV | AutoHeadClassifier:
     """A fresh, unfitted head; ``params`` go to the classifier (for ``svm``, to the SVC).
+
+    ``blocks``: the widths of fused extractions side by side in the features; each block is then
+    standardised and weighted to the same total variance (`BlockScaler`).
 
     ``probabilities=False``: only labels will be asked for (compare); ``svm`` then skips its
     calibration, which changes no prediction. Tuning keeps it (the grid names the calibrated SVC).
@@ -127,7 +143,9 @@ def make_head(
     ``fit`` alone, then refits the best candidate on all of it.
     """
     check_head(name)
-    steps: list[tuple[str, BaseEstimator]] = [("scale", StandardScaler())]
+    if name == "auto":  # a search already: each candidate is a whole head of its own
+        return AutoHeadClassifier(random_state=random_state, blocks=blocks, **params)
+    steps: list[tuple[str, BaseEstimator]] = [("scale", BlockScaler(blocks=blocks) if blocks else StandardScaler())]
     if l2_normalize:
         steps.append(("l2", Normalizer()))
     if tune and name == "logreg":  # its own cheaper search (see PathTunedLogisticRegression)
@@ -143,3 +161,71 @@ def make_head(
     return GridSearchCV(
         pipeline, param_grid(name, **params), cv=_StratifiedKFoldUpTo(5, random_state)
     )
+
+
+# (head, its key parameter's values), cheapest first: the budget cuts from the end.
+CANDIDATES: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
+    ("logreg", "C", (0.1, 0.01, 1.0)),
+    ("knn", "n_neighbors", (5, 1, 11)),
+    ("nb", "var_smoothing", (1e-9,)),
+    ("svm", "C", (0.0005, 0.005)),
+    ("et", "min_samples_leaf", (1,)),
+)
+
+
+class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
+    """Chooses among `CANDIDATES` by cross-validation on the data given to `fit`; `budget`: seconds; a
+    candidate expected to end past it is not scored (the first one always is). `blocks`, `raw_pixels`: what the
+    features are, passed on to each candidate (`make_head`)."""
+
+    def __init__(self, *, budget: float | None = None, folds: int = 5, random_state: int | None = 0,
+                 blocks: tuple[int, ...] = (), raw_pixels: bool = False) -> None:
+        self.budget = budget
+        self.folds = folds
+        self.random_state = random_state
+        self.blocks = blocks
+        self.raw_pixels = raw_pixels
+
+    def candidates(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(head, {**input_params(head, self.raw_pixels), name: value})
+                for head, name, values in CANDIDATES for value in values]
+
+    def fit(self, X: Any, y: Any) -> AutoHeadClassifier:
+        start = time.perf_counter()
+        cv = _StratifiedKFoldUpTo(self.folds, self.random_state)
+        smallest_fold_train = len(y) - -(-len(y) // cv.get_n_splits(X, y))  # images a fold trains on, at least
+        self.results_: list[dict[str, Any]] = []
+        for head, params in self.candidates():
+            if self.results_ and self.budget is not None and \
+                    time.perf_counter() - start + self._expected(head) > self.budget:
+                continue  # would end past the budget (a cheaper one further on may not)
+            if params.get("n_neighbors", 0) > smallest_fold_train:
+                continue  # more neighbours than a fold has images
+            began = time.perf_counter()
+            estimator = make_head(head, random_state=self.random_state, probabilities=False, blocks=self.blocks,
+                                  **params)
+            score = float(np.mean(cross_val_score(estimator, X, y, cv=cv)))
+            self.results_.append({"head": head, "params": params, "cv_accuracy": score,
+                                  "seconds": time.perf_counter() - began})
+        best = max(self.results_, key=lambda r: r["cv_accuracy"])  # the first (cheapest) of equals
+        self.choice_ = {"head": best["head"], "params": best["params"]}
+        self.cv_score_ = best["cv_accuracy"]
+        self.estimator_ = clone(make_head(best["head"], random_state=self.random_state, blocks=self.blocks,
+                                          **best["params"])).fit(X, y)
+        self.classes_ = self.estimator_.classes_
+        self.n_features_in_ = int(np.asarray(X).shape[1])
+        self.seconds_ = time.perf_counter() - start
+        return self
+
+    def _expected(self, head: str) -> float:
+        """Seconds a candidate of `head` should take: as its last one did, else as the slowest so far."""
+        same = [r["seconds"] for r in self.results_ if r["head"] == head]
+        return same[-1] if same else max(r["seconds"] for r in self.results_)
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        return np.asarray(self.estimator_.predict(X))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        return np.asarray(self.estimator_.predict_proba(X))

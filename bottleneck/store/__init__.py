@@ -8,13 +8,21 @@ not re-read unchanged files.
 
 from ._cache import ASIDE, DEFAULT_CACHE, FORMAT, MANIFEST_FIELDS, PENDING, ManifestRow, Store
 from ._disk import cache_lock, check_room, lock_file
-from ._features import Features, load_features, load_views, select_extraction
+from ._features import (
+    Features,
+    fusion_parts,
+    load_features,
+    load_fused,
+    load_views,
+    select_extraction,
+    select_extractions,
+)
 from ._maintenance import compact_cache, verify_cache
 from ._projections import read_projection, write_projection
 from ._rows import copy_rows, create_rows, readable_keys, view_key
 from ._tables import read_table, write_table
 
-__all__ = ["ASIDE", "DEFAULT_CACHE", "FORMAT", "MANIFEST_FIELDS", "PENDING", "Features", "ManifestRow", "Store",
+__all__ = ["ASIDE", "DEFAULT_CACHE", "FORMAT", "MANIFEST_FIELDS", "PENDING", "Features", "ManifestRow", "Store", "fusion_parts", "load_fused", "select_extractions",
            "cache_lock", "check_room", "lock_file", "compact_cache", "copy_rows", "create_rows", "load_features", "load_views",
            "read_projection", "read_table", "readable_keys", "select_extraction", "verify_cache", "view_key",
            "write_projection", "write_table"]

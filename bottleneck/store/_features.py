@@ -98,6 +98,43 @@ def load_features(cache: Path | Store, dataset: str, fp: str) -> Features:
     )
 
 
+def fusion_parts(query: str) -> list[str]:
+    """`a+b[x+y]+c` → a, b[x+y], c: the extractions a fused query (`--model a+b`) joins, split on the
+    `+` outside brackets (an augmentation such as crop=0.35+flip sits inside a label's brackets)."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(query):
+        depth += (char == "[") - (char == "]")
+        if char == "+" and depth == 0:
+            parts.append(query[start:i])
+            start = i + 1
+    return [*parts, query[start:]]
+
+
+def select_extractions(cache: Path, dataset: str | None, model: str | None) -> tuple[str, list[str]]:
+    """(dataset, fingerprints): `select_extraction` for each part of a fused `model` (a+b), or for it alone."""
+    if model is None or len(fusion_parts(model)) == 1:
+        dataset, fp = select_extraction(cache, dataset, model)
+        return dataset, [fp]
+    found = [select_extraction(cache, dataset, part) for part in fusion_parts(model)]
+    return found[0][0], list(dict.fromkeys(fp for _, fp in found))
+
+
+def load_fused(cache: Path | Store, dataset: str, fps: Sequence[str]) -> tuple[Features, list[ExtractorSpec], int]:
+    """(the rows every extraction in `fps` has, their vectors side by side in `fps` order; the specs;
+    how many images were left out for lacking a block). One fingerprint: `load_features`."""
+    with _reading(cache) as store:
+        parts = [load_features(store, dataset, fp) for fp in fps]
+    first = parts[0]
+    common = set(first.shas).intersection(*(p.shas for p in parts[1:]))
+    keep = [i for i, sha in enumerate(first.shas) if sha in common]
+    rows = [{sha: j for j, sha in enumerate(p.shas)} for p in parts]
+    blocks = [p.X[[row[first.shas[i]] for i in keep]] for p, row in zip(parts, rows, strict=True)]
+    fused = Features(first.root, [first.paths[i] for i in keep], first.labels[keep], first.splits[keep],
+                     [first.shas[i] for i in keep], np.concatenate(blocks, axis=1), first.spec)
+    dropped = len(set().union(*(p.shas for p in parts))) - len(keep)
+    return fused, [p.spec for p in parts if p.spec is not None], dropped
+
+
 def select_extraction(cache: Path, dataset: str | None, model: str | None) -> tuple[str, str]:
     """(dataset, fingerprint): the dataset's last extraction, or the one `model` names (a model name,
     a label such as `resnet50[layer3,max]`, or a fingerprint)."""

@@ -1,0 +1,86 @@
+"""`auto` against every fixed head, and a fused row against its blocks, in one compare per dataset.
+
+For photo_vs_drawing, hymenoptera and openclipart22 (built with ../shared/datasets/build_openclipart22.py;
+pass its folder with --openclipart), EfficientNet-Lite0 and Lite2 are extracted into
+benchmarks/out/auto.h5 (reruns reuse it); one compare per dataset then fits logreg, svm, knn, nb, et
+and auto on Lite0, Lite2 and Lite0+Lite2, N = 15 and 30 per class (capped), 5 draws. Printed: per
+dataset, N and row, the auto cell beside the best fixed cell and the default logreg; then each fused
+row against its best single block; then `fit --head auto --budget B` on each dataset's fused features,
+the search's time against its budget.
+
+    python benchmarks/auto.py --openclipart /tmp/openclipart22
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import _common as C
+from bottleneck_features import api
+
+HEADS = ["logreg", "svm", "knn", "nb", "et", "auto"]
+MODELS = ["efficientnet_lite0", "efficientnet_lite2"]
+FUSED = "+".join(MODELS)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--openclipart", type=Path, default=C.SHARED / "openclipart22")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=5.0, help="seconds, for the fit --head auto rows")
+    args = ap.parse_args()
+    machine = C.machine()
+    cache = C.OUT / "auto.h5"
+    datasets = {"photo_vs_drawing": C.SHARED / "photo_vs_drawing", "hymenoptera": C.SHARED / "hymenoptera",
+                "openclipart22": args.openclipart}
+    auto_rows, fused_rows, budget_rows, results = [], [], [], []
+    for name, folder in datasets.items():
+        if not folder.is_dir():
+            print(f"{name}: {folder} not found, skipped")
+            continue
+        for model in MODELS:
+            api.extract(str(folder), model, cache=cache, name=name)
+        start = time.perf_counter()
+        compared = api.compare(data=name, models=[*MODELS, FUSED], heads=HEADS, per_class=[15, 30], repeats=args.repeats,
+                               cap=True, pixels=None, cache=cache, out=C.OUT / "auto" / name, embedding_map=False)
+        seconds = time.perf_counter() - start
+        cells = {(c.features, c.head, c.per_class): c.mean_std("accuracy") for c in compared.cells}
+        results.append({"dataset": name, "compare_seconds": seconds,
+                        "cells": [{"features": f, "head": h, "per_class": n, "mean": m, "std": s}
+                                  for (f, h, n), (m, s) in cells.items()]})
+        rows = sorted({f for f, _, _ in cells})
+        for features in rows:
+            for n in (15, 30):
+                fixed = {h: cells[features, h, n][0] for h in HEADS if h != "auto" and (features, h, n) in cells}
+                best = max(fixed, key=lambda h: fixed[h])
+                auto = cells[features, "auto", n][0]
+                auto_rows.append((name, features, n, f"{auto:.3f}", f"{best} {fixed[best]:.3f}",
+                                  f"{(auto - fixed[best]) * 100:+.1f}", f"{(auto - fixed['logreg']) * 100:+.1f}"))
+        fused = next(f for f in rows if "+" in f)
+        singles = [f for f in rows if "+" not in f]
+        for n in (15, 30):
+            for head in ("logreg", "svm", "auto"):
+                best_single = max(singles, key=lambda f: cells[f, head, n][0])
+                fused_rows.append((name, head, n, f"{cells[fused, head, n][0]:.3f}",
+                                   f"{best_single} {cells[best_single, head, n][0]:.3f}",
+                                   f"{(cells[fused, head, n][0] - cells[best_single, head, n][0]) * 100:+.1f}"))
+        fitted = api.fit("auto", data=name, model=FUSED, cache=cache, budget=args.budget,
+                         out=C.OUT / "auto" / f"{name}-auto.joblib")
+        auto = fitted.sidecar["auto"]
+        budget_rows.append((name, f"{args.budget:g}", f"{auto['seconds']:.2f}", auto["candidates_scored"],
+                            f"{auto['choice']['head']} {auto['choice']['params']}", f"{auto['cv_accuracy']:.3f}",
+                            f"{fitted.sidecar['metrics']['test_accuracy']:.3f}"))
+    print("\nauto against the fixed heads (accuracy, mean of the draws; points = 100 x difference)")
+    C.print_table(["dataset", "row", "N", "auto", "best fixed", "auto - best", "auto - logreg"], auto_rows)
+    print("\nfused rows against their best single block")
+    C.print_table(["dataset", "head", "N", "fused", "best single", "difference (points)"], fused_rows)
+    print("\nfit --head auto on the fused features: the search against its budget")
+    C.print_table(["dataset", "budget s", "search s", "candidates", "chosen", "CV accuracy", "test accuracy"],
+                  budget_rows)
+    C.write_json(C.OUT / "auto.json", {"machine": machine, "results": results, "budget": budget_rows})
+
+
+if __name__ == "__main__":
+    main()
