@@ -124,9 +124,8 @@ def extract_dataset(
     columns: LabelColumns | None = None,
 ) -> ExtractReport:
     """Embed every image of the dataset at `root` (a folder, a label file read with `columns`, or tar
-    shards: a path or URL with brace ranges)
-    that the cache does not hold yet under `extractor` (a spec, built only if something is missing,
-    or a network already built).
+    shards named with brace ranges; a path, or an fsspec URL as a str) that the cache does not hold
+    yet under `extractor` (a spec, built only if something is missing, or a network already built).
 
     `remember` makes this the cache's last run, the default of `fit` and `compare`. `views`: for a
     spec with an `augment`, how many augmented views of each image (views 0 .. views-1).
@@ -150,7 +149,7 @@ def extract_dataset(
             paths, unreadable = [addresses[e.path] for e in dataset.entries], dict[str, str]()
         else:
             root_dir = str(dataset.root)
-            paths = [os.path.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
+            paths = [locations.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
         check_same_dataset(store, dataset.name, dataset, cache)
         if dataset.layout != SHARDS:
             listed = locations.listed_versions(str(dataset.root)) if locations.is_url(str(dataset.root)) else {}
