@@ -22,6 +22,7 @@ import torch
 from ._version import __version__
 from .classifier_graph import ClassifierNet, head_module, linear_form, refuse, unwrap
 from .errors import FitError
+from .heads import AutoHeadClassifier
 from .model_file import (
     CLASSES,
     CROP_RULE,
@@ -88,6 +89,8 @@ def export_model(head_path: Path, out: Path, *, cache: Path, weights: str | None
     if out.suffix == ".onnx":
         require(["onnx", "onnxruntime", "onnxscript"], "export-model to .onnx")
     estimator, meta = load_head(head_path)
+    if isinstance(estimator, AutoHeadClassifier):
+        estimator = estimator.estimator_  # the head auto chose, refitted: what it predicts with
     spec, fingerprint = head_spec(meta, sidecar_path(head_path))
     if spec.augment:
         raise FitError(f"{head_path}: trained on augmented views ({spec.label()}), which predict would extract "

@@ -139,6 +139,16 @@ def test_every_head_exports_and_agrees_with_predict(cache: Path, tmp_path: Path,
     assert result.check.head_difference < 1e-5 and (result.check.trees is not None) == (head in ("et", "rf"))
 
 
+def test_an_auto_head_exports_the_head_it_chose(cache: Path, tmp_path: Path) -> None:
+    head_path = _fit(cache, "auto", tmp_path)
+    _, meta = load_head(head_path)
+    result = export_model(head_path, tmp_path / "m.onnx", cache=cache)
+    assert result.check is not None and result.check.passed, result.summary()
+    assert result.check.images == 36 and result.check.cached_same_top1 == 36
+    expected = {"logreg": "linear", "et": "skl2onnx"}.get(meta["auto"]["choice"]["head"], "")
+    assert result.form.startswith(expected)
+
+
 def test_binary_and_tuned_heads_fold_into_one_matrix(tmp_path: Path) -> None:
     register_model("tinyx", tiny)
     root = _shades(tmp_path / "two")
