@@ -47,7 +47,7 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
     from .augment import DEFAULT_AUGMENT, parse_augment
     from .extraction import ExtractOptions, check_views, extract_dataset
     from .label_files import LabelColumns
-    from .locations import is_url
+    from .locations import path_or_url
     from .sources import resolve_spec
 
     check_views(DEFAULT_AUGMENT if augment is None and views is not None else augment, views, decode)
@@ -58,10 +58,9 @@ def extract(data: str | Path, model: str = "efficientnet_lite0", *, cache: str |
     spec = resolve_spec(model, weights=weights, layer=layer, pool=pool, precision=precision, dtype=dtype,
                         decode=decode)
     columns = None if images is None and id_column is None and label_column is None and label_key is None else \
-        LabelColumns(images=images if images is None or isinstance(images, str) and is_url(images) else Path(images),
-                     id_column=id_column,
+        LabelColumns(images=None if images is None else path_or_url(str(images)), id_column=id_column,
                      label_column=label_column or "label", label_key=label_key)
-    data = data if isinstance(data, str) and is_url(data) else Path(data)
+    data = path_or_url(str(data))
     report = extract_dataset(data, spec, Path(cache), name=name, options=options, columns=columns)
     if not canonical:
         return report

@@ -90,12 +90,11 @@ def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | No
                       not (s.augment or s.pixels or s.pool == "none")] or [resolve_spec(DEFAULT_MODEL)]
             fusions: list[Fusion] = []
         else:
-            named = {part: store.extraction_named(dataset, part, "--models")
-                     for query in models for part in fusion_parts(query)}
+            parts = {query: fusion_parts(query) for query in models}
+            named = {part: store.extraction_named(dataset, part, "--models") for query in models for part in parts[query]}
             spec_of = {part: extracted[fp] if fp else resolve_spec(part) for part, fp in named.items()}
-            chosen = [spec_of[query] for query in models if len(fusion_parts(query)) == 1]
-            fusions = [tuple(spec_of[part] for part in fusion_parts(query)) for query in models
-                       if len(fusion_parts(query)) > 1]
+            chosen = [spec_of[query] for query in models if len(parts[query]) == 1]
+            fusions = [tuple(spec_of[part] for part in parts[query]) for query in models if len(parts[query]) > 1]
     if any(s.augment or s.pool == "none" for fusion in fusions for s in fusion):
         raise CompareError("a fused row (a+b) joins pooled extractions; augmented views and whole maps cannot be "
                            "fused yet")

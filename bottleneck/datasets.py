@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DatasetError
@@ -34,6 +34,7 @@ class Dataset:
     layout: str  # "classes": ROOT/<class>/...  |  "splits": ROOT/<split>/<class>/...  |  "labels": a label file
     entries: list[Entry]
     ignored: tuple[str, ...] = ()  # images outside any class folder
+    versions: dict[str, tuple[int, int]] = field(default_factory=dict)  # a URL's files: path → (size, version), listed
     problems: tuple[tuple[str, str], ...] = ()  # (row, why) for each row of a label file left out
     source: str = ""  # a label file's dataset: the file and its columns, as JSON (label_files.source_json)
 
@@ -92,9 +93,10 @@ def scan_dataset(root: Path | str, name: str | None = None) -> Dataset:
     URL as a str (listed through fsspec)."""
     if isinstance(root, str) and is_url(root):
         root = root.rstrip("/")
-        files = sorted(tuple(f.split("/")) for f in list_files(root)
+        listed = list_files(root)
+        files = sorted(tuple(f.split("/")) for f in listed
                        if is_image_file_name(f.rsplit("/", 1)[-1]) and not any(p.startswith(".") for p in f.split("/")))
-        return _classes(root, files, _name_for(root, name))
+        return _classes(root, files, _name_for(root, name), listed)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; pass a folder with one sub-folder per class, "
@@ -103,7 +105,8 @@ def scan_dataset(root: Path | str, name: str | None = None) -> Dataset:
     return _classes(root, find_image_parts(root), _name_for(root, name))
 
 
-def _classes(root: Path | str, files: list[tuple[str, ...]], name: str) -> Dataset:
+def _classes(root: Path | str, files: list[tuple[str, ...]], name: str,
+             versions: dict[str, tuple[int, int]] | None = None) -> Dataset:
     """The dataset of `files` (path parts under `root`): a class per folder, under split folders or not."""
     if not files:
         raise DatasetError(f"{root}: no images found (looked for .jpg .jpeg .png .bmp .gif .webp .tif .tiff)")
@@ -126,7 +129,7 @@ def _classes(root: Path | str, files: list[tuple[str, ...]], name: str) -> Datas
         )
     ignored = tuple(loose)
     layout = "splits" if is_split else "classes"
-    return Dataset(root, name, layout, entries, ignored)
+    return Dataset(root, name, layout, entries, ignored, versions=versions or {})
 
 
 def _name_for(root: Path | str, name: str | None) -> str:

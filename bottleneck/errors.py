@@ -72,3 +72,8 @@ class CompareError(BottleneckError):
 
 class AuditError(BottleneckError):
     """The dataset can't be audited as asked (one class, too few images for the folds...)."""
+
+
+def one_line_reason(exc: BaseException, limit: int = 240) -> str:
+    """An exception as one short line, for a message that names the file and the fix."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:limit]

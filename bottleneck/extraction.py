@@ -142,7 +142,7 @@ def extract_dataset(
         ray_engine.connect(options.address)  # first: a missing Ray or a wrong address fails in seconds
     extractor, chosen = decide_precision(extractor, options)
     data = locations.local(os.fspath(root))
-    dataset = None if is_shard_input(data) else scan_input(data if locations.is_url(data) else Path(data), name, columns)
+    dataset = None if is_shard_input(data) else scan_input(locations.path_or_url(data), name, columns)
     with Store.open(cache, writable=True) as store:
         if dataset is None:  # tar shards: listed (hashed) with the cache's listings, each image a byte range
             dataset, addresses, shas = read_shards(store, data, name, columns or LabelColumns(), HASH_THREADS)
@@ -152,7 +152,7 @@ def extract_dataset(
             paths = [locations.join(root_dir, e.path) for e in dataset.entries]  # str: 20k Path objects cost 0.3 s
         check_same_dataset(store, dataset.name, dataset, cache)
         if dataset.layout != SHARDS:
-            listed = locations.listed_versions(str(dataset.root)) if locations.is_url(str(dataset.root)) else {}
+            listed = {locations.join(str(dataset.root), path): v for path, v in dataset.versions.items()}
             shas, unreadable = _hash_files(store, paths, listed)
         check_moved(store, dataset.name, dataset, cache, set(shas.values()))  # before anything else is written
         spec, fp, backbone = _open_extractor(store, extractor)

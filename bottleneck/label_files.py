@@ -24,7 +24,7 @@ from . import locations
 from .datasets import SPLIT_NAMES, Dataset, Entry, check_dataset_name, scan_dataset, suggest_name
 from .errors import DatasetError
 from .images import IMAGE_SUFFIXES
-from .locations import is_url
+from .locations import is_url, path_or_url
 
 LABEL_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 LAYOUT = "labels"
@@ -70,11 +70,7 @@ def source_from_json(text: str) -> tuple[Path | str, LabelColumns]:
     fields = json.loads(text)
     file = fields.pop("file")
     images = fields.pop("images")
-    return _path_or_url(file), LabelColumns(images=_path_or_url(images) if images is not None else None, **fields)
-
-
-def _path_or_url(text: str) -> Path | str:
-    return text if is_url(text) else Path(text)
+    return path_or_url(file), LabelColumns(images=path_or_url(images) if images is not None else None, **fields)
 
 
 def read_label_file(file: Path | str, name: str | None = None, columns: LabelColumns | None = None) -> Dataset:
@@ -124,7 +120,7 @@ def _dataset(file: Path | str, name: str | None, columns: LabelColumns, base: Pa
         first = f"; first: {problems[0][0]}: {problems[0][1]}" if problems else ""
         raise DatasetError(f"{file}: none of its {len(parsed)} rows names a usable image{first}")
     return Dataset(base, _name_for(file, name), LAYOUT, entries, problems=tuple(problems),
-                   source=source_json(file, columns))
+                   source=source_json(file, columns), versions=folder.versions)
 
 
 def _name_for(file: Path | str, name: str | None) -> str:
@@ -271,6 +267,7 @@ class _Folder:
     def __init__(self, base: Path | str) -> None:
         self.base = os.fspath(base)
         self.listed: dict[str, dict[str, list[str]]] = {}
+        self.versions: dict[str, tuple[int, int]] = {}  # a URL's files, listed: path → (size, version)
 
     def normalise(self, image: str) -> str:
         return os.path.normpath(image)
@@ -309,7 +306,7 @@ class _RemoteFolder(_Folder):
 
     def __init__(self, base: str) -> None:
         super().__init__(base.rstrip("/"))
-        self.files = set(locations.list_files(self.base))
+        self.versions = locations.list_files(self.base)
 
     def normalise(self, image: str) -> str:
         return posixpath.normpath(image)
@@ -320,11 +317,11 @@ class _RemoteFolder(_Folder):
         return ""
 
     def is_file(self, path: str) -> bool:
-        return path in self.files
+        return path in self.versions
 
     def names(self, folder: str) -> list[str]:
         prefix = f"{folder}/" if folder else ""
-        return [f[len(prefix):] for f in self.files if f.startswith(prefix) and "/" not in f[len(prefix):]]
+        return [f[len(prefix):] for f in self.versions if f.startswith(prefix) and "/" not in f[len(prefix):]]
 
 
 def _by_stem(names: list[str]) -> dict[str, list[str]]:

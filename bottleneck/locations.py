@@ -12,11 +12,12 @@ import hashlib
 import os
 import re
 import stat
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import DatasetError
-from .images import READ_FAILED, ImageError
+from .images import READ_FAILED, ImageError, read_bytes, sha256_file, sha256_stream
 
 REMOTE_HINT = "pip install 'bottleneck-features[remote]'"
 _RANGE = "range:"
@@ -49,28 +50,23 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise DatasetError(f"{url}: {str(exc).splitlines()[0]}") from None
 
 
-def list_files(url: str) -> list[str]:
-    """Every file under the folder at `url`, as sorted POSIX paths relative to it (hidden ones too)."""
-    fs, path = filesystem(url)
-    top = path.rstrip("/")
-    try:
-        found = fs.find(top)
-    except OSError as exc:
-        raise DatasetError(f"{url}: cannot list it ({exc})") from None
-    return sorted(f[len(top) + 1:] for f in found if f.startswith(top + "/"))
-
-
-def listed_versions(url: str) -> dict[str, tuple[int, int]]:
-    """URL → (size, version) of every file under the folder at `url`, from listing it: a request
-    per thousand files, where asking each file is a request per file."""
+def list_files(url: str) -> dict[str, tuple[int, int]]:
+    """Every file under the folder at `url` (hidden ones too): its POSIX path relative to the folder →
+    (size, version). One listing gives both the names a scan needs and the versions that spare a
+    rerun from reading unchanged files: a request per thousand files, not one per file."""
     fs, path = filesystem(url)
     top = path.rstrip("/")
     try:
         found = fs.find(top, detail=True)
-    except OSError:
-        return {}
-    return {join(url, name[len(top) + 1:]): (int(info.get("size") or 0), _digest(info)) for name, info in found.items()
+    except OSError as exc:
+        raise DatasetError(f"{url}: cannot list it ({exc})") from None
+    return {name[len(top) + 1:]: (int(info.get("size") or 0), _digest(info)) for name, info in sorted(found.items())
             if name.startswith(top + "/")}
+
+
+def path_or_url(text: str) -> Path | str:
+    """A path as a Path; a URL kept as its str (a Path would fold its "//")."""
+    return text if is_url(text) else Path(text)
 
 
 def join(root: str, path: str) -> str:
@@ -111,8 +107,7 @@ def read(address: str) -> bytes:
         if is_url(address):
             fs, path = filesystem(address)
             return bytes(fs.cat_file(path))
-        with open(address, "rb") as handle:
-            return handle.read()
+        return read_bytes(Path(address))
     except (OSError, ValueError, DatasetError) as exc:
         raise ImageError(f"{READ_FAILED} ({getattr(exc, 'strerror', None) or exc})") from None
 
@@ -132,14 +127,8 @@ def _read_range(shard: str, offset: int, size: int) -> bytes:
 
 def sha256(address: str) -> str:
     """The sha256 of the bytes at `address`, read in blocks; OSError when they cannot be read."""
-    digest = hashlib.sha256()
-    if is_url(address):
-        fs, path = filesystem(address)
-        with fs.open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    else:
-        with open(address, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    if not is_url(address):
+        return sha256_file(Path(address))
+    fs, path = filesystem(address)
+    with fs.open(path, "rb") as handle:
+        return sha256_stream(handle)

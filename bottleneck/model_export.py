@@ -21,7 +21,7 @@ import torch
 
 from ._version import __version__
 from .classifier_graph import ClassifierNet, head_module, linear_form, refuse, unwrap
-from .errors import FitError
+from .errors import FitError, one_line_reason
 from .heads import AutoHeadClassifier
 from .model_file import (
     CLASSES,
@@ -38,7 +38,6 @@ from .model_file import (
     SPEC,
     SUFFIXES,
     VERSION,
-    one_line_reason,
     open_model,
     require,
 )

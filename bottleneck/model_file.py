@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .decode import DecodeDataset, alternating_batches, resize_crop
-from .errors import BottleneckError, FitError
+from .errors import BottleneckError, FitError, one_line_reason
 from .images import decode_rgb
 from .locations import read
 from .spec import ExtractorSpec, Preprocess
@@ -141,11 +141,6 @@ def _parsed(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError, BottleneckError) as exc:
         raise FitError(f"{path}: its metadata lacks {exc} (not written by `bottleneck export-model`?)") from None
     return metadata
-
-
-def one_line_reason(exc: Exception) -> str:
-    """An exception as one short line, for a message that names the file and the fix."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:240]
 
 
 def crop(path: Path | str, preprocess: Preprocess) -> np.ndarray:

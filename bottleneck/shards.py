@@ -11,21 +11,20 @@ nothing, and decoding later reads each image's byte range alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 from . import locations
 from .datasets import SPLIT_NAMES, Dataset, Entry, check_dataset_name, suggest_name
 from .errors import DatasetError
-from .images import IMAGE_SUFFIXES, READ_FAILED, ImageError
+from .images import IMAGE_SUFFIXES, READ_FAILED, ImageError, sha256_stream
 from .label_files import LabelColumns, source_json
 from .store import Store, read_table, write_table
 
@@ -79,6 +78,15 @@ class Listing:
     samples: list[Sample] = field(default_factory=list)
     error: str = ""  # the shard could not be read to its end: not kept, read again next time
 
+    def name(self, root: str) -> str:
+        """The shard as the manifest names it: relative to the pattern's folder `root`."""
+        return self.shard[len(root) + 1:] if self.shard.startswith(root + "/") else self.shard
+
+    def placed(self, root: str) -> Iterator[tuple[str, str, Sample]]:
+        """(manifest path SHARD/KEY, the address of its image's bytes, the sample) of each sample."""
+        for sample in self.samples:
+            yield f"{self.name(root)}/{sample.key}", locations.member(self.shard, sample.offset, sample.size), sample
+
 
 def expand_braces(pattern: str) -> list[str]:
     """`a-{000..002}.tar` → a-000.tar, a-001.tar, a-002.tar (zero padding kept); `{a,b}` lists too."""
@@ -119,7 +127,7 @@ def list_shard(shard: str, size: int, version: int) -> Listing:
                 sample = samples.setdefault(key, {})
                 stream = tar.extractfile(info)
                 if ext in IMAGE_EXTENSIONS and "member" not in sample and stream is not None:
-                    sample.update(member=info.name, offset=info.offset_data, size=info.size, sha256=_sha256(stream),
+                    sample.update(member=info.name, offset=info.offset_data, size=info.size, sha256=sha256_stream(stream),
                                   problem="" if info.size else "empty image member (0 bytes)")
                 elif ext in ("cls", "txt", "json") and stream is not None:
                     sample[ext] = stream.read(1 << 20).decode("utf-8", "replace")
@@ -131,14 +139,6 @@ def list_shard(shard: str, size: int, version: int) -> Listing:
             f"no image member ({', '.join(IMAGE_EXTENSIONS[:4])}, ...)"
         listing.samples.append(Sample(key=key, problem=problem, **parts))  # type: ignore[arg-type]
     return listing
-
-
-def _sha256(stream: IO[bytes]) -> str:
-    """The sha256 of a member read in blocks: a huge member is never held whole."""
-    digest = hashlib.sha256()
-    for block in iter(lambda: stream.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
 
 
 def _open(shard: str) -> BinaryIO:
@@ -208,24 +208,21 @@ def scan_shards(pattern: str, name: str | None, columns: LabelColumns, listings:
     shas: dict[str, str] = {}
     splits = _splits([listing.shard for listing in listings])
     for listing in listings:
-        shard_name = _relative(listing.shard, root)
         if listing.error:
-            problems.append((shard_name, listing.error))
+            problems.append((listing.name(root), listing.error))
         split = splits.get(listing.shard, "")
-        for sample in listing.samples:
-            path = f"{shard_name}/{sample.key}"
+        for path, address, sample in listing.placed(root):
             label, problem = sample.label(columns.label_key)
             if sample.problem or problem:
                 problems.append((path, sample.problem or problem))
                 continue
-            address = locations.member(listing.shard, sample.offset, sample.size)
             entries.append(Entry(path, label, split))
             addresses[path] = address
             shas[address] = sample.sha256
     if not entries:
         first = f"; first: {problems[0][0]}: {problems[0][1]}" if problems else ""
         raise DatasetError(f"{pattern}: no usable samples in {len(listings)} shards{first}")
-    dataset = Dataset(root if locations.is_url(root) else Path(root), _name_for(root, name), LAYOUT, entries,
+    dataset = Dataset(locations.path_or_url(root), _name_for(root, name), LAYOUT, entries,
                       problems=tuple(problems), source=source_json(pattern, columns))
     return dataset, addresses, shas
 
@@ -251,19 +248,12 @@ def image_addresses(cache: Path | Store, name: str, paths: list[str]) -> list[st
     if not isinstance(cache, Store):
         with Store.open(cache) as store:
             return image_addresses(store, name, paths)
-    root, layout = cache.dataset_root(name), cache.dataset_attrs(name).get("layout")
-    table = read_table(cache, TABLE) if layout == LAYOUT else {}
-    if layout != LAYOUT:
-        return [locations.join(os.fspath(root), p) for p in paths]
-    where: dict[str, str] = {}
-    for listing in listings_from_table(table).values():
-        shard_name = _relative(listing.shard, os.fspath(root))
-        where.update((f"{shard_name}/{s.key}", locations.member(listing.shard, s.offset, s.size)) for s in listing.samples)
-    return [where.get(p, locations.join(os.fspath(root), p)) for p in paths]
-
-
-def _relative(shard: str, root: str) -> str:
-    return shard[len(root) + 1:] if shard.startswith(root + "/") else shard
+    root = os.fspath(cache.dataset_root(name))
+    if cache.dataset_attrs(name).get("layout") != LAYOUT:
+        return [locations.join(root, p) for p in paths]
+    where = {path: address for listing in listings_from_table(read_table(cache, TABLE)).values()
+             for path, address, _ in listing.placed(root)}
+    return [where.get(p, locations.join(root, p)) for p in paths]
 
 
 # -- the listings in the cache ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from ._version import __version__
 from .datasets import hash_split
-from .errors import FitError, SpecError
+from .errors import FitError, SpecError, one_line_reason
 from .formats import spreadsheet_safe
 from .heads import input_params, make_head
 from .heads._factory import check_head
@@ -198,7 +198,7 @@ def load_head(head_path: Path) -> tuple[Any, dict]:
     try:
         estimator = joblib.load(head_path)
     except Exception as exc:  # its hash matched, yet it is anything at all: a truncated or foreign file
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        reason = one_line_reason(exc, limit=200)
         raise FitError(f"{head_path}: not a head joblib can load ({reason}); refit with `bottleneck fit`") from None
     if not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
         raise FitError(f"{head_path}: holds a {type(estimator).__name__}, not a fitted head; refit with "
@@ -238,8 +238,7 @@ def predict_files(inputs: list[Path], head_path: Path, cache: Path, *, top_k: in
         for path, row in zip(paths, proba, strict=True):
             order = np.argsort(-row)[:top_k]
             predictions.append(Prediction(path, [str(classes[i]) for i in order], [float(row[i]) for i in order]))
-    skipped = dict(item for result in results for item in result.skipped)
-    return predictions, sorted(skipped.items())
+    return predictions, list(dict.fromkeys(item for result in results for item in result.skipped))
 
 
 def head_specs(meta: dict, meta_path: Path) -> list[tuple[ExtractorSpec, str]]:

@@ -253,3 +253,18 @@ def test_audit_compare_and_the_map_read_thumbnails_from_the_shards(image_folder:
         '<script type="application/json"', 1)[1].split(">", 1)[1].split("</script>", 1)[0])
     assert all(thumb.startswith("data:image/jpeg") for thumb in data["thumb"])
     assert set(data["url"]) == {""}  # nothing a browser can open inside a tar
+
+
+def test_a_url_folder_is_listed_once_and_no_file_asked_alone(image_folder: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    for entry in scan_dataset(image_folder).entries:
+        memory.pipe(f"/once/data/{entry.path}", (image_folder / entry.path).read_bytes())
+    calls: list[str] = []
+    for method in ("find", "info"):
+        real = getattr(type(memory), method)
+        monkeypatch.setattr(type(memory), method,
+                            lambda self, path, *a, _real=real, _m=method, **k: calls.append(_m) or _real(self, path, *a, **k))
+    extract_dataset("memory://once/data", tiny_backbone(), tmp_path / "c.h5", options=QUIET)
+    assert calls.count("find") == 1 and "info" not in calls

@@ -125,6 +125,8 @@ def load_fused(cache: Path | Store, dataset: str, fps: Sequence[str]) -> tuple[F
     with _reading(cache) as store:
         parts = [load_features(store, dataset, fp) for fp in fps]
     first = parts[0]
+    if len(parts) == 1:
+        return first, [first.spec] if first.spec is not None else [], 0
     common = set(first.shas).intersection(*(p.shas for p in parts[1:]))
     keep = [i for i, sha in enumerate(first.shas) if sha in common]
     rows = [{sha: j for j, sha in enumerate(p.shas)} for p in parts]
