@@ -6,7 +6,8 @@ benchmarks/out/auto.h5 (reruns reuse it); one compare per dataset then fits logr
 and auto on Lite0, Lite2 and Lite0+Lite2, N = 15 and 30 per class (capped), 5 draws. Printed: per
 dataset, N and row, the auto cell beside the best fixed cell and the default logreg; then each fused
 row against its best single block; then `fit --head auto --budget B` on each dataset's fused features,
-the search's time against its budget.
+the search's time against its budget; then `fit --head auto` with no --model (each extraction and
+their fusion searched) beside `fit --head logreg` on the default extraction, on the same split.
 
     python benchmarks/auto.py --openclipart /tmp/openclipart22
 """
@@ -29,13 +30,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--openclipart", type=Path, default=C.SHARED / "openclipart22")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--budget", type=float, default=5.0, help="seconds, for the fit --head auto rows")
+    ap.add_argument("--budgets", default="5,20", help="seconds, for the fit --head auto rows")
     args = ap.parse_args()
     machine = C.machine()
     cache = C.OUT / "auto.h5"
     datasets = {"photo_vs_drawing": C.SHARED / "photo_vs_drawing", "hymenoptera": C.SHARED / "hymenoptera",
                 "openclipart22": args.openclipart}
-    auto_rows, fused_rows, budget_rows, results = [], [], [], []
+    auto_rows, fused_rows, budget_rows, search_rows, results = [], [], [], [], []
+    budgets = [float(b) for b in args.budgets.split(",")]
     for name, folder in datasets.items():
         if not folder.is_dir():
             print(f"{name}: {folder} not found, skipped")
@@ -66,20 +68,32 @@ def main() -> None:
                 fused_rows.append((name, head, n, f"{cells[fused, head, n][0]:.3f}",
                                    f"{best_single} {cells[best_single, head, n][0]:.3f}",
                                    f"{(cells[fused, head, n][0] - cells[best_single, head, n][0]) * 100:+.1f}"))
-        fitted = api.fit("auto", data=name, model=FUSED, cache=cache, budget=args.budget,
-                         out=C.OUT / "auto" / f"{name}-auto.joblib")
-        auto = fitted.sidecar["auto"]
-        budget_rows.append((name, f"{args.budget:g}", f"{auto['seconds']:.2f}", auto["candidates_scored"],
-                            f"{auto['choice']['head']} {auto['choice']['params']}", f"{auto['cv_accuracy']:.3f}",
-                            f"{fitted.sidecar['metrics']['test_accuracy']:.3f}"))
+        for budget in budgets:
+            fitted = api.fit("auto", data=name, model=FUSED, cache=cache, budget=budget,
+                             out=C.OUT / "auto" / f"{name}-auto.joblib")
+            auto = fitted.sidecar["auto"]
+            budget_rows.append((name, f"{budget:g}", f"{auto['seconds']:.2f}", f"{auto['seconds'] / budget:.2f}",
+                                auto["candidates_scored"], f"{auto['choice']['head']} {auto['choice']['params']}",
+                                f"{auto['cv_accuracy']:.3f}", f"{fitted.sidecar['metrics']['test_accuracy']:.3f}"))
+        searched = api.fit("auto", data=name, cache=cache, out=C.OUT / "auto" / f"{name}-search.joblib")
+        default = api.fit("logreg", data=name, cache=cache, out=C.OUT / "auto" / f"{name}-logreg.joblib")
+        auto = searched.sidecar["auto"]
+        search_rows.append((name, f"{auto['choice']['head']} on {auto['choice']['model']}", auto["candidates_scored"],
+                            f"{auto['seconds']:.1f}", f"{auto['cv_accuracy']:.3f}",
+                            f"{searched.sidecar['metrics']['test_accuracy']:.3f}",
+                            f"{default.sidecar['extractor']['label']} {default.sidecar['metrics']['test_accuracy']:.3f}"))
     print("\nauto against the fixed heads (accuracy, mean of the draws; points = 100 x difference)")
     C.print_table(["dataset", "row", "N", "auto", "best fixed", "auto - best", "auto - logreg"], auto_rows)
     print("\nfused rows against their best single block")
     C.print_table(["dataset", "head", "N", "fused", "best single", "difference (points)"], fused_rows)
     print("\nfit --head auto on the fused features: the search against its budget")
-    C.print_table(["dataset", "budget s", "search s", "candidates", "chosen", "CV accuracy", "test accuracy"],
-                  budget_rows)
-    C.write_json(C.OUT / "auto.json", {"machine": machine, "results": results, "budget": budget_rows})
+    C.print_table(["dataset", "budget s", "search s", "search / budget", "candidates", "chosen", "CV accuracy",
+                   "test accuracy"], budget_rows)
+    print("\nfit --head auto with no --model (every extraction and their fusion) against fit --head logreg")
+    C.print_table(["dataset", "chosen", "candidates", "search s", "CV accuracy", "test accuracy", "logreg (default)"],
+                  search_rows)
+    C.write_json(C.OUT / "auto.json", {"machine": machine, "results": results, "budget": budget_rows,
+                                       "search": search_rows})
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ probabilities out, as `predict_proba` computes them.
 
 Linear heads (logreg, softmax, the temperature-scaled linear SVM) become one matrix after the pooled
 features, the standardisation folded in. knn, nb, mlp, cnn and the RBF SVM are rewritten in torch from
-their fitted arrays; the trees (et, rf) are left to skl2onnx (`head_module` returns None for them),
+their fitted arrays, a soft vote (auto's) as the mean of its members' modules; the trees (et, rf), and
+a vote with a tree among its members, are left to skl2onnx (`head_module` returns None for them),
 whose graph `model_export` joins after the backbone's.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, VotingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.naive_bayes import GaussianNB
@@ -258,9 +259,25 @@ class KernelSVM(nn.Module):
         return torch.softmax(self.beta * scores, dim=1)
 
 
+class MeanOf(nn.Module):
+    """A soft vote: the mean of its members' probabilities."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+
 def head_module(head: Any, width: int) -> nn.Module | None:
-    """`head.predict_proba` as a torch module on `width`-d pooled features; None for the trees,
-    which skl2onnx converts. Heads with no export are a one-line FitError."""
+    """`head.predict_proba` as a torch module on `width`-d pooled features; None for the trees (and a
+    vote with a tree), which skl2onnx converts. Heads with no export are a one-line FitError."""
+    if isinstance(head, VotingClassifier):
+        if head.voting != "soft" or head.weights is not None:
+            raise refuse("only a soft vote of equal weights exports")
+        members = [head_module(member, width) for member in head.estimators_]
+        return None if any(m is None for m in members) else MeanOf([m for m in members if m is not None])
     steps, clf = unwrap(head)
     if isinstance(clf, TREES):
         return None
@@ -296,6 +313,28 @@ def _classifier_module(clf: Any) -> nn.Module:
             return KernelSVM(svm, beta)
         raise refuse(f"a calibrated {type(svm).__name__} does not export")
     raise refuse(f"a {type(clf).__name__} head does not export")
+
+
+def for_skl2onnx(head: Any) -> Any:
+    """A copy of a fitted head that skl2onnx converts: the tuned logreg as the LogisticRegression it
+    chose, a vote's members alike (and its transform unflattened, which skl2onnx requires)."""
+    if isinstance(head, GridSearchCV):
+        head = head.best_estimator_
+    head = copy.copy(head)
+    if isinstance(head, VotingClassifier):
+        head.estimators_ = [for_skl2onnx(member) for member in head.estimators_]
+        head.flatten_transform = False
+    elif isinstance(head, Pipeline):
+        head.steps = [(name, step.model_ if isinstance(step, PathTunedLogisticRegression) else step)
+                      for name, step in head.steps]
+    return head
+
+
+def tree_count(head: Any) -> int | None:
+    """The trees in a head (or among a vote's members), whose probabilities move in steps of 1/trees."""
+    heads = head.estimators_ if isinstance(head, VotingClassifier) else [head]
+    counts = [getattr(unwrap(h)[1], "n_estimators", 0) for h in heads]
+    return max(counts) or None
 
 
 class ClassifierNet(nn.Module):

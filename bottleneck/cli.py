@@ -196,8 +196,9 @@ def fit(
                              "and key parameter best by cross-validation on the training split."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=escape("Use these features: a model name, a label "
-                                        "such as resnet50[layer3,max], or a fingerprint (default: the last extracted); "
-                                        "a+b: two extractions side by side, each block weighted alike.")),
+                                        "such as resnet50[layer3,max], or a fingerprint (default: the last extracted; --head auto: "
+                                        "each of the dataset's extractions and all of them fused); a+b: two "
+                                        "extractions side by side, each block weighted alike.")),
     tune: bool = typer.Option(False, "--tune", help="Search the key hyperparameter by stratified CV on the training split."),
     test_size: float = typer.Option(0.25, help="Held-out fraction when the dataset has no split folders."),
     seed: int = typer.Option(0, help="Seed of the content-hash split and of the head."),
@@ -221,7 +222,8 @@ def fit(
         f"→ {result.head_path}"), highlight=False, soft_wrap=True)
     if "auto" in meta:
         auto = meta["auto"]
-        console.print(escape(f"auto chose {auto['choice']['head']} {auto['choice']['params']} (cross-validated accuracy "
+        console.print(escape(f"auto chose {auto['choice']['head']} {auto['choice']['params']} on "
+                             f"{auto['choice']['model']} (cross-validated accuracy "
                              f"{auto['cv_accuracy']:.3f} on the training split; {auto['candidates_scored']} candidates "
                              f"in {auto['seconds']:.1f} s)"), highlight=False, soft_wrap=True)
 

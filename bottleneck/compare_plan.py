@@ -86,8 +86,8 @@ def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | No
         counts = store.dataset_views(dataset)
         if models is None:
             # whole maps (--pool none) are --finetune's input: a row only when named in --models
-            chosen = [s for fp, s in extracted.items() if (s.augment and fp in counts) or
-                      not (s.augment or s.pixels or s.pool == "none")] or [resolve_spec(DEFAULT_MODEL)]
+            chosen = [s for fp, s in extracted.items() if (s.augment and fp in counts) or s.embedding] \
+                or [resolve_spec(DEFAULT_MODEL)]
             fusions: list[Fusion] = []
         else:
             parts = {query: fusion_parts(query) for query in models}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ._version import __version__
-from .classifier_graph import ClassifierNet, head_module, linear_form, refuse, unwrap
+from .classifier_graph import ClassifierNet, for_skl2onnx, head_module, linear_form, refuse, tree_count, unwrap
 from .errors import FitError, one_line_reason
 from .heads import AutoHeadClassifier
 from .model_file import (
@@ -143,7 +143,7 @@ def export_model(head_path: Path, out: Path, *, cache: Path, weights: str | None
             models = {"fp32": open_model(fp32)} | ({"int8": open_model(partial)} if quantize else {})
             proof, quantized = (None, None) if rows is None else check_models(
                 rows, estimator, backbone, models, verify=check, calibration=calibrated, progress=progress,
-                trees=getattr(unwrap(estimator)[1], "n_estimators", None) if head is None else None)
+                trees=tree_count(estimator) if head is None else None)
             if proof is not None and not proof.passed:
                 raise FitError(f"{out}: not written: {proof.failure()}")
             os.replace(partial, out)
@@ -203,8 +203,8 @@ def _onnx_parts(backbone: Backbone, head: torch.nn.Module | None, estimator: Any
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    classifier = unwrap(estimator)[1]
-    fitted = estimator.best_estimator_ if hasattr(estimator, "best_estimator_") else estimator
+    fitted = for_skl2onnx(estimator)
+    classifier = unwrap(fitted)[1]
     try:
         converted = convert_sklearn(fitted, initial_types=[(FEATURES, FloatTensorType([None, spec.feature_dim]))],
                                     target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},

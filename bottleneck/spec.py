@@ -88,6 +88,11 @@ class ExtractorSpec:
         return self.weights == "none"
 
     @property
+    def embedding(self) -> bool:
+        """A network's pooled vectors of the images as they are: not raw pixels, augmented views or whole maps."""
+        return not (self.pixels or self.augment or self.pool == "none")
+
+    @property
     def complete(self) -> bool:
         """Whether the vectors are named yet: the width known and the precision decided."""
         return self.feature_dim is not None and self.precision != AUTO

@@ -29,7 +29,7 @@ from .heads._factory import check_head
 from .images import find_images, is_image_file, sha256_file
 from .outputs import check_outputs, writing
 from .spec import ExtractorSpec
-from .store import Features, Store, load_fused, select_extractions
+from .store import Features, Store, auto_extractions, load_fused, select_extractions
 
 if TYPE_CHECKING:
     from .extraction import ExtractOptions
@@ -83,14 +83,15 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
              params: dict | None = None, budget: float | None = None) -> FitResult:
     """Train `head` on the cached features of `dataset`, score it on the held-out split, save it.
     `model` a+b: the extractions' vectors side by side (a fused head, `heads.BlockScaler`). Head
-    `auto`: chosen by cross-validation on the training split within `budget` seconds."""
+    `auto`: chosen by cross-validation on the training split within `budget` seconds; without `model`,
+    on each of the dataset's extractions and on them all fused, and only the chosen ones are kept."""
     check_head(head)
     if budget is not None and (head != "auto" or budget <= 0):
         raise FitError(f"--budget {budget:g}: a positive number of seconds, for --head auto")
     if not 0 < test_size < 1:
         raise FitError(f"--test-size {test_size}: give a fraction between 0 and 1, e.g. 0.25")
-    dataset, fps = select_extractions(cache, dataset, model)
-    fp = fps[0]
+    search = head == "auto" and model is None
+    dataset, fps = auto_extractions(cache, dataset) if search else select_extractions(cache, dataset, model)
     out = Path(out) if out else Path(cache).parent / "heads" / f"{dataset}-{head}.joblib"
     partial = out.with_name(out.name + ".partial")  # the head and its sidecar land together or not at all
     partial_sidecar = out.with_name(out.name + ".json.partial")
@@ -100,12 +101,14 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     spec = features.spec
     assert spec is not None  # load_features reads it
     blocks = tuple(int(s.feature_dim or 0) for s in specs) if len(fps) > 1 else ()
+    block_sets = {"block_sets": (*((b,) for b in range(len(fps))), tuple(range(len(fps))))} if search and blocks else {}
     train, val, test = split_indices(features, test_size, seed)
     _check_trainable(features.labels[train], dataset)
     if len(test) == 0:
         raise FitError(f"dataset {dataset!r}: no test images; raise --test-size or add a val/test folder")
     estimator = make_head(head, tune=tune, random_state=seed, blocks=blocks,
-                          **{**input_params(head, spec.pixels), **({"budget": budget} if budget else {}), **(params or {})})
+                          **{**input_params(head, spec.pixels), **({"budget": budget} if budget else {}), **block_sets,
+                             **(params or {})})
     # A separate val split (split folders) joins training: tuning and early stopping split it off again.
     fit_rows = np.concatenate([train, val])
     # One BLAS thread, as in compare: on 2 cores, BLAS threads made a 22-class logistic
@@ -115,6 +118,15 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
         estimator.fit(features.X[fit_rows], features.labels[fit_rows])
         fit_seconds = time.perf_counter() - started
         y_true, y_pred = features.labels[test], estimator.predict(features.X[test])
+    if block_sets:
+        summary = _auto_summary(estimator, specs)
+        kept = list(estimator.chosen_.blocks)  # the extractions chosen: all that predict will extract
+        fps, specs = [fps[b] for b in kept], [specs[b] for b in kept]
+        estimator.narrow()
+        spec, blocks = specs[0], blocks if len(kept) > 1 else ()
+    elif head == "auto":
+        summary = _auto_summary(estimator, specs)
+    fp = fps[0]
 
     classes = list(estimator.classes_)  # a class can be missing from a small test split: report it as 0
     per_class = classification_report(y_true, y_pred, labels=classes, output_dict=True, zero_division=0)
@@ -142,7 +154,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
                                        "support": int(per_class[str(c)]["support"])} for c in classes},
             },
             "fit_seconds": fit_seconds,
-            **({"auto": _auto_summary(estimator)} if head == "auto" else {}),
+            **({"auto": summary} if head == "auto" else {}),
             "versions": {"bottleneck-features": __version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -163,10 +175,16 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     return FitResult(out, sidecar, report)
 
 
-def _auto_summary(estimator: Any) -> dict[str, Any]:
-    """What `--head auto` chose, its cross-validated accuracy, the runners-up and the time spent."""
-    ranked = sorted(estimator.results_, key=lambda r: -r["cv_accuracy"])
-    return {"choice": _jsonable(estimator.choice_), "cv_accuracy": estimator.cv_score_,
+def _auto_summary(estimator: Any, specs: list[ExtractorSpec]) -> dict[str, Any]:
+    """What `--head auto` chose (on which extractions), its cross-validated accuracy, the runners-up and
+    the time spent."""
+    def named(blocks: Sequence[int]) -> str:
+        return "+".join(specs[b].label() for b in (blocks or range(len(specs))))
+
+    results = [{**{k: v for k, v in r.items() if k != "blocks"}, "model": named(r["blocks"])} for r in estimator.results_]
+    ranked = sorted(results, key=lambda r: -r["cv_accuracy"])
+    choice = {**estimator.choice_, "model": named(estimator.chosen_.blocks)}
+    return {"choice": _jsonable(choice), "cv_accuracy": estimator.cv_score_,
             "runners_up": _jsonable(ranked[1:6]), "candidates_scored": len(ranked), "seconds": estimator.seconds_,
             "budget": estimator.budget}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.ensemble import VotingClassifier
 from test_compare import colour_cache  # noqa: F401  (the fixture: 25 images of 3 colours, raw8 extracted)
 from typer.testing import CliRunner
 
@@ -18,7 +19,11 @@ from bottleneck_features.cli import app
 from bottleneck_features.comparison import run_compare
 from bottleneck_features.errors import FitError
 from bottleneck_features.heads import AutoHeadClassifier, make_head
-from bottleneck_features.heads._factory import CANDIDATES
+from bottleneck_features.heads._auto import CANDIDATES, VOTES
+from bottleneck_features.heads._tuning import _StratifiedKFoldUpTo
+from bottleneck_features.sources import register_model
+from bottleneck_features.training import load_head
+from tiny_backbone import tiny_backbone
 
 
 def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -31,12 +36,28 @@ def test_auto_scores_every_candidate_and_refits_the_best() -> None:
     X, y = _blobs()
     auto = make_head("auto", random_state=0).fit(X, y)
     assert isinstance(auto, AutoHeadClassifier)
-    assert len(auto.results_) == sum(len(values) for _, _, values in CANDIDATES)
+    assert len(auto.results_) == sum(len(values) for _, _, values in CANDIDATES) + len(VOTES)
     top = max(auto.results_, key=lambda r: r["cv_accuracy"])
     assert auto.cv_score_ >= top["cv_accuracy"] - top["cv_se"]
-    assert auto.choice_ == {"head": "logreg", "params": {"tune": True}}  # separable: every candidate ties the default
+    # separable: every candidate ties, and the vote of the tuned logreg and the trees comes first
+    assert auto.choice_ == {"head": "logreg+et", "params": {"logreg": {"tune": True}, "et": {"min_samples_leaf": 1}}}
+    assert isinstance(auto.estimator_, VotingClassifier)
     assert auto.predict(X).shape == (60,) and auto.predict_proba(X).shape == (60, 3)
     assert list(auto.classes_) == [0, 1, 2] and clone(auto).get_params()["budget"] is None
+
+
+def test_a_vote_is_scored_from_its_members_out_of_fold_probabilities() -> None:
+    X, y = _blobs(3)
+    X = X + np.random.default_rng(3).normal(0, 2.5, X.shape)  # overlapping: the folds' scores differ
+    auto = AutoHeadClassifier().fit(X, y)
+    vote = next(r for r in auto.results_ if r["head"] == "logreg+et")
+    splits = list(_StratifiedKFoldUpTo(5, 0).split(X, y))
+    expected = []
+    for train, held in splits:
+        members = [make_head("logreg", tune=True).fit(X[train], y[train]), make_head("et").fit(X[train], y[train])]
+        mean = np.mean([m.predict_proba(X[held]) for m in members], axis=0)
+        expected.append(np.mean(mean.argmax(1) == y[held]))
+    assert vote["cv_accuracy"] == pytest.approx(np.mean(expected)) and vote["seconds"] == 0
 
 
 def test_a_lead_beyond_the_noise_leaves_the_default() -> None:
@@ -50,10 +71,22 @@ def test_a_lead_beyond_the_noise_leaves_the_default() -> None:
     assert auto.cv_score_ > default["cv_accuracy"] + default["cv_se"]
 
 
-def test_the_budget_stops_the_search_but_one_candidate_is_always_scored() -> None:
+def test_the_budget_stops_the_search_but_one_fold_of_the_default_is_always_scored() -> None:
     X, y = _blobs()
     auto = AutoHeadClassifier(budget=1e-9).fit(X, y)
-    assert [r["head"] for r in auto.results_] == ["logreg"] and auto.choice_["head"] == "logreg"
+    assert [(r["head"], r["folds"]) for r in auto.results_] == [("logreg", 1)] and auto.choice_["head"] == "logreg"
+    assert auto.results_[0]["refit_seconds"] > 0
+
+
+def test_block_sets_try_each_extraction_and_their_fusion() -> None:
+    X, y = _blobs()
+    noise = np.random.default_rng(1).normal(size=(60, 10))
+    auto = AutoHeadClassifier(blocks=(6, 10), block_sets=((1,), (0,), (0, 1))).fit(np.hstack([noise, X][::-1]), y)
+    assert {tuple(r["blocks"]) for r in auto.results_} == {(1,), (0,), (0, 1)}
+    assert next(r for r in auto.results_ if r["blocks"] == [1])["cv_accuracy"] < 0.6  # the noise block alone
+    assert auto.chosen_.blocks in ((0,), (0, 1)) and auto.results_[0]["blocks"] == [1]
+    if auto.chosen_.blocks == (0,):
+        assert auto.narrow().n_features_in_ == 6 and auto.predict(X).shape == (60,)
 
 
 def test_fit_head_auto_writes_its_choice(image_folder: Path, tmp_path: Path) -> None:
@@ -71,6 +104,24 @@ def test_fit_head_auto_writes_its_choice(image_folder: Path, tmp_path: Path) -> 
         api.fit("logreg", cache=cache, budget=5)
     with pytest.raises(FitError, match="--budget soon"):
         api.fit("auto", cache=cache, budget="soon")
+
+
+def test_fit_head_auto_searches_the_extractions_and_keeps_the_chosen(image_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "c.h5"
+    for name, dim in (("tinya", 8), ("tinyb", 4)):
+        register_model(name, lambda *_, name=name, dim=dim, **__: tiny_backbone(dim=dim, name=name))
+    for model in ("raw8", "tinya", "tinyb"):  # raw pixels: compare's baseline, not a candidate
+        api.extract(image_folder, model, cache=cache, workers=0)
+    labels = {m: api.load_features(cache=cache, model=m).spec.label() for m in ("tinya", "tinyb")}  # bf16 on some hosts
+    result = api.fit("auto", cache=cache, out=tmp_path / "auto.joblib")
+    auto = result.sidecar["auto"]
+    tried = {r["model"] for r in auto["runners_up"]} | {auto["choice"]["model"]}
+    assert tried <= {labels["tinyb"], labels["tinya"], f"{labels['tinyb']}+{labels['tinya']}"} and len(tried) > 1
+    estimator, meta = load_head(result.head_path)
+    kept = meta["fused"] if "fused" in meta else [meta["extractor"]]
+    assert "+".join(e["label"] for e in kept) == auto["choice"]["model"]
+    assert estimator.n_features_in_ == sum(e["spec"]["feature_dim"] for e in kept)
+    assert len(api.predict(image_folder / "cat", result.head_path, cache=cache).items) == 6
 
 
 def test_auto_is_a_column_of_compare(colour_cache: Path, tmp_path: Path) -> None:  # noqa: F811

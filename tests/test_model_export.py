@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.ensemble import VotingClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
@@ -108,6 +109,11 @@ def test_head_modules_are_predict_proba(classes: int) -> None:
         with torch.no_grad():
             got = module(torch.from_numpy(new)).double().numpy()
         assert np.abs(got - head.predict_proba(new)).max() < 1e-5, (name, options)
+    vote = VotingClassifier([("logreg", make_head("logreg", tune=True)), ("knn", make_head("knn"))], voting="soft")
+    module = head_module(vote.fit(X, y), 12)  # a vote of heads torch computes: the mean of their modules
+    assert module is not None
+    with torch.no_grad():
+        assert np.abs(module(torch.from_numpy(new)).double().numpy() - vote.predict_proba(new)).max() < 1e-5
     linear = linear_form(make_head("svm").fit(X, y))
     assert linear.weight.shape == (classes, 12) and linear.temperature is not None
     assert head_module(make_head("et").fit(X, y), 12) is None  # skl2onnx's
@@ -141,12 +147,14 @@ def test_every_head_exports_and_agrees_with_predict(cache: Path, tmp_path: Path,
 
 def test_an_auto_head_exports_the_head_it_chose(cache: Path, tmp_path: Path) -> None:
     head_path = _fit(cache, "auto", tmp_path)
-    _, meta = load_head(head_path)
-    result = export_model(head_path, tmp_path / "m.onnx", cache=cache)
+    estimator, meta = load_head(head_path)
+    assert meta["auto"]["choice"]["head"] == "logreg+et"  # three separable shades: every candidate ties the vote
+    result = export_model(head_path, tmp_path / "m.onnx", cache=cache)  # the tuned logreg and the trees: skl2onnx
     assert result.check is not None and result.check.passed, result.summary()
-    assert result.check.images == 36 and result.check.cached_same_top1 == 36
-    expected = {"logreg": "linear", "et": "skl2onnx"}.get(meta["auto"]["choice"]["head"], "")
-    assert result.form.startswith(expected)
+    assert result.check.images == 36 and result.check.cached_same_top1 == 36 and result.form == "skl2onnx"
+    assert result.check.trees == 300
+    with pytest.raises(FitError, match=r"a VotingClassifier head runs in no torch program: export it as \.onnx"):
+        export_model(head_path, tmp_path / "m.pt2", cache=cache)
 
 
 def test_binary_and_tuned_heads_fold_into_one_matrix(tmp_path: Path) -> None:

@@ -2,13 +2,14 @@
 
 ``make_head(name)`` returns ``Pipeline([("scale", StandardScaler()), ("l2", Normalizer())?,
 ("clf", <classifier>)])``; ``tune=True`` wraps it in a ``GridSearchCV`` that only ever sees the
-data passed to ``fit``. Defaults are chosen for small data: tens of images per class, ~1000-d
+data passed to ``fit``; ``make_head("auto")`` is the search among them (`AutoHeadClassifier`). Defaults are chosen for small data: tens of images per class, ~1000-d
 features.
 """
 
+from ._auto import AutoHeadClassifier, make_head
 from ._blocks import BlockScaler, block_weights
 from ._classical import FastGaussianNB, LinearSVMClassifier, RBFSVMClassifier, labels_from_scores
-from ._factory import HEADS, AutoHeadClassifier, input_params, make_head, param_grid
+from ._factory import HEADS, input_params, param_grid
 from ._tail import FineTunedTailClassifier, FrozenNorm, start_from_probe
 from ._torch import EarlyStopping, holdout_split, seeded_rng, torch_threads, train_epochs
 from ._torch_heads import MLPHeadClassifier, SmallCNNClassifier, SoftmaxClassifier

@@ -1,26 +1,18 @@
-"""The head catalogue and factory: `HEADS`, `make_head`, their defaults and grids; `auto`, the head
-chosen among them by cross-validation on the data it is fitted on (`AutoHeadClassifier`): each
-candidate (a head and a value of its key parameter) is scored on the training data alone, the
-default first and then the cheapest, until the candidates or the time budget run out; the first
-within one standard error of the best is refitted on all of it.
-Inside a compare draw it chooses again for every draw (nested), so its cell estimates what
-`fit --head auto` delivers."""
+"""The head catalogue and factory: `HEADS`, `make_pipeline` (every head but `auto`, the search among
+them in `heads._auto`, whose `make_head` makes any head), their defaults and grids."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.utils.validation import check_is_fitted
 
 from ..errors import UnknownHeadError
 from ._blocks import BlockScaler
@@ -38,7 +30,7 @@ HEADS: dict[str, str] = {
     "mlp": "Dense(64) + batch-norm + ReLU + dropout + softmax, trained with torch",
     "nb": "Gaussian naive Bayes",
     "cnn": "small CNN trained from scratch on raw pixels (rawN features), torch",
-    "auto": "the head and key parameter (tuned logreg, knn k, nb, svm C, et) best by cross-validation on the training data",
+    "auto": "the head and key parameter (tuned logreg, knn k, nb, svm C, et, the mean of logreg and et) best by cross-validation on the training data",
 }
 
 
@@ -108,7 +100,7 @@ def input_params(name: str, raw_pixels: bool) -> dict[str, Any]:
 
 
 def param_grid(name: str, **params: Any) -> dict[str, list[Any]]:
-    """The grid ``make_head(name, tune=True, **params)`` searches, in pipeline parameter names.
+    """The grid ``make_pipeline(name, tune=True, **params)`` searches, in pipeline parameter names.
 
     ``params`` matter only where they change what is worth searching (``svm`` with
     ``kernel="linear"`` has no gamma).
@@ -121,7 +113,7 @@ def param_grid(name: str, **params: Any) -> dict[str, list[Any]]:
     return {prefix + key: values for key, values in grid.items()}
 
 
-def make_head(
+def make_pipeline(
     name: str,
     *,
     tune: bool = False,
@@ -130,7 +122,7 @@ def make_head(
     probabilities: bool = True,
     blocks: tuple[int, ...] = (),
     **params: Any,
-) -> Pipeline | GridSearchCV | AutoHeadClassifier:
+) -> Pipeline | GridSearchCV:
     """A fresh, unfitted head; ``params`` go to the classifier (for ``svm``, to the SVC).
 
     ``blocks``: the widths of fused extractions side by side in the features; each block is then
@@ -144,8 +136,8 @@ def make_head(
     ``fit`` alone, then refits the best candidate on all of it.
     """
     check_head(name)
-    if name == "auto":  # a search already: each candidate is a whole head of its own
-        return AutoHeadClassifier(random_state=random_state, blocks=blocks, **params)
+    if name == "auto":
+        raise UnknownHeadError("auto is a search among the heads: make it with heads.make_head")
     steps: list[tuple[str, BaseEstimator]] = [("scale", BlockScaler(blocks=blocks) if blocks else StandardScaler())]
     if l2_normalize:
         steps.append(("l2", Normalizer()))
@@ -162,87 +154,3 @@ def make_head(
     return GridSearchCV(
         pipeline, param_grid(name, **params), cv=_StratifiedKFoldUpTo(5, random_state)
     )
-
-
-# (head, its key parameter's values): the default first (logreg with its C tuned, as compare and
-# `fit --tune` fit it; "tune" goes to make_head), then the cheapest: the budget cuts from the end.
-CANDIDATES: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
-    ("logreg", "tune", (True,)),
-    ("knn", "n_neighbors", (5, 1, 11)),
-    ("nb", "var_smoothing", (1e-9,)),
-    ("svm", "C", (0.0005, 0.005)),
-    ("et", "min_samples_leaf", (1,)),
-)
-
-
-class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
-    """Chooses among `CANDIDATES` by cross-validation on the data given to `fit` (`_one_standard_error`);
-    `budget`: seconds; a
-    candidate expected to end past it is not scored (the first one always is). `blocks`, `raw_pixels`: what the
-    features are, passed on to each candidate (`make_head`)."""
-
-    def __init__(self, *, budget: float | None = None, folds: int = 5, random_state: int | None = 0,
-                 blocks: tuple[int, ...] = (), raw_pixels: bool = False) -> None:
-        self.budget = budget
-        self.folds = folds
-        self.random_state = random_state
-        self.blocks = blocks
-        self.raw_pixels = raw_pixels
-
-    def candidates(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(head, {**input_params(head, self.raw_pixels), name: value})
-                for head, name, values in CANDIDATES for value in values]
-
-    def fit(self, X: Any, y: Any) -> AutoHeadClassifier:
-        start = time.perf_counter()
-        cv = _StratifiedKFoldUpTo(self.folds, self.random_state)
-        smallest_fold_train = len(y) - -(-len(y) // cv.get_n_splits(X, y))  # images a fold trains on, at least
-        self.results_: list[dict[str, Any]] = []
-        for head, params in self.candidates():
-            if self.results_ and self.budget is not None and \
-                    time.perf_counter() - start + self._expected(head) > self.budget:
-                continue  # would end past the budget (a cheaper one further on may not)
-            if params.get("n_neighbors", 0) > smallest_fold_train:
-                continue  # more neighbours than a fold has images
-            began = time.perf_counter()
-            estimator = make_head(head, random_state=self.random_state, probabilities=False, blocks=self.blocks,
-                                  **_settings(params))
-            folds = cross_val_score(estimator, X, y, cv=cv)
-            # at least one image of a fold: folds that all score 1.0 do not make a lead certain
-            se = max(float(np.std(folds, ddof=1) / np.sqrt(len(folds))), len(folds) / len(y))
-            self.results_.append({"head": head, "params": params, "cv_accuracy": float(np.mean(folds)), "cv_se": se,
-                                  "seconds": time.perf_counter() - began})
-        best = self._one_standard_error()
-        self.choice_ = {"head": best["head"], "params": best["params"]}
-        self.cv_score_ = best["cv_accuracy"]
-        self.estimator_ = clone(make_head(best["head"], random_state=self.random_state, blocks=self.blocks,
-                                          **_settings(best["params"]))).fit(X, y)
-        self.classes_ = self.estimator_.classes_
-        self.n_features_in_ = int(np.asarray(X).shape[1])
-        self.seconds_ = time.perf_counter() - start
-        return self
-
-    def _one_standard_error(self) -> dict[str, Any]:
-        """The first candidate (the default, then the cheapest) whose CV accuracy is within one standard
-        error of the best's: on a few dozen images the best of twelve noisy scores is partly luck, and
-        a lead smaller than the noise does not repay leaving the default (benchmarks/RESULTS.md 23)."""
-        top = max(self.results_, key=lambda r: r["cv_accuracy"])
-        return next(r for r in self.results_ if r["cv_accuracy"] >= top["cv_accuracy"] - top["cv_se"])
-
-    def _expected(self, head: str) -> float:
-        """Seconds a candidate of `head` should take: as its last one did, else as the slowest so far."""
-        same = [r["seconds"] for r in self.results_ if r["head"] == head]
-        return same[-1] if same else max(r["seconds"] for r in self.results_)
-
-    def predict(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, "estimator_")
-        return np.asarray(self.estimator_.predict(X))
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, "estimator_")
-        return np.asarray(self.estimator_.predict_proba(X))
-
-
-def _settings(params: dict[str, Any]) -> dict[str, Any]:
-    """A candidate's parameters as make_head takes them: "tune" is its own argument, the rest the classifier's."""
-    return {"tune": bool(params.get("tune"))} | {k: v for k, v in params.items() if k != "tune"}

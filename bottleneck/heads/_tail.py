@@ -95,9 +95,9 @@ class FineTunedTailClassifier(_TorchClassifier):
 def start_from_probe(linear: nn.Linear, features: np.ndarray, y: np.ndarray) -> None:
     """Set `linear` to compare's tuned logreg fitted on `features` (class indices `y`), the
     standardisation folded in: fine-tuning then starts from the frozen features' best linear head."""
-    from ._factory import make_head  # the factory builds this module's head too
+    from ._factory import make_pipeline  # the factory builds this module's head too
 
-    probe = make_head("logreg", tune=True, random_state=0).fit(features, y)
+    probe = make_pipeline("logreg", tune=True, random_state=0).fit(features, y)
     scaler, logreg = probe[0], probe[-1].model_
     coef = logreg.coef_ / scaler.scale_
     intercept = logreg.intercept_ - coef @ scaler.mean_

@@ -10,6 +10,7 @@ from ._cache import ASIDE, DEFAULT_CACHE, FORMAT, MANIFEST_FIELDS, PENDING, Mani
 from ._disk import cache_lock, check_room, lock_file
 from ._features import (
     Features,
+    auto_extractions,
     fusion_parts,
     load_features,
     load_fused,
@@ -22,7 +23,7 @@ from ._projections import read_projection, write_projection
 from ._rows import copy_rows, create_rows, readable_keys, view_key
 from ._tables import read_table, write_table
 
-__all__ = ["ASIDE", "DEFAULT_CACHE", "FORMAT", "MANIFEST_FIELDS", "PENDING", "Features", "ManifestRow", "Store", "fusion_parts", "load_fused", "select_extractions",
+__all__ = ["ASIDE", "DEFAULT_CACHE", "FORMAT", "MANIFEST_FIELDS", "PENDING", "Features", "ManifestRow", "Store", "auto_extractions", "fusion_parts", "load_fused", "select_extractions",
            "cache_lock", "check_room", "lock_file", "compact_cache", "copy_rows", "create_rows", "load_features", "load_views",
            "read_projection", "read_table", "readable_keys", "select_extraction", "verify_cache", "view_key",
            "write_projection", "write_table"]

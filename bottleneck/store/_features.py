@@ -119,6 +119,16 @@ def select_extractions(cache: Path, dataset: str | None, model: str | None) -> t
     return found[0][0], list(dict.fromkeys(fp for _, fp in found))
 
 
+def auto_extractions(cache: Path, dataset: str | None) -> tuple[str, list[str]]:
+    """(dataset, fingerprints) `fit --head auto` searches when no --model is given: the dataset's
+    embeddings (`ExtractorSpec.embedding`), the last extracted first; else its last extraction alone."""
+    with Store.open(cache) as store:
+        dataset = store.dataset_or_last(dataset)
+        last = str(store.dataset_attrs(dataset)["last_extractor"])
+        embeddings = [fp for fp in store.dataset_extractors(dataset) if store.extractor_spec(fp).embedding]
+    return dataset, sorted(embeddings, key=lambda fp: fp != last) or [last]
+
+
 def load_fused(cache: Path | Store, dataset: str, fps: Sequence[str]) -> tuple[Features, list[ExtractorSpec], int]:
     """(the rows every extraction in `fps` has, their vectors side by side in `fps` order; the specs;
     how many images were left out for lacking a block). One fingerprint: `load_features`."""

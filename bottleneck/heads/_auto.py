@@ -1,0 +1,239 @@
+"""`auto`: the head chosen by cross-validation on the data it is fitted on (`AutoHeadClassifier`).
+
+Each candidate (a head and a value of its key parameter, or the mean of two heads' probabilities)
+is scored on the training data alone, fold by fold, the default first and then the cheapest, until
+the candidates or the time budget run out; the first in order of preference within one standard
+error of the best is refitted on all of it. With several fused extractions (`block_sets`), every
+candidate is tried on each set of blocks. Inside a compare draw it chooses again for every draw
+(nested), so its cell estimates what `fit --head auto` delivers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import VotingClassifier
+from sklearn.utils.validation import check_is_fitted
+
+from ._factory import input_params, make_pipeline
+from ._tuning import _StratifiedKFoldUpTo
+
+# (head, its key parameter's values): the default first (logreg with its C tuned, as compare and
+# `fit --tune` fit it; "tune" goes to make_pipeline), then the cheapest: the budget cuts from the end.
+CANDIDATES: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
+    ("logreg", "tune", (True,)),
+    ("knn", "n_neighbors", (5, 1, 11)),
+    ("nb", "var_smoothing", (1e-9,)),
+    ("svm", "C", (0.0005, 0.005)),
+    ("et", "min_samples_leaf", (1,)),
+)
+# Soft votes (the mean of the members' probabilities), scored from the members' out-of-fold
+# probabilities at no further cost, and preferred to any single head within the noise of the best:
+# on 2- to 22-class sets of 30-660 images the tuned logreg and the trees err on different images
+# (benchmarks/RESULTS.md 24).
+VOTES: tuple[tuple[tuple[str, dict[str, Any]], ...], ...] = (
+    (("logreg", {"tune": True}), ("et", {"min_samples_leaf": 1})),
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    members: tuple[tuple[str, dict[str, Any]], ...]  # one (head, params), or the heads of a soft vote
+    blocks: tuple[int, ...]  # the indices of the feature blocks it reads; () all
+
+    def __hash__(self) -> int:  # its params are dicts
+        return hash(repr(self))
+
+    @property
+    def head(self) -> str:
+        return "+".join(head for head, _ in self.members)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.members[0][1] if len(self.members) == 1 else {head: p for head, p in self.members}
+
+
+def make_head(name: str, *, tune: bool = False, l2_normalize: bool = False, random_state: int | None = 0,
+              probabilities: bool = True, blocks: tuple[int, ...] = (), **params: Any) -> Any:
+    """A fresh, unfitted head of any name: `auto` (`params` its own), else `make_pipeline`'s."""
+    if name == "auto":  # a search already: each candidate is a whole head of its own
+        return AutoHeadClassifier(random_state=random_state, blocks=blocks, **params)
+    return make_pipeline(name, tune=tune, l2_normalize=l2_normalize, random_state=random_state,
+                         probabilities=probabilities, blocks=blocks, **params)
+
+
+class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
+    """Chooses among `CANDIDATES` and `VOTES` by cross-validation on the data given to `fit`.
+
+    `budget`: seconds for the whole fit, the final refit included; a candidate expected to end past
+    it is not scored, and the first (always scored) stops after the folds that fit in it. `blocks`:
+    the widths of fused extractions side by side in the features; `block_sets`: which sets of them
+    (block indices) to try, default all together. `raw_pixels`: what the features are, passed on to
+    each candidate (`make_pipeline`)."""
+
+    def __init__(self, *, budget: float | None = None, folds: int = 5, random_state: int | None = 0,
+                 blocks: tuple[int, ...] = (), raw_pixels: bool = False,
+                 block_sets: tuple[tuple[int, ...], ...] | None = None) -> None:
+        self.budget = budget
+        self.folds = folds
+        self.random_state = random_state
+        self.blocks = blocks
+        self.raw_pixels = raw_pixels
+        self.block_sets = block_sets
+
+    def candidates(self) -> list[Candidate]:
+        """In the order they are scored: each head's values on each block set, then the votes."""
+        sets = self.block_sets or ((),)
+        singles = [Candidate(((head, {**input_params(head, self.raw_pixels), name: value}),), blocks)
+                   for head, name, values in CANDIDATES for value in values for blocks in sets]
+        votes = [Candidate(tuple((head, {**input_params(head, self.raw_pixels), **p}) for head, p in vote), blocks)
+                 for vote in VOTES for blocks in sets]
+        return singles + votes
+
+    def fit(self, X: Any, y: Any) -> AutoHeadClassifier:
+        start = time.perf_counter()
+        X, y = np.asarray(X), np.asarray(y)
+        splits = list(_StratifiedKFoldUpTo(self.folds, self.random_state).split(X, y))
+        smallest_fold_train = min(len(train) for train, _ in splits)
+        self.classes_ = np.unique(y)
+        self.results_: list[dict[str, Any]] = []
+        self._scored: list[Candidate] = []  # results_'s candidates
+        self._scores: dict[Candidate, np.ndarray] = {}  # out-of-fold probabilities (labels for the svm)
+        for candidate in self.candidates():
+            if any(p.get("n_neighbors", 0) > smallest_fold_train for _, p in candidate.members):
+                continue  # more neighbours than a fold has images
+            if len(candidate.members) > 1:
+                self._score_vote(candidate, splits, y)
+                continue
+            if self.results_ and self._past_budget(start, self._expected(candidate)):
+                continue  # would end past the budget (a cheaper one further on may not)
+            self._score(candidate, splits, X, y, start)
+        best = self._one_standard_error()
+        self.choice_ = {"head": self.results_[best]["head"], "params": self.results_[best]["params"]}
+        self.cv_score_ = self.results_[best]["cv_accuracy"]
+        self.chosen_ = self._scored[best]
+        self.columns_ = self._columns(self.chosen_.blocks)
+        self.estimator_ = self._build(self.chosen_).fit(X[:, self.columns_], y)
+        self.n_features_in_ = int(X.shape[1])
+        self.seconds_ = time.perf_counter() - start
+        del self._scores, self._scored
+        return self
+
+    def _score(self, candidate: Candidate, splits: list[tuple[np.ndarray, np.ndarray]], X: np.ndarray,
+               y: np.ndarray, start: float) -> None:
+        """Cross-validates one head; the first candidate stops after the folds that fit in the budget."""
+        began = time.perf_counter()
+        (head, _), = candidate.members
+        columns = self._columns(candidate.blocks)
+        probabilities = head != "svm"  # the svm's calibration would cost 4-5 fits and change no label
+        scores = np.zeros((len(y), len(self.classes_))) if probabilities else np.empty(len(y), dtype=y.dtype)
+        folds = []
+        for train, held in splits:
+            model = self._build(candidate, probabilities=False).fit(X[train][:, columns], y[train])
+            if probabilities:
+                scores[held] = _aligned(model, X[held][:, columns], self.classes_)
+                folds.append(float(np.mean(self.classes_[scores[held].argmax(1)] == y[held])))
+            else:
+                scores[held] = model.predict(X[held][:, columns])
+                folds.append(float(np.mean(scores[held] == y[held])))
+            per_fold = (time.perf_counter() - began) / len(folds)
+            if len(folds) < len(splits) and not self.results_ and \
+                    self._past_budget(start, per_fold + self._refit_seconds(per_fold, len(y), train)):
+                break  # the default alone: the folds that fit, then its refit
+        if len(folds) == len(splits):
+            self._scores[candidate] = scores
+        self._record(candidate, folds, len(y), time.perf_counter() - began, len(train))
+
+    def _score_vote(self, candidate: Candidate, splits: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray) -> None:
+        """A soft vote's folds from its members' out-of-fold probabilities (skipped when one was not scored)."""
+        members = [Candidate((member,), candidate.blocks) for member in candidate.members]
+        if not all(m in self._scores for m in members):
+            return
+        mean = np.mean([self._scores[m] for m in members], axis=0)
+        folds = [float(np.mean(self.classes_[mean[held].argmax(1)] == y[held])) for _, held in splits]
+        refit = sum(r["refit_seconds"] for r, c in zip(self.results_, self._scored, strict=True) if c in members)
+        self._record(candidate, folds, len(y), 0.0, len(splits[0][0]), refit=refit)
+
+    def _record(self, candidate: Candidate, folds: list[float], n: int, seconds: float, fold_rows: int,
+                refit: float | None = None) -> None:
+        # at least one image of a fold: folds that all score 1.0 do not make a lead certain
+        se = float(np.std(folds, ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
+        self.results_.append({"head": candidate.head, "params": candidate.params, "blocks": list(candidate.blocks),
+                              "cv_accuracy": float(np.mean(folds)), "cv_se": max(se, len(folds) / n),
+                              "folds": len(folds), "seconds": seconds,
+                              "refit_seconds": refit if refit is not None else
+                              self._refit_seconds(seconds / len(folds), n, np.empty(fold_rows))})
+        self._scored.append(candidate)
+
+    def _one_standard_error(self) -> int:
+        """The first candidate, in order of preference (the votes, then the order scored), whose CV accuracy
+        is within one standard error of the best's: on a few dozen images the best of a dozen noisy scores
+        is partly luck, and a lead smaller than the noise does not repay leaving the default
+        (benchmarks/RESULTS.md 23, 24)."""
+        top = max(self.results_, key=lambda r: r["cv_accuracy"])
+        preferred = sorted(range(len(self.results_)), key=lambda i: len(self._scored[i].members) == 1)  # votes first
+        return next(i for i in preferred if self.results_[i]["cv_accuracy"] >= top["cv_accuracy"] - top["cv_se"])
+
+    def _expected(self, candidate: Candidate) -> float:
+        """Seconds a candidate should take, its refit included: as the last of its head did, else as the
+        slowest so far."""
+        same = [r for r in self.results_ if r["head"] == candidate.head]
+        last = same[-1] if same else max(self.results_, key=lambda r: r["seconds"])
+        return float(last["seconds"] + last["refit_seconds"])
+
+    def _past_budget(self, start: float, more: float) -> bool:
+        if self.budget is None:
+            return False
+        reserve = max([r["refit_seconds"] for r in self.results_], default=0.0)  # the refit of what may be chosen
+        return time.perf_counter() - start + more + reserve > self.budget
+
+    @staticmethod
+    def _refit_seconds(per_fold: float, n: int, train: np.ndarray) -> float:
+        return per_fold * n / max(len(train), 1)
+
+    def _columns(self, blocks: tuple[int, ...]) -> np.ndarray | slice:
+        if not blocks or len(blocks) == len(self.blocks):
+            return slice(None)
+        edges = np.cumsum((0, *self.blocks))
+        return np.concatenate([np.arange(edges[b], edges[b + 1]) for b in blocks])
+
+    def _build(self, candidate: Candidate, probabilities: bool = True) -> Any:
+        widths = tuple(self.blocks[b] for b in candidate.blocks) if candidate.blocks else self.blocks
+        widths = widths if len(widths) > 1 else ()
+        heads = [make_pipeline(head, random_state=self.random_state, blocks=widths, probabilities=probabilities,
+                           **_settings(params)) for head, params in candidate.members]
+        if len(heads) == 1:
+            return heads[0]
+        return VotingClassifier([(head, h) for (head, _), h in zip(candidate.members, heads, strict=True)],
+                                voting="soft")
+
+    def narrow(self) -> AutoHeadClassifier:
+        """The fitted head, now taking only the chosen blocks' columns (what `fit` saves once it keeps just
+        the extractions chosen)."""
+        check_is_fitted(self, "estimator_")
+        self.columns_ = slice(None)
+        self.n_features_in_ = int(self.estimator_.n_features_in_)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        return np.asarray(self.estimator_.predict(np.asarray(X)[:, self.columns_]))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        return np.asarray(self.estimator_.predict_proba(np.asarray(X)[:, self.columns_]))
+
+
+def _aligned(model: Any, X: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """predict_proba over all of `classes` (a fold's training part can lack one)."""
+    out = np.zeros((len(X), len(classes)))
+    out[:, np.searchsorted(classes, model.classes_)] = model.predict_proba(X)
+    return out
+
+
+def _settings(params: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's parameters as make_pipeline takes them: "tune" is its own argument, the rest the classifier's."""
+    return {"tune": bool(params.get("tune"))} | {k: v for k, v in params.items() if k != "tune"}
