@@ -203,13 +203,16 @@ def compare(*, data: str | None = None, models: Sequence[str] | None = None, hea
 
 def export(out: str | Path, *, data: str | None = None, model: str | None = None, format: str | None = None,
            cache: str | Path = DEFAULT_CACHE) -> Path:
-    """Write cached features as npz, csv or parquet (`format`, default from `out`'s suffix)."""
+    """Write cached features as npz, csv or parquet (`format`, default from `out`'s suffix); `model` a+b:
+    the extractions' vectors side by side (as cached, unweighted), on the images they all have."""
     from .formats import export_features
+    from .store import load_fused, select_extractions
 
     check_outputs([("OUT", Path(out))], option="OUT", cache=Path(cache))
-    features = load_features(data, model, cache=cache)
+    dataset, fps = select_extractions(Path(cache), data, model)
+    features, specs, _ = load_fused(Path(cache), dataset, fps)
     with writing(Path(out), "OUT"):
-        return export_features(features, Path(out), format)
+        return export_features(features, Path(out), format, specs=specs)
 
 
 def audit(*, data: str | None = None, model: str | None = None, threshold: float | None = None, folds: int = 5,

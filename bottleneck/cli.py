@@ -362,7 +362,8 @@ def export(
     out: Path = typer.Argument(..., help="File to write; its suffix picks the format unless --format is given."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name in the cache (default: the last extracted)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=escape("A model name, a label such as "
-                                        "resnet50[layer3,max], or a fingerprint (default: the dataset's last).")),
+                                        "resnet50[layer3,max], or a fingerprint (default: the dataset's last); "
+                                        "a+b: the extractions side by side.")),
     fmt: Optional[str] = typer.Option(None, "--format", help="npz, csv or parquet (parquet needs pyarrow)."),
     cache: Path = CacheOption,
 ) -> None:

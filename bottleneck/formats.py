@@ -1,18 +1,20 @@
 """Cached features written out for other tools: NumPy `.npz`, CSV, or Parquet (with pyarrow).
 
 Every format carries the vectors with each image's path, label, split and sha256, and the extractor
-spec (as JSON) that made them.
+spec (as JSON) that made them: a list of specs for fused extractions (a+b), in column order.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BottleneckError
+from .spec import ExtractorSpec
 from .store import Features
 
 FORMATS = ("npz", "csv", "parquet")
@@ -25,14 +27,19 @@ def spreadsheet_safe(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def export_features(features: Features, out: Path, fmt: str | None = None) -> Path:
-    """Write `features` to `out` in `fmt` (default: from out's suffix); the path written."""
+def export_features(features: Features, out: Path, fmt: str | None = None,
+                    specs: Sequence[ExtractorSpec] | None = None) -> Path:
+    """Write `features` to `out` in `fmt` (default: from out's suffix); the path written. `specs`: the
+    extractors of fused blocks, side by side in the vectors; their specs are written as a list."""
     out = Path(out)
     fmt = fmt or out.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise BottleneckError(f"--format {fmt or '(none)'}: use one of {', '.join(FORMATS)} (or an OUT ending in one)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    spec = json.dumps(features.spec.to_dict() if features.spec else None)
+    if specs is not None and len(specs) > 1:
+        spec = json.dumps([s.to_dict() for s in specs])
+    else:
+        spec = json.dumps(features.spec.to_dict() if features.spec else None)
     if fmt == "npz":
         with out.open("wb") as f:  # a file object: np.savez would append .npz to other names
             np.savez(f, X=features.X, labels=features.labels.astype(str), splits=features.splits.astype(str),

@@ -3,6 +3,7 @@ same total variance, in the scikit-learn heads and in the batched torch logreg a
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -89,3 +90,6 @@ def test_fit_and_predict_a_fused_head(image_folder: Path, tmp_path: Path) -> Non
     assert all(p.labels[0] == expected[str(Path(p.path).relative_to(image_folder))] for p in predictions)
     with pytest.raises(FitError, match="a head on fused extractions"):
         head_spec(meta, sidecar_path(fused.head_path))
+    with np.load(api.export(tmp_path / "fused.npz", model="raw8+raw16", cache=cache)) as exported:
+        assert np.array_equal(exported["X"], X) and list(exported["paths"]) == paths
+        assert [s["model"] for s in json.loads(str(exported["spec"]))] == ["raw8", "raw16"]
