@@ -101,12 +101,12 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         self.results_: list[dict[str, Any]] = []
         self._scored: list[Candidate] = []  # results_'s candidates
-        self._scores: dict[Candidate, np.ndarray] = {}  # out-of-fold probabilities (labels for the svm)
+        self._scores: dict[Candidate, np.ndarray] = {}  # out-of-fold probabilities, for the votes
         for candidate in self.candidates():
             if any(p.get("n_neighbors", 0) > smallest_fold_train for _, p in candidate.members):
                 continue  # more neighbours than a fold has images
             if len(candidate.members) > 1:
-                self._score_vote(candidate, splits, y)
+                self._score_vote(candidate, splits, y, start)
                 continue
             if self.results_ and self._past_budget(start, self._expected(candidate)):
                 continue  # would end past the budget (a cheaper one further on may not)
@@ -129,32 +129,36 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
         (head, _), = candidate.members
         columns = self._columns(candidate.blocks)
         probabilities = head != "svm"  # the svm's calibration would cost 4-5 fits and change no label
-        scores = np.zeros((len(y), len(self.classes_))) if probabilities else np.empty(len(y), dtype=y.dtype)
+        out_of_fold = np.zeros((len(y), len(self.classes_)))
         folds = []
         for train, held in splits:
             model = self._build(candidate, probabilities=False).fit(X[train][:, columns], y[train])
             if probabilities:
-                scores[held] = _aligned(model, X[held][:, columns], self.classes_)
-                folds.append(float(np.mean(self.classes_[scores[held].argmax(1)] == y[held])))
+                out_of_fold[held] = _aligned(model, X[held][:, columns], self.classes_)
+                predicted = self.classes_[out_of_fold[held].argmax(1)]
             else:
-                scores[held] = model.predict(X[held][:, columns])
-                folds.append(float(np.mean(scores[held] == y[held])))
+                predicted = model.predict(X[held][:, columns])
+            folds.append(float(np.mean(predicted == y[held])))
             per_fold = (time.perf_counter() - began) / len(folds)
             if len(folds) < len(splits) and not self.results_ and \
                     self._past_budget(start, per_fold + self._refit_seconds(per_fold, len(y), train)):
                 break  # the default alone: the folds that fit, then its refit
-        if len(folds) == len(splits):
-            self._scores[candidate] = scores
+        if probabilities and len(folds) == len(splits):
+            self._scores[candidate] = out_of_fold
         self._record(candidate, folds, len(y), time.perf_counter() - began, len(train))
 
-    def _score_vote(self, candidate: Candidate, splits: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray) -> None:
-        """A soft vote's folds from its members' out-of-fold probabilities (skipped when one was not scored)."""
+    def _score_vote(self, candidate: Candidate, splits: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray,
+                    start: float) -> None:
+        """A soft vote's folds from its members' out-of-fold probabilities; skipped when one was not scored,
+        or when refitting them all would end past the budget."""
         members = [Candidate((member,), candidate.blocks) for member in candidate.members]
         if not all(m in self._scores for m in members):
             return
+        refit = sum(r["refit_seconds"] for r, c in zip(self.results_, self._scored, strict=True) if c in members)
+        if self.budget is not None and time.perf_counter() - start + refit > self.budget:
+            return
         mean = np.mean([self._scores[m] for m in members], axis=0)
         folds = [float(np.mean(self.classes_[mean[held].argmax(1)] == y[held])) for _, held in splits]
-        refit = sum(r["refit_seconds"] for r, c in zip(self.results_, self._scored, strict=True) if c in members)
         self._record(candidate, folds, len(y), 0.0, len(splits[0][0]), refit=refit)
 
     def _record(self, candidate: Candidate, folds: list[float], n: int, seconds: float, fold_rows: int,
