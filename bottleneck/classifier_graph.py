@@ -3,9 +3,9 @@ probabilities out, as `predict_proba` computes them.
 
 Linear heads (logreg, softmax, the temperature-scaled linear SVM) become one matrix after the pooled
 features, the standardisation folded in. knn, nb, mlp, cnn and the RBF SVM are rewritten in torch from
-their fitted arrays, a soft vote (auto's) as the mean of its members' modules; the trees (et, rf), and
-a vote with a tree among its members, are left to skl2onnx (`head_module` returns None for them),
-whose graph `model_export` joins after the backbone's.
+their fitted arrays, a soft vote (auto's) as the mean of its members' modules; the trees (et, rf) are
+left to skl2onnx (`head_module` returns None for them, and for a vote with a tree among its members,
+which `model_export` averages in ONNX), whose graph `model_export` joins after the backbone's.
 """
 
 from __future__ import annotations
@@ -313,21 +313,6 @@ def _classifier_module(clf: Any) -> nn.Module:
             return KernelSVM(svm, beta)
         raise refuse(f"a calibrated {type(svm).__name__} does not export")
     raise refuse(f"a {type(clf).__name__} head does not export")
-
-
-def for_skl2onnx(head: Any) -> Any:
-    """A copy of a fitted head that skl2onnx converts: the tuned logreg as the LogisticRegression it
-    chose, a vote's members alike (and its transform unflattened, which skl2onnx requires)."""
-    if isinstance(head, GridSearchCV):
-        head = head.best_estimator_
-    head = copy.copy(head)
-    if isinstance(head, VotingClassifier):
-        head.estimators_ = [for_skl2onnx(member) for member in head.estimators_]
-        head.flatten_transform = False
-    elif isinstance(head, Pipeline):
-        head.steps = [(name, step.model_ if isinstance(step, PathTunedLogisticRegression) else step)
-                      for name, step in head.steps]
-    return head
 
 
 def tree_count(head: Any) -> int | None:

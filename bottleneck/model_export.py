@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sklearn.ensemble import VotingClassifier
 
 from ._version import __version__
-from .classifier_graph import ClassifierNet, for_skl2onnx, head_module, linear_form, refuse, tree_count, unwrap
+from .classifier_graph import ClassifierNet, head_module, linear_form, refuse, tree_count, unwrap
 from .errors import FitError, one_line_reason
 from .heads import AutoHeadClassifier
 from .model_file import (
@@ -155,7 +156,7 @@ def export_model(head_path: Path, out: Path, *, cache: Path, weights: str | None
 
 def _form(estimator: Any, head: torch.nn.Module | None) -> str:
     if head is None:
-        return "skl2onnx"
+        return "skl2onnx" + (" and torch, averaged" if isinstance(estimator, VotingClassifier) else "")
     try:
         form = linear_form(estimator)
     except FitError:
@@ -200,18 +201,53 @@ def _onnx_parts(backbone: Backbone, head: torch.nn.Module | None, estimator: Any
     assert spec.feature_dim is not None
     if head is not None:
         return features, _torch_onnx(head, torch.zeros(2, spec.feature_dim), (FEATURES, OUTPUT), "the head")
+    if isinstance(estimator, VotingClassifier):  # its members each as they export, then their mean
+        return features, _mean_of([_head_graph(member, spec.feature_dim) for member in estimator.estimators_])
+    return features, _skl2onnx(estimator, spec.feature_dim)
+
+
+def _head_graph(head: Any, width: int) -> Any:
+    module = head_module(head, width)
+    if module is not None:
+        return _torch_onnx(module, torch.zeros(2, width), (FEATURES, OUTPUT), "the head")
+    return _skl2onnx(head, width)
+
+
+def _skl2onnx(head: Any, width: int) -> Any:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    fitted = for_skl2onnx(estimator)
-    classifier = unwrap(fitted)[1]
+    classifier = unwrap(head)[1]
+    fitted = head.best_estimator_ if hasattr(head, "best_estimator_") else head
     try:
-        converted = convert_sklearn(fitted, initial_types=[(FEATURES, FloatTensorType([None, spec.feature_dim]))],
-                                    target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
-                                    options={id(classifier): {"zipmap": False}})
+        return convert_sklearn(fitted, initial_types=[(FEATURES, FloatTensorType([None, width]))],
+                               target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+                               options={id(classifier): {"zipmap": False}})
     except Exception as exc:  # skl2onnx raises many kinds for what it cannot convert
         raise refuse(f"skl2onnx could not convert the {type(classifier).__name__} head ({one_line_reason(exc)})") from None
-    return features, converted
+
+
+def _mean_of(graphs: list[Any]) -> Any:
+    """One graph of several heads' graphs side by side on the same features, their probabilities averaged."""
+    import onnx
+    from onnx import compose, helper
+
+    parts = [compose.add_prefix(graph, f"member{i}/", rename_inputs=False) for i, graph in enumerate(graphs)]
+    mean = helper.make_node("Mean", [f"member{i}/{OUTPUT}" for i in range(len(parts))], [OUTPUT])
+    output = onnx.ValueInfoProto()
+    output.CopyFrom(next(o for o in parts[0].graph.output if o.name == f"member0/{OUTPUT}"))
+    output.name = OUTPUT
+    graph = helper.make_graph([node for part in parts for node in part.graph.node] + [mean], "vote",
+                              [parts[0].graph.input[0]], [output],
+                              [tensor for part in parts for tensor in part.graph.initializer])
+    versions: dict[str, int] = {}
+    for part in parts:
+        for opset in part.opset_import:
+            versions[opset.domain] = max(versions.get(opset.domain, 1), opset.version)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(versions.items())],
+                              functions=[f for part in parts for f in part.functions])
+    model.ir_version = max(part.ir_version for part in parts)
+    return model
 
 
 def _join(features: Any, head: Any) -> Any:

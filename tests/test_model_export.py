@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from typer.testing import CliRunner
 
+from bottleneck_features import api
 from bottleneck_features.classifier_graph import head_module, linear_form
 from bottleneck_features.cli import app
 from bottleneck_features.errors import BottleneckError, FitError, OutputError, WeightsUnavailableError
@@ -151,10 +152,22 @@ def test_an_auto_head_exports_the_head_it_chose(cache: Path, tmp_path: Path) -> 
     assert meta["auto"]["choice"]["head"] == "logreg+et"  # three separable shades: every candidate ties the vote
     result = export_model(head_path, tmp_path / "m.onnx", cache=cache)  # the tuned logreg and the trees: skl2onnx
     assert result.check is not None and result.check.passed, result.summary()
-    assert result.check.images == 36 and result.check.cached_same_top1 == 36 and result.form == "skl2onnx"
+    assert result.check.images == 36 and result.check.cached_same_top1 == 36
+    assert result.form == "skl2onnx and torch, averaged"
     assert result.check.trees == 300
     with pytest.raises(FitError, match=r"a VotingClassifier head runs in no torch program: export it as \.onnx"):
         export_model(head_path, tmp_path / "m.pt2", cache=cache)
+
+
+def test_a_vote_of_linear_heads_and_trees_exports_as_their_mean(cache: Path, tmp_path: Path) -> None:
+    head_path = _fit(cache, "logreg", tmp_path)
+    features = api.load_features(cache=cache)
+    members = [("logreg", make_head("logreg", tune=True)), ("svm", make_head("svm")), ("et", make_head("et"))]
+    vote = VotingClassifier(members, voting="soft").fit(features.X, features.labels)
+    _forge(head_path, vote)
+    result = export_model(head_path, tmp_path / "vote.onnx", cache=cache)
+    assert result.check is not None and result.check.passed, result.summary()
+    assert result.check.cached_same_top1 == 36 and result.form == "skl2onnx and torch, averaged"
 
 
 def test_binary_and_tuned_heads_fold_into_one_matrix(tmp_path: Path) -> None:
