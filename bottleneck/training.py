@@ -123,7 +123,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
         kept = list(estimator.chosen_.blocks)  # the extractions chosen: all that predict will extract
         fps, specs = [fps[b] for b in kept], [specs[b] for b in kept]
         estimator.narrow()
-        spec, blocks = specs[0], blocks if len(kept) > 1 else ()
+        spec, blocks = specs[0], tuple(blocks[b] for b in kept) if len(kept) > 1 else ()
     elif head == "auto":
         summary = _auto_summary(estimator, specs)
     fp = fps[0]
