@@ -77,7 +77,7 @@ def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | No
                                list[Fusion]]:
     """(dataset name, root, the specs of its plain rows, (augmented spec, views) of its views rows, what
     extract reads to update it, the fused rows' extractions): every query is resolved before any work.
-    A views row brings its plain spec's row along; a fused row's blocks are loaded, not shown alone."""
+    A views row brings its plain spec's row along; a fused row's blocks (and views) are loaded, not shown alone."""
     with Store.open(cache) as store:
         dataset = store.dataset_or_last(dataset)
         root = store.dataset_root(dataset)  # StoreError naming the cached datasets if unknown
@@ -95,9 +95,12 @@ def choose_features(cache: Path, dataset: str | None, models: Sequence[str] | No
             spec_of = {part: extracted[fp] if fp else resolve_spec(part) for part, fp in named.items()}
             chosen = [spec_of[query] for query in models if len(parts[query]) == 1]
             fusions = [tuple(spec_of[part] for part in parts[query]) for query in models if len(parts[query]) > 1]
-    if any(s.augment or s.pool == "none" for fusion in fusions for s in fusion):
-        raise CompareError("a fused row (a+b) joins pooled extractions; augmented views and whole maps cannot be "
-                           "fused yet")
+    if any(s.pool == "none" for fusion in fusions for s in fusion):
+        raise CompareError("a fused row (a+b) joins pooled extractions; whole maps (--pool none) cannot be fused")
+    unviewed = [s.label() for fusion in fusions for s in fusion if s.augment and s.fingerprint() not in counts]
+    if unviewed:
+        raise CompareError(f"{unviewed[0]}: no cached views to fuse; run `bottleneck extract {root} --views K` with "
+                           "that augmentation first")
     view_rows = [(s, counts[s.fingerprint()]) for s in chosen if s.augment]
     specs = [s.replace(augment=None) for s in chosen]
     if pixels:
@@ -199,14 +202,30 @@ def plain_rows(specs: list[ExtractorSpec], loaded: list[Features], Xs: list[np.n
             for i, (spec, name, features, X) in enumerate(zip(specs, row_names(specs), loaded, Xs, strict=True))]
 
 
-def fused_rows(fusions: list[Fusion], rows: list[Row]) -> list[Row]:
-    """A row per fusion: its blocks' features side by side (aligned already), named a+b."""
+def fused_rows(fusions: list[Fusion], rows: list[Row], views: dict[ExtractorSpec, np.ndarray]) -> list[Row]:
+    """A row per fusion: its blocks' features side by side (aligned already), named a+b. A fusion with an
+    augmented extraction (its `views`) gives a views row and its +tta twin: view k of every block is the
+    same augmented image (views are seeded by image and index), a plain block repeats its one vector."""
     by_spec = {row.spec: row for row in rows}
     fused = []
     for fusion in fusions:
-        blocks = [by_spec[spec] for spec in fusion]
-        fused.append(Row(blocks[0].spec, "+".join(b.name for b in blocks), np.concatenate([b.X for b in blocks], axis=1),
-                         "+".join(b.fingerprint for b in blocks), blocks=tuple(b.X.shape[1] for b in blocks)))
+        blocks = [by_spec[spec.replace(augment=None)] for spec in fusion]
+        widths = tuple(b.X.shape[1] for b in blocks)
+        name, fingerprint = "+".join(b.name for b in blocks), "+".join(b.fingerprint for b in blocks)
+        augmented = [spec for spec in fusion if spec.augment]
+        if not augmented:
+            fused.append(Row(blocks[0].spec, name, np.concatenate([b.X for b in blocks], axis=1), fingerprint,
+                             blocks=widths))
+            continue
+        count = min(views[spec].shape[1] for spec in augmented)
+        X = np.concatenate([np.concatenate([b.X[:, None], views[spec][:, :count]], axis=1) if spec.augment
+                            else np.repeat(b.X[:, None], count + 1, axis=1)
+                            for spec, b in zip(fusion, blocks, strict=True)], axis=2)
+        name = "+".join(f"{b.name}+views{count}" if spec.augment else b.name for spec, b in zip(fusion, blocks, strict=True))
+        fingerprint = "+".join(spec.fingerprint() for spec in fusion) + f"+views{count}"
+        for tta in (False, True):
+            suffix = "+tta" if tta else ""
+            fused.append(Row(blocks[0].spec, name + suffix, X, fingerprint + suffix, tta=tta, blocks=widths))
     return fused
 
 

@@ -196,23 +196,27 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
     whole = _whole_networks(specs, root) if WHOLE_NETWORK in options.finetune else []
     found = tails(specs, [layer for layer in options.finetune if layer != WHOLE_NETWORK])  # checked before any work
     specs += [spec for spec in found if spec not in specs]
-    specs += [spec for fusion in fusions for spec in fusion if spec not in specs]  # loaded for their fused rows
+    # loaded for their fused rows: each block's plain vectors, and the views of an augmented block
+    specs += list(dict.fromkeys(s.replace(augment=None) for fusion in fusions for s in fusion if s.replace(augment=None)
+                                not in specs))
+    fused_views = list(dict.fromkeys(s for fusion in fusions for s in fusion if s.augment))
     stored = bring_up_to_date(cache, name, root, specs, view_rows, progress, source) if update else {}
     notes: list[str] = []
-    loaded, (paths, shas, labels, splits, Xs), views, addresses = load(cache, name, root, specs, stored, view_rows,
-                                                                      notes)
+    loaded, (paths, shas, labels, splits, Xs), views, addresses = load(
+        cache, name, root, specs, stored, view_rows + [(s, 0) for s in fused_views], notes)
+    views, blocks_views = views[:len(view_rows)], dict(zip(fused_views, views[len(view_rows):], strict=True))
     if stored:  # each spec as stored: its width and precision decided
         as_stored = {spec: features.spec or spec for spec, features in zip(specs, loaded, strict=True)}
         specs, whole = [as_stored[s] for s in specs], [as_stored[s] for s in whole]
         found = {as_stored[s]: tail for s, tail in found.items()}
-        fusions = [tuple(as_stored[s] for s in fusion) for fusion in fusions]
+        fusions = [tuple(s if s.augment else as_stored[s] for s in fusion) for fusion in fusions]  # views: stored
     plain = plain_rows(specs, loaded, Xs, chosen, found)
-    rows = plain + fused_rows(fusions, plain) + views_rows(view_rows, views, plain) + \
+    rows = plain + fused_rows(fusions, plain, blocks_views) + views_rows(view_rows, views, plain) + \
         files_rows(whole, plain, addresses, shas)
     if fusions:
         notes.append("a+b rows: the extractions' vectors side by side, each block standardised and weighted to the "
                      "same total variance (heads.BlockScaler), so no block counts more for being wider")
-    if view_rows:
+    if view_rows or fused_views:
         notes.append("+viewsK rows: the head trains on the plain and K augmented views of each training image "
                      "and predicts from the plain view; +tta rows from the mean of its scores over all views")
     draws, protocol = settings(labels, splits, options.per_class, options.cv, options.repeats, options.seed,

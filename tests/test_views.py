@@ -156,6 +156,32 @@ def test_compare_has_a_views_row_and_its_tta_twin(image_folder: Path, tmp_path: 
 
 
 @pytest.mark.every_host
+def test_a_fused_views_row_joins_each_view_with_the_other_block(image_folder: Path, tmp_path: Path, counting: dict,
+                                                                monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    cache = tmp_path / "c.h5"
+    bf.extract(image_folder, "tiny", cache=cache, views=3, workers=0)
+    bf.extract(image_folder, "raw8", cache=cache, workers=0)
+    trained: dict[bool, np.ndarray] = {}
+    real_run_cell = compare_fits.run_cell
+
+    def recording(estimator, X, y, split, tta=False):  # noqa: ANN001, ANN202
+        trained[tta] = X
+        return real_run_cell(estimator, X, y, split, tta)
+
+    monkeypatch.setattr(compare_fits, "run_cell", recording)
+    views = on_host(f"tiny[augment={DEFAULT_AUGMENT}]", host)
+    result = compare.run_compare(cache, models=[f"{views}+raw8"], heads=["logreg"], per_class=[2], repeats=1,
+                                 pixels=None, jobs=1, out=tmp_path / "r")
+    tiny = on_host("tiny", host)
+    assert sorted({c.features for c in result.cells}) == [f"{tiny}+views3+raw8", f"{tiny}+views3+raw8+tta"]
+    X = trained[False]
+    assert X.shape == (18, 4, 8 + 192) and trained[True] is X  # the plain view + 3, the blocks side by side
+    assert np.array_equal(X[:, 0, :8], bf.load_features(cache=cache, model=tiny).X)
+    assert np.array_equal(X[:, 0, 8:], bf.load_features(cache=cache, model="raw8").X)
+    assert (X[:, 1:, 8:] == X[:, :1, 8:]).all()  # raw8 has no views: its one vector beside each
+
+
+@pytest.mark.every_host
 def test_compare_brings_views_up_to_date_for_new_images(image_folder: Path, tmp_path: Path, counting: dict,
                                                         host: str) -> None:
     cache = tmp_path / "c.h5"
