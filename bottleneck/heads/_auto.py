@@ -1,9 +1,10 @@
 """`auto`: the head chosen by cross-validation on the data it is fitted on (`AutoHeadClassifier`).
 
-Each candidate (a head and a value of its key parameter, or the mean of two heads' probabilities)
-is scored on the training data alone, fold by fold, the default first and then the cheapest, until
-the candidates or the time budget run out; the first in order of preference within one standard
-error of the best is refitted on all of it. With several fused extractions (`block_sets`), every
+Each candidate (a head and a value of its key parameter, or a soft vote: the mean of several heads'
+probabilities) is scored on the training data alone, fold by fold, the default first and then the
+cheapest, until the candidates or the time budget run out; the first in order of preference (the
+votes, best scored first, then the order scored) within one standard error of the best is refitted
+on all of it. With several fused extractions (`block_sets`), every
 candidate is tried on each set of blocks. Inside a compare draw it chooses again for every draw
 (nested), so its cell estimates what `fit --head auto` delivers."""
 
