@@ -4,10 +4,8 @@ given and suggested label), and the embedding map with the findings marked (`aud
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
-import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 from .dataset_audit import ISSUES, Audit, Finding
 from .errors import BottleneckError
 from .formats import spreadsheet_safe
-from .images import ImageError, decode_rgb
+from .images import ImageError, jpeg_data_uri
 from .locations import read
 from .map_layout import cached_projection, check_available
 from .map_page import EmbeddingMap, MapView, map_section, mark_bits
@@ -115,11 +113,7 @@ def _finding(images: dict[str, str], f: Finding) -> str:
 
 def _figure(address: str, path: str, caption: str) -> str:
     try:
-        img = decode_rgb(read(address), draft_to=128)
-        img.thumbnail((128, 128))
-        buffer = io.BytesIO()
-        img.save(buffer, "JPEG", quality=85)
-        picture = f'<img src="data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}" alt="">'
+        picture = f'<img src="{jpeg_data_uri(read(address), 128, 85, draft_to=128)}" alt="">'
     except ImageError as exc:
         picture = f"<i>{html.escape(str(exc))}</i>"
     text = html.escape(path) + (f"<br>{html.escape(caption)}" if caption else "")

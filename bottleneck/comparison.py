@@ -197,8 +197,7 @@ def _plan(cache: Path, dataset: str | None, models: Sequence[str] | None, pixels
     found = tails(specs, [layer for layer in options.finetune if layer != WHOLE_NETWORK])  # checked before any work
     specs += [spec for spec in found if spec not in specs]
     # loaded for their fused rows: each block's plain vectors, and the views of an augmented block
-    specs += list(dict.fromkeys(s.replace(augment=None) for fusion in fusions for s in fusion if s.replace(augment=None)
-                                not in specs))
+    specs += [p for p in dict.fromkeys(s.replace(augment=None) for fusion in fusions for s in fusion) if p not in specs]
     fused_views = list(dict.fromkeys(s for fusion in fusions for s in fusion if s.augment))
     stored = bring_up_to_date(cache, name, root, specs, view_rows, progress, source) if update else {}
     notes: list[str] = []

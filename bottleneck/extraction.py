@@ -23,7 +23,7 @@ from .dataset_identity import check_moved, check_same_dataset
 from .datasets import check_dataset_name
 from .decode import DecodeDataset, decoded_batches, loader_batches
 from .errors import ExtractError
-from .images import READ_FAILED, ImageError
+from .images import READ_FAILED, ImageError, read_failure
 from .inference import forward_batch, prepare_model
 from .label_files import LabelColumns, scan_input
 from .progress import Progress, no_progress
@@ -289,7 +289,7 @@ def _hash_files(store: Store, paths: Sequence[str], listed: dict[str, tuple[int,
         try:
             size, version = (listed or {}).get(key) or locations.version(key)
         except OSError as exc:
-            unreadable[key] = f"{READ_FAILED} ({exc.strerror or exc})"
+            unreadable[key] = read_failure(exc)
             continue
         except ImageError as exc:
             unreadable[key] = str(exc)
@@ -304,7 +304,7 @@ def _hash_files(store: Store, paths: Sequence[str], listed: dict[str, tuple[int,
         try:
             return item, locations.sha256(item[0]), ""
         except OSError as exc:
-            return item, None, f"{READ_FAILED} ({exc.strerror or exc})"
+            return item, None, read_failure(exc)
 
     if stale:
         with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:

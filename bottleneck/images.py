@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -108,11 +109,26 @@ def decode_rgb(source: Path | bytes, draft_to: int | None = None) -> Image.Image
         raise ImageError(f"unreadable or truncated image ({exc})") from None
 
 
+def jpeg_data_uri(data: bytes, side: int, quality: int, draft_to: int) -> str:
+    """The image in `data` as a JPEG thumbnail of at most `side` pixels, in a data URI for a page (decoded
+    in draft mode at `draft_to`); ImageError when it cannot be decoded."""
+    image = decode_rgb(data, draft_to=draft_to)
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def read_failure(exc: BaseException) -> str:
+    """Why bytes could not be read, as every report says it: READ_FAILED and the system's reason."""
+    return f"{READ_FAILED} ({getattr(exc, 'strerror', None) or exc})"
+
+
 def read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ImageError(f"{READ_FAILED} ({exc.strerror or exc})") from None
+        raise ImageError(read_failure(exc)) from None
 
 
 def _draft(img: Image.Image, shorter_side: int) -> None:

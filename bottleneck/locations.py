@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import DatasetError
-from .images import READ_FAILED, ImageError, read_bytes, sha256_file, sha256_stream
+from .images import ImageError, read_bytes, read_failure, sha256_file, sha256_stream
 
 REMOTE_HINT = "pip install 'bottleneck-features[remote]'"
 _RANGE = "range:"
@@ -109,7 +109,7 @@ def read(address: str) -> bytes:
             return bytes(fs.cat_file(path))
         return read_bytes(Path(address))
     except (OSError, ValueError, DatasetError) as exc:
-        raise ImageError(f"{READ_FAILED} ({getattr(exc, 'strerror', None) or exc})") from None
+        raise ImageError(read_failure(exc)) from None
 
 
 def _read_range(shard: str, offset: int, size: int) -> bytes:

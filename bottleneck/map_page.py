@@ -9,16 +9,14 @@ escaped, and the script sets every name with textContent, so a hostile class or 
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .images import ImageError, decode_rgb
+from .images import ImageError, jpeg_data_uri
 from .locations import is_url, read
 
 MARKS = ("misclassified", "duplicate", "near-duplicate", "label-issue", "outlier")  # bit i of a point's marks
@@ -67,13 +65,9 @@ def _sample(n: int, marks: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
 def thumbnail(address: str) -> str:
     """A small JPEG data URI of the image at `address`, "" when it can't be read."""
     try:
-        image = decode_rgb(read(address), draft_to=THUMBNAIL_SIDE * 2)
-        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
+        return jpeg_data_uri(read(address), THUMBNAIL_SIDE, THUMBNAIL_QUALITY, draft_to=THUMBNAIL_SIDE * 2)
     except (ImageError, OSError):
         return ""
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _url(address: str) -> str:

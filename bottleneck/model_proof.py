@@ -36,11 +36,7 @@ class Rows:
     features: Features
     train: np.ndarray
     test: np.ndarray
-
     addresses: list[str]  # where each image's bytes are (shards.image_addresses)
-
-    def paths(self) -> list[str]:
-        return self.addresses
 
 
 def dataset_rows(cache: Path, meta: dict[str, Any], fingerprint: str) -> Rows:
@@ -56,7 +52,7 @@ def dataset_rows(cache: Path, meta: dict[str, Any], fingerprint: str) -> Rows:
 
 def calibration_crops(rows: Rows, preprocess: Preprocess, limit: int = CALIBRATION_IMAGES) -> np.ndarray:
     """uint8 crops of up to `limit` training images (a seeded draw), for int8 calibration."""
-    paths = rows.paths()
+    paths = rows.addresses
     crops = []
     for i in np.random.default_rng(0).permutation(rows.train):
         try:
@@ -152,7 +148,7 @@ def check_models(rows: Rows, estimator: Any, backbone: Backbone, models: dict[st
     """Run `models` ("fp32", and "int8" when quantised) on every image of the dataset; `verify`: also
     the torch reference and the head on the file's own features, for the Check. `trees`: the size of
     a tree ensemble head, whose probabilities may move by whole votes end to end."""
-    paths, reference = rows.paths(), torch_reference(estimator, backbone)
+    paths, reference = rows.addresses, torch_reference(estimator, backbone)
     n, k = len(paths), len(estimator.classes_)
     names = [*models, *(["reference", "head"] if verify else [])]
     outputs = {name: np.full((n, k), np.nan) for name in names}

@@ -24,7 +24,7 @@ from typing import BinaryIO
 from . import locations
 from .datasets import SPLIT_NAMES, Dataset, Entry, check_dataset_name, suggest_name
 from .errors import DatasetError
-from .images import IMAGE_SUFFIXES, READ_FAILED, ImageError, sha256_stream
+from .images import IMAGE_SUFFIXES, ImageError, read_failure, sha256_stream
 from .label_files import LabelColumns, source_json
 from .store import Store, read_table, write_table
 
@@ -132,7 +132,7 @@ def list_shard(shard: str, size: int, version: int) -> Listing:
                 elif ext in ("cls", "txt", "json") and stream is not None:
                     sample[ext] = stream.read(1 << 20).decode("utf-8", "replace")
     except (OSError, tarfile.TarError, EOFError, ImageError, DatasetError) as exc:
-        listing.error = f"{READ_FAILED} ({getattr(exc, 'strerror', None) or exc})"
+        listing.error = read_failure(exc)
         samples = {key: parts for key, parts in samples.items() if parts}  # the sample cut short, if any
     for key, parts in samples.items():
         problem = str(parts.pop("problem", "")) if "member" in parts else \
@@ -160,7 +160,7 @@ def list_shards(shards: list[str], known: dict[str, Listing], workers: int,
         try:
             size, version = locations.version(shard)
         except (OSError, DatasetError) as exc:
-            return Listing(shard, 0, 0, error=f"{READ_FAILED} ({getattr(exc, 'strerror', None) or exc})")
+            return Listing(shard, 0, 0, error=read_failure(exc))
         except ImageError as exc:  # not a regular file
             return Listing(shard, 0, 0, error=str(exc))
         old = known.get(shard)
