@@ -211,21 +211,19 @@ def fused_rows(fusions: list[Fusion], rows: list[Row], views: dict[ExtractorSpec
     for fusion in fusions:
         blocks = [by_spec[spec.replace(augment=None)] for spec in fusion]
         widths = tuple(b.X.shape[1] for b in blocks)
-        name, fingerprint = "+".join(b.name for b in blocks), "+".join(b.fingerprint for b in blocks)
         augmented = [spec for spec in fusion if spec.augment]
         if not augmented:
-            fused.append(Row(blocks[0].spec, name, np.concatenate([b.X for b in blocks], axis=1), fingerprint,
-                             blocks=widths))
+            fused.append(Row(blocks[0].spec, "+".join(b.name for b in blocks), np.concatenate([b.X for b in blocks], axis=1),
+                             "+".join(b.fingerprint for b in blocks), blocks=widths))
             continue
         count = min(views[spec].shape[1] for spec in augmented)
-        X = np.concatenate([np.concatenate([b.X[:, None], views[spec][:, :count]], axis=1) if spec.augment
+        X = np.concatenate([_with_views(b, views[spec][:, :count]) if spec.augment
                             else np.repeat(b.X[:, None], count + 1, axis=1)
                             for spec, b in zip(fusion, blocks, strict=True)], axis=2)
-        name = "+".join(f"{b.name}+views{count}" if spec.augment else b.name for spec, b in zip(fusion, blocks, strict=True))
-        fingerprint = "+".join(spec.fingerprint() for spec in fusion) + f"+views{count}"
-        for tta in (False, True):
-            suffix = "+tta" if tta else ""
-            fused.append(Row(blocks[0].spec, name + suffix, X, fingerprint + suffix, tta=tta, blocks=widths))
+        name = "+".join(_views_name(b, spec, count) if spec.augment else b.name
+                        for spec, b in zip(fusion, blocks, strict=True))
+        fused += _tta_pair(blocks[0].spec, name, X, "+".join(spec.fingerprint() for spec in fusion) + f"+views{count}",
+                           widths)
     return fused
 
 
@@ -236,12 +234,25 @@ def views_rows(view_rows: list[tuple[ExtractorSpec, int]], views: list[np.ndarra
     by_spec = {row.spec: row for row in plain}
     for (spec, count), X_views in zip(view_rows, views, strict=True):
         base = by_spec[spec.replace(augment=None)]
-        X = np.concatenate([base.X[:, None], X_views], axis=1)
-        label = f"{base.name}+views{count}" + ("" if spec.augment == DEFAULT_AUGMENT else f"[{spec.augment}]")
-        for tta in (False, True):
-            suffix = "+tta" if tta else ""
-            rows.append(Row(spec, label + suffix, X, f"{spec.fingerprint()}+views{count}{suffix}", tta=tta))
+        rows += _tta_pair(spec, _views_name(base, spec, count), _with_views(base, X_views),
+                          f"{spec.fingerprint()}+views{count}")
     return rows
+
+
+def _with_views(base: Row, views: np.ndarray) -> np.ndarray:
+    """(images, 1 + views, dim): each image's plain vector, then its augmented views'."""
+    return np.concatenate([base.X[:, None], views], axis=1)
+
+
+def _views_name(base: Row, spec: ExtractorSpec, count: int) -> str:
+    return f"{base.name}+views{count}" + ("" if spec.augment == DEFAULT_AUGMENT else f"[{spec.augment}]")
+
+
+def _tta_pair(spec: ExtractorSpec, name: str, X: np.ndarray, fingerprint: str, blocks: tuple[int, ...] = ()
+              ) -> list[Row]:
+    """A views row, predicting from the plain view, and its twin predicting from the mean over all views."""
+    return [Row(spec, name + suffix, X, fingerprint + suffix, tta=tta, blocks=blocks)
+            for tta, suffix in ((False, ""), (True, "+tta"))]
 
 
 def files_rows(whole: list[ExtractorSpec], plain: list[Row], addresses: list[str], shas: list[str]) -> list[Row]:
