@@ -118,14 +118,12 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
         estimator.fit(features.X[fit_rows], features.labels[fit_rows])
         fit_seconds = time.perf_counter() - started
         y_true, y_pred = features.labels[test], estimator.predict(features.X[test])
+    summary = _auto_summary(estimator, specs) if head == "auto" else None  # named by every extraction searched
     if block_sets:
-        summary = _auto_summary(estimator, specs)
         kept = list(estimator.chosen_.blocks)  # the extractions chosen: all that predict will extract
         fps, specs = [fps[b] for b in kept], [specs[b] for b in kept]
         estimator.narrow()
         spec, blocks = specs[0], tuple(blocks[b] for b in kept) if len(kept) > 1 else ()
-    elif head == "auto":
-        summary = _auto_summary(estimator, specs)
     fp = fps[0]
 
     classes = list(estimator.classes_)  # a class can be missing from a small test split: report it as 0
@@ -154,7 +152,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
                                        "support": int(per_class[str(c)]["support"])} for c in classes},
             },
             "fit_seconds": fit_seconds,
-            **({"auto": summary} if head == "auto" else {}),
+            **({"auto": summary} if summary is not None else {}),
             "versions": {"bottleneck-features": __version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
