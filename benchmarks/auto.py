@@ -8,6 +8,9 @@ dataset, N and row, the auto cell beside the best fixed cell and the default log
 row against its best single block; then `fit --head auto --budget B` on each dataset's fused features,
 the search's time against its budget; then `fit --head auto` with no --model (each extraction and
 their fusion searched) beside `fit --head logreg` on the default extraction, on the same split.
+With --views K (default 8): K augmented views of Lite0 are cached for the --views-sets (default
+photo_vs_drawing and hymenoptera), compared as views rows (logreg, svm, et, auto), and `fit --head auto`
+with no --model then also tries each candidate trained on them.
 
     python benchmarks/auto.py --openclipart /tmp/openclipart22
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import _common as C
 from bottleneck_features import api
+from bottleneck_features.augment import DEFAULT_AUGMENT
 
 HEADS = ["logreg", "svm", "knn", "nb", "et", "auto"]
 MODELS = ["efficientnet_lite0", "efficientnet_lite2"]
@@ -31,12 +35,14 @@ def main() -> None:
     ap.add_argument("--openclipart", type=Path, default=C.SHARED / "openclipart22")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budgets", default="5,20", help="seconds, for the fit --head auto rows")
+    ap.add_argument("--views", type=int, default=8, help="augmented views of Lite0 per image; 0: none")
+    ap.add_argument("--views-sets", default="photo_vs_drawing,hymenoptera")
     args = ap.parse_args()
     machine = C.machine()
     cache = C.OUT / "auto.h5"
     datasets = {"photo_vs_drawing": C.SHARED / "photo_vs_drawing", "hymenoptera": C.SHARED / "hymenoptera",
                 "openclipart22": args.openclipart}
-    auto_rows, fused_rows, budget_rows, search_rows, results = [], [], [], [], []
+    auto_rows, fused_rows, budget_rows, search_rows, views_rows, results = [], [], [], [], [], []
     budgets = [float(b) for b in args.budgets.split(",")]
     for name, folder in datasets.items():
         if not folder.is_dir():
@@ -75,8 +81,10 @@ def main() -> None:
             budget_rows.append((name, f"{budget:g}", f"{auto['seconds']:.2f}", f"{auto['seconds'] / budget:.2f}",
                                 auto["candidates_scored"], f"{auto['choice']['head']} {auto['choice']['params']}",
                                 f"{auto['cv_accuracy']:.3f}", f"{fitted.sidecar['metrics']['test_accuracy']:.3f}"))
+        if args.views and name in args.views_sets.split(","):
+            views_rows += _views(name, folder, cache, args.views, args.repeats)
         searched = api.fit("auto", data=name, cache=cache, out=C.OUT / "auto" / f"{name}-search.joblib")
-        default = api.fit("logreg", data=name, cache=cache, out=C.OUT / "auto" / f"{name}-logreg.joblib")
+        default = api.fit("logreg", data=name, model=MODELS[-1], cache=cache, out=C.OUT / "auto" / f"{name}-logreg.joblib")
         auto = searched.sidecar["auto"]
         search_rows.append((name, f"{auto['choice']['head']} on {auto['choice']['model']}", auto["candidates_scored"],
                             f"{auto['seconds']:.1f}", f"{auto['cv_accuracy']:.3f}",
@@ -92,8 +100,32 @@ def main() -> None:
     print("\nfit --head auto with no --model (every extraction and their fusion) against fit --head logreg")
     C.print_table(["dataset", "chosen", "candidates", "search s", "CV accuracy", "test accuracy", "logreg (default)"],
                   search_rows)
+    if views_rows:
+        print(f"\nviews rows (Lite0 + {args.views} cached augmented views): auto against the fixed heads")
+        C.print_table(["dataset", "row", "N", "auto", "best fixed", "auto - best", "auto - logreg"], views_rows)
     C.write_json(C.OUT / "auto.json", {"machine": machine, "results": results, "budget": budget_rows,
-                                       "search": search_rows})
+                                       "search": search_rows, "views": views_rows})
+
+
+def _views(name: str, folder: Path, cache: Path, views: int, repeats: int) -> list[tuple]:
+    """Lite0's views cached, then its views rows compared: auto (folds split by image) against the fixed heads."""
+    start = time.perf_counter()
+    api.extract(str(folder), MODELS[0], cache=cache, name=name, views=views)
+    print(f"{name}: {views} views of {MODELS[0]} cached in {time.perf_counter() - start:.0f} s")
+    heads = ["logreg", "svm", "et", "auto"]
+    compared = api.compare(data=name, models=[f"{MODELS[0]}[augment={DEFAULT_AUGMENT}]"], heads=heads,
+                           per_class=[15, 30], repeats=repeats, cap=True, pixels=None, cache=cache,
+                           out=C.OUT / "auto" / f"{name}-views", embedding_map=False)
+    cells = {(c.features, c.head, c.per_class): c.mean_std("accuracy")[0] for c in compared.cells}
+    rows = []
+    for features in sorted({f for f, _, _ in cells}):
+        for n in (15, 30):
+            fixed = {h: cells[features, h, n] for h in heads if h != "auto"}
+            best = max(fixed, key=lambda h: fixed[h])
+            auto = cells[features, "auto", n]
+            rows.append((name, features, n, f"{auto:.3f}", f"{best} {fixed[best]:.3f}",
+                         f"{(auto - fixed[best]) * 100:+.1f}", f"{(auto - fixed['logreg']) * 100:+.1f}"))
+    return rows
 
 
 if __name__ == "__main__":

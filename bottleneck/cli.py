@@ -198,7 +198,9 @@ def fit(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=escape("Use these features: a model name, a label "
                                         "such as resnet50[layer3,max], or a fingerprint (default: the last extracted; --head auto: "
                                         "each of the dataset's extractions and all of them fused); a+b: two "
-                                        "extractions side by side, each block weighted alike.")),
+                                        "extractions side by side, each block weighted alike; an augmented "
+                                        "extraction (extract --views K) trains on the plain and K augmented views "
+                                        "of each image, predict reading the plain ones.")),
     tune: bool = typer.Option(False, "--tune", help="Search the key hyperparameter by stratified CV on the training split."),
     test_size: float = typer.Option(0.25, help="Held-out fraction when the dataset has no split folders."),
     seed: int = typer.Option(0, help="Seed of the content-hash split and of the head."),
@@ -220,6 +222,9 @@ def fit(
         f"{meta['metrics']['test_accuracy']:.3f}, balanced {meta['metrics']['balanced_accuracy']:.3f} "
         f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; fit {meta['fit_seconds']:.2f} s) "
         f"→ {result.head_path}"), highlight=False, soft_wrap=True)
+    if "views" in meta:
+        console.print(escape(f"trained on each training image's plain vector and {meta['views']['per_image']} augmented "
+                             f"views ({', '.join(meta['views']['extractions'])})"), highlight=False, soft_wrap=True)
     if "auto" in meta:
         auto = meta["auto"]
         console.print(escape(f"auto chose {auto['choice']['head']} {auto['choice']['params']} on "

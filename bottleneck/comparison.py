@@ -253,9 +253,20 @@ def _jobs(rows: list[Row], heads: list[str], settings: list[Setting]) -> list[Jo
             for n, k, draws in settings for r, split in enumerate(draws)]
 
 
-def _heads_used(jobs: list[Job]) -> list[tuple[str, bool, tuple[int, ...]]]:
-    """(head, on raw pixels, fused blocks) of every cell but the finetune ones, in the grid's order."""
-    return list(dict.fromkeys((job.head, job.row.raw, job.row.blocks) for job in jobs if job.head != FINETUNE_HEAD))
+def _heads_used(jobs: list[Job]) -> list[tuple[str, bool, tuple[int, ...], int]]:
+    """(head, on raw pixels, fused blocks, views per image) of every cell but the finetune ones, in the
+    grid's order."""
+    return list(dict.fromkeys((job.head, job.row.raw, job.row.blocks, _views(job.row)) for job in jobs
+                              if job.head != FINETUNE_HEAD))
+
+
+def _views(row: Row) -> int:
+    """Rows per image a head's fit gets: auto splits its folds by image (`AutoHeadClassifier.views`)."""
+    return row.X.shape[1] if row.X.ndim == 3 else 1
+
+
+def _views_param(head: str, views: int) -> dict[str, Any]:
+    return {"views": views} if head == "auto" and views > 1 else {}
 
 
 def _estimators(jobs: list[Job], options: CompareOptions) -> Estimators:
@@ -263,10 +274,11 @@ def _estimators(jobs: list[Job], options: CompareOptions) -> Estimators:
     torch on `options.torch_device`, a finetune head per --finetune row."""
     # Fits run in parallel across cells: a forest then builds its trees on one core.
     single: dict[str, Any] = {"n_jobs": 1} if options.jobs != 1 else {}
-    sklearn_heads = {(h, raw, blocks): make_head(h, tune=h in options.tune, random_state=options.seed,
-                                                 probabilities=False, blocks=blocks,
-                                                 **(single if h in ("rf", "et") else {}), **input_params(h, raw))
-                     for h, raw, blocks in _heads_used(jobs)}
+    sklearn_heads = {(h, raw, blocks, views): make_head(h, tune=h in options.tune, random_state=options.seed,
+                                                        probabilities=False, blocks=blocks,
+                                                        **(single if h in ("rf", "et") else {}), **input_params(h, raw),
+                                                        **_views_param(h, views))
+                     for h, raw, blocks, views in _heads_used(jobs)}
     batched = (BatchedLogReg(tune="logreg" in options.tune, random_state=options.seed)
                if options.torch_device is not None else None)
     estimators: Estimators = {}
@@ -278,7 +290,7 @@ def _estimators(jobs: list[Job], options: CompareOptions) -> Estimators:
         elif head == "logreg" and batched is not None and row.X.ndim == 2:
             estimators[row, head] = replace(batched, blocks=row.blocks)
         else:
-            estimators[row, head] = sklearn_heads[head, row.raw, row.blocks]
+            estimators[row, head] = sklearn_heads[head, row.raw, row.blocks, _views(row)]
     return estimators
 
 
@@ -295,11 +307,11 @@ def _head_notes(plan: Plan, jobs: list[Job], tune: Sequence[str]) -> None:
                      f"view e of each image ({DEFAULT_AUGMENT}) decoded in epoch e: AdamW at 1e-5, up to 8 epochs, "
                      "early stopping on a tenth of the training draw; fits one at a time, on every core (or CUDA)")
     pixel_params = [f"{h} {', '.join(f'{k}={v}' for k, v in input_params(h, True).items())}"
-                    for h, raw, _ in used if raw and input_params(h, True)]
+                    for h, raw, _, _ in used if raw and input_params(h, True)]
     if pixel_params:
         notes.append(f"on raw pixels, settings that suit pixels better than the embedding rows' (README, heads): "
                      f"{'; '.join(pixel_params)}")
-    tuned = ", ".join(h for h in dict.fromkeys(h for h, _, _ in used) if h in tune) or "none"
+    tuned = ", ".join(h for h in dict.fromkeys(h for h, *_ in used) if h in tune) or "none"
     notes.insert(0, f"{len(plan.paths)} images, {len(np.unique(plan.labels))} classes; ± is the sample std (ddof=1) "
                     f"over draws; hyperparameters tuned inside each training draw: {tuned}")
 

@@ -29,7 +29,7 @@ from .heads._factory import check_head
 from .images import find_images, is_image_file, sha256_file
 from .outputs import check_outputs, writing
 from .spec import ExtractorSpec
-from .store import Features, Store, auto_extractions, load_fused, select_extractions
+from .store import Features, Store, auto_extractions, load_fused, plain_and_views, select_extractions, with_views
 
 if TYPE_CHECKING:
     from .extraction import ExtractOptions
@@ -97,10 +97,13 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     partial_sidecar = out.with_name(out.name + ".json.partial")
     check_outputs([("--out", out), ("its sidecar", sidecar_path(out)), ("its temporary file", partial),
                    ("its sidecar's temporary file", partial_sidecar)], cache=cache)
+    fps, viewed = plain_and_views(cache, dataset, fps, search)
     features, specs, dropped = load_fused(cache, dataset, fps)
     spec = features.spec
     assert spec is not None  # load_features reads it
     blocks = tuple(int(s.feature_dim or 0) for s in specs) if len(fps) > 1 else ()
+    X_views = with_views(cache, dataset, features, blocks or (features.X.shape[1],), viewed) if viewed else None
+    views = {"views": X_views.shape[1], "view_blocks": tuple(viewed)} if head == "auto" and X_views is not None else {}
     block_sets = {"block_sets": (*((b,) for b in range(len(fps))), tuple(range(len(fps))))} if search and blocks else {}
     train, val, test = split_indices(features, test_size, seed)
     _check_trainable(features.labels[train], dataset)
@@ -108,17 +111,25 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
         raise FitError(f"dataset {dataset!r}: no test images; raise --test-size or add a val/test folder")
     estimator = make_head(head, tune=tune, random_state=seed, blocks=blocks,
                           **{**input_params(head, spec.pixels), **({"budget": budget} if budget else {}), **block_sets,
-                             **(params or {})})
+                             **views, **(params or {})})
     # A separate val split (split folders) joins training: tuning and early stopping split it off again.
     fit_rows = np.concatenate([train, val])
     # One BLAS thread, as in compare: on 2 cores, BLAS threads made a 22-class logistic
     # regression on 330 images take 3.6 s instead of 0.06 s.
     with threadpool_limits(limits=1, user_api="blas"):
         started = time.perf_counter()
-        estimator.fit(features.X[fit_rows], features.labels[fit_rows])
+        if X_views is None:
+            estimator.fit(features.X[fit_rows], features.labels[fit_rows])
+        else:  # every view of each training image; the test images by their plain vectors
+            estimator.fit(X_views[fit_rows].reshape(-1, X_views.shape[2]),
+                          np.repeat(features.labels[fit_rows], X_views.shape[1]))
         fit_seconds = time.perf_counter() - started
         y_true, y_pred = features.labels[test], estimator.predict(features.X[test])
     summary = _auto_summary(estimator, specs) if head == "auto" else None  # named by every extraction searched
+    trained_views = None
+    if X_views is not None and (head != "auto" or estimator.chosen_.views):
+        trained_views = _views_summary(cache, [viewed[b] for b in (estimator.chosen_.blocks if block_sets else viewed)
+                                               if b in viewed], X_views.shape[1] - 1)
     if block_sets:
         kept = list(estimator.chosen_.blocks)  # the extractions chosen: all that predict will extract
         fps, specs = [fps[b] for b in kept], [specs[b] for b in kept]
@@ -152,6 +163,7 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
                                        "support": int(per_class[str(c)]["support"])} for c in classes},
             },
             "fit_seconds": fit_seconds,
+            **({"views": trained_views} if trained_views else {}),
             **({"auto": summary} if summary is not None else {}),
             "versions": {"bottleneck-features": __version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
@@ -173,15 +185,23 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     return FitResult(out, sidecar, report)
 
 
+def _views_summary(cache: Path, fps: list[str], per_image: int) -> dict[str, Any]:
+    """The augmented views a head trained on beside the plain vectors (predict reads the plain ones)."""
+    with Store.open(cache) as store:
+        labels = [store.extractor_spec(fp).label() for fp in fps]
+    return {"per_image": per_image, "extractions": labels, "fingerprints": fps}
+
+
 def _auto_summary(estimator: Any, specs: list[ExtractorSpec]) -> dict[str, Any]:
     """What `--head auto` chose (on which extractions), its cross-validated accuracy, the runners-up and
     the time spent."""
-    def named(blocks: Sequence[int]) -> str:
-        return "+".join(specs[b].label() for b in (blocks or range(len(specs))))
+    def named(blocks: Sequence[int], views: bool) -> str:
+        return "+".join(specs[b].label() for b in (blocks or range(len(specs)))) + (" and its views" if views else "")
 
-    results = [{**{k: v for k, v in r.items() if k != "blocks"}, "model": named(r["blocks"])} for r in estimator.results_]
+    results = [{**{k: v for k, v in r.items() if k not in ("blocks", "views")}, "model": named(r["blocks"], r["views"])}
+               for r in estimator.results_]
     ranked = sorted(results, key=lambda r: -r["cv_accuracy"])
-    choice = {**estimator.choice_, "model": named(estimator.chosen_.blocks)}
+    choice = {**estimator.choice_, "model": named(estimator.chosen_.blocks, estimator.chosen_.views)}
     return {"choice": _jsonable(choice), "cv_accuracy": estimator.cv_score_,
             "runners_up": _jsonable(ranked[1:6]), "candidates_scored": len(ranked), "seconds": estimator.seconds_,
             "budget": estimator.budget}
@@ -271,8 +291,8 @@ def head_spec(meta: dict, meta_path: Path) -> tuple[ExtractorSpec, str]:
     """The extractor a head's features came from, and their fingerprint, from its sidecar; a fused
     head (a+b) is refused here, where one extractor is expected (`head_specs` reads its blocks)."""
     if "fused" in meta:
-        raise FitError(f"{meta_path}: a head on fused extractions (a+b); this takes a head on one extraction "
-                       "for now: fit one with --model NAME")
+        raise FitError(f"{meta_path}: a head on fused extractions (a+b), where one extractor is expected: its "
+                       "blocks are the sidecar's \"fused\" list (`head_specs`)")
     return _extractor(meta.get("extractor"), meta_path)
 
 

@@ -78,6 +78,21 @@ def test_the_budget_stops_the_search_but_one_fold_of_the_default_is_always_score
     assert auto.results_[0]["refit_seconds"] > 0
 
 
+def test_views_of_one_image_stay_in_one_fold() -> None:
+    """Near copies of each image (its views) on random labels: folds that split rows, not images, would let
+    the nearest neighbour score its own copies."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 6)), np.repeat(np.arange(3), 20)
+    views = np.repeat(X, 3, axis=0) + rng.normal(scale=1e-3, size=(180, 6))
+    views[::3] = X  # each image's plain vector first
+    auto = AutoHeadClassifier(views=3).fit(views, np.repeat(y, 3))
+    assert {r["views"] for r in auto.results_} == {False, True}
+    assert max(r["cv_accuracy"] for r in auto.results_) < 0.7  # chance is 1/3
+    assert auto.predict(X).shape == (60,)
+    with pytest.raises(ValueError, match="179 rows are not 3 views of each image"):
+        AutoHeadClassifier(views=3).fit(views[:179], np.repeat(y, 3)[:179])
+
+
 def test_block_sets_try_each_extraction_and_their_fusion() -> None:
     X, y = _blobs()
     noise = np.random.default_rng(1).normal(size=(60, 10))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from bottleneck_features.extraction import extract_files
 from bottleneck_features.registry import Backbone
 from bottleneck_features.sources import register_model
 from bottleneck_features.store import Store, load_views, view_key
+from bottleneck_features.training import load_head
 from conftest import on_host, write_image
 from tiny_backbone import PREPROCESS, tiny_backbone
 
@@ -98,13 +99,35 @@ def test_views_are_computed_once_and_only_what_is_missing(image_folder: Path, tm
 
 
 @pytest.mark.every_host
-def test_fit_keeps_the_plain_extraction_and_refuses_views_with_the_fix(image_folder: Path, tmp_path: Path,
-                                                                       counting: dict, host: str) -> None:
+def test_fit_on_an_augmented_extraction_trains_on_its_views_and_predicts_from_plain_vectors(
+        image_folder: Path, tmp_path: Path, counting: dict, host: str) -> None:
     cache = tmp_path / "c.h5"
     bf.extract(image_folder, "tiny", cache=cache, views=2, workers=0)
-    assert bf.fit(head="knn", cache=cache).sidecar["extractor"]["label"] == on_host("tiny", host)  # the plain one
-    with pytest.raises(StoreError, match=r"holds augmented views.*--model " + re.escape(on_host("tiny", host)) + "$"):
-        bf.fit(head="knn", model=on_host(f"tiny[augment={DEFAULT_AUGMENT}]", host), cache=cache)
+    plain = bf.fit(head="knn", cache=cache, out=tmp_path / "plain.joblib").sidecar
+    assert plain["extractor"]["label"] == on_host("tiny", host) and "views" not in plain  # the last run: the plain one
+    augmented = on_host(f"tiny[augment={DEFAULT_AUGMENT}]", host)
+    fitted = bf.fit(head="knn", model=augmented, cache=cache, out=tmp_path / "views.joblib")
+    meta = fitted.sidecar
+    assert meta["extractor"] == plain["extractor"]  # what predict extracts from a new image
+    assert meta["views"]["per_image"] == 2 and meta["views"]["extractions"] == [augmented]
+    head, _ = load_head(fitted.head_path)
+    assert head[-1].n_samples_fit_ == 3 * meta["sizes"]["train"]  # every view of each training image
+    before = seen(counting)
+    assert len(bf.predict(image_folder / "cat", fitted.head_path, cache=cache).items) == 6
+    assert seen(counting) == before  # the plain vectors, cached: no view computed again
+    with pytest.raises(StoreError, match="run `bottleneck extract .* --views 2"):
+        with Store.open(cache, writable=True) as store:
+            fp = store.extraction_named("data", augmented)
+            store.h5["datasets/data"].attrs["extractors"] = json.dumps([fp])  # the plain twin forgotten
+        bf.fit(head="knn", model=augmented, cache=cache, out=tmp_path / "views.joblib")
+
+
+def test_fit_head_auto_tries_the_cached_views(image_folder: Path, tmp_path: Path, counting: dict) -> None:
+    cache = tmp_path / "c.h5"
+    bf.extract(image_folder, "tiny", cache=cache, views=2, workers=0)
+    auto = bf.fit(head="auto", cache=cache, out=tmp_path / "auto.joblib").sidecar["auto"]
+    tried = [r["model"] for r in [auto["choice"], *auto["runners_up"]]]
+    assert any(m.endswith(" and its views") for m in tried) and any(not m.endswith("views") for m in tried)
 
 
 def test_view_keys_are_distinct_hex_keys() -> None:
@@ -182,6 +205,22 @@ def test_a_fused_views_row_joins_each_view_with_the_other_block(image_folder: Pa
 
 
 @pytest.mark.every_host
+def test_compare_auto_on_a_views_row_splits_its_folds_by_image(image_folder: Path, tmp_path: Path, counting: dict,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "c.h5"
+    bf.extract(image_folder, "tiny", cache=cache, views=2, workers=0)
+    views_of: dict[int, set] = {}
+    real_run_cell = compare_fits.run_cell
+
+    def recording(estimator, X, y, split, tta=False):  # noqa: ANN001, ANN202
+        views_of.setdefault(X.shape[1] if X.ndim == 3 else 1, set()).add(estimator.views)
+        return real_run_cell(estimator, X, y, split, tta)
+
+    monkeypatch.setattr(compare_fits, "run_cell", recording)
+    compare.run_compare(cache, heads=["auto"], per_class=[3], repeats=1, pixels=None, jobs=1, out=tmp_path / "r")
+    assert views_of == {1: {1}, 3: {3}}  # the views row's auto knows each image's 3 rows
+
+
 def test_compare_brings_views_up_to_date_for_new_images(image_folder: Path, tmp_path: Path, counting: dict,
                                                         host: str) -> None:
     cache = tmp_path / "c.h5"

@@ -46,6 +46,7 @@ VOTES: tuple[tuple[tuple[str, dict[str, Any]], ...], ...] = (
 class Candidate:
     members: tuple[tuple[str, dict[str, Any]], ...]  # one (head, params), or the heads of a soft vote
     blocks: tuple[int, ...]  # the indices of the feature blocks it reads; () all
+    views: bool = False  # trained on every view of each image, not its plain vector alone
 
     def __hash__(self) -> int:  # its params are dicts
         return hash(repr(self))
@@ -75,38 +76,55 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
     it is not scored, and the first (always scored) stops after the folds that fit in it. `blocks`:
     the widths of fused extractions side by side in the features; `block_sets`: which sets of them
     (block indices) to try, default all together. `raw_pixels`: what the features are, passed on to
-    each candidate (`make_pipeline`)."""
+    each candidate (`make_pipeline`). `views` V > 1: `fit` gets V rows per image, and every
+    candidate is also tried trained on all of them, on the block sets among `view_blocks` (default all:
+    the blocks whose views are augmented, the others repeating their plain vector)."""
 
     def __init__(self, *, budget: float | None = None, folds: int = 5, random_state: int | None = 0,
                  blocks: tuple[int, ...] = (), raw_pixels: bool = False,
-                 block_sets: tuple[tuple[int, ...], ...] | None = None) -> None:
+                 block_sets: tuple[tuple[int, ...], ...] | None = None, views: int = 1,
+                 view_blocks: tuple[int, ...] | None = None) -> None:
         self.budget = budget
         self.folds = folds
         self.random_state = random_state
         self.blocks = blocks
         self.raw_pixels = raw_pixels
         self.block_sets = block_sets
+        self.views = views
+        self.view_blocks = view_blocks
 
     def candidates(self) -> list[Candidate]:
-        """In the order they are scored: each head's values on each block set, then the votes."""
-        sets = self.block_sets or ((),)
-        singles = [Candidate(((head, {**input_params(head, self.raw_pixels), name: value}),), blocks)
-                   for head, name, values in CANDIDATES for value in values for blocks in sets]
-        votes = [Candidate(tuple((head, {**input_params(head, self.raw_pixels), **p}) for head, p in vote), blocks)
-                 for vote in VOTES for blocks in sets]
-        return singles + votes
+        """In the order they are scored: each head's values on each block set, then the votes; then, with
+        views, the same trained on every view (on the block sets that have views)."""
+        found = []
+        for views in (False, True) if self.views > 1 else (False,):
+            sets = [b for b in self.block_sets or ((),) if not views or self._has_views(b)]
+            found += [Candidate(((head, {**input_params(head, self.raw_pixels), name: value}),), blocks, views)
+                      for head, name, values in CANDIDATES for value in values for blocks in sets]
+            found += [Candidate(tuple((head, {**input_params(head, self.raw_pixels), **p}) for head, p in vote), blocks,
+                                views) for vote in VOTES for blocks in sets]
+        return found
+
+    def _has_views(self, blocks: tuple[int, ...]) -> bool:
+        return self.view_blocks is None or bool(set(blocks or range(len(self.blocks) or 1)) & set(self.view_blocks))
 
     def fit(self, X: Any, y: Any) -> AutoHeadClassifier:
+        """`X`: with `views` V > 1, V rows per image, its plain vector first then its augmented views (as
+        compare's views rows flatten them); folds split images, and every candidate is scored on the
+        plain vectors of the held-out images."""
         start = time.perf_counter()
         X, y = np.asarray(X), np.asarray(y)
-        splits = list(_StratifiedKFoldUpTo(self.folds, self.random_state).split(X, y))
+        if len(y) % self.views:
+            raise ValueError(f"{len(y)} rows are not {self.views} views of each image")
+        y = y[::self.views]  # one label per image
+        splits = list(_StratifiedKFoldUpTo(self.folds, self.random_state).split(y, y))
         smallest_fold_train = min(len(train) for train, _ in splits)
         self.classes_ = np.unique(y)
         self.results_: list[dict[str, Any]] = []
         self._scored: list[Candidate] = []  # results_'s candidates
         self._scores: dict[Candidate, np.ndarray] = {}  # out-of-fold probabilities, for the votes
         candidates = self.candidates()
-        members = {Candidate((m,), c.blocks) for c in candidates if len(c.members) > 1 for m in c.members}
+        members = {Candidate((m,), c.blocks, c.views) for c in candidates if len(c.members) > 1 for m in c.members}
         for candidate in candidates:
             if any(p.get("n_neighbors", 0) > smallest_fold_train for _, p in candidate.members):
                 continue  # more neighbours than a fold has images
@@ -117,15 +135,24 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
                 continue  # would end past the budget (a cheaper one further on may not)
             self._score(candidate, splits, X, y, start, candidate in members)
         best = self._one_standard_error()
-        self.choice_ = {"head": self.results_[best]["head"], "params": self.results_[best]["params"]}
+        self.choice_ = {"head": self.results_[best]["head"], "params": self.results_[best]["params"],
+                        **({"views": True} if self._scored[best].views else {})}
         self.cv_score_ = self.results_[best]["cv_accuracy"]
         self.chosen_ = self._scored[best]
         self.columns_ = self._columns(self.chosen_.blocks)
-        self.estimator_ = self._build(self.chosen_).fit(X[:, self.columns_], y)
+        rows = self._rows(np.arange(len(y)), self.chosen_)
+        self.estimator_ = self._build(self.chosen_).fit(X[rows][:, self.columns_], y[rows // self.views])
         self.n_features_in_ = int(X.shape[1])
         self.seconds_ = time.perf_counter() - start
         del self._scores, self._scored
         return self
+
+    def _rows(self, images: np.ndarray, candidate: Candidate | None = None) -> np.ndarray:
+        """The rows of X a candidate trains on for these images: every view, or the plain vectors
+        (`candidate` None: the plain vectors, which every candidate is scored on)."""
+        if candidate is not None and candidate.views:
+            return (images[:, None] * self.views + np.arange(self.views)).ravel()
+        return images * self.views
 
     def _score(self, candidate: Candidate, splits: list[tuple[np.ndarray, np.ndarray]], X: np.ndarray,
                y: np.ndarray, start: float, member: bool) -> None:
@@ -139,12 +166,13 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
         out_of_fold = np.zeros((len(y), len(self.classes_)))
         folds = []
         for train, held in splits:
-            model = self._build(candidate, probabilities=probabilities).fit(X[train][:, columns], y[train])
+            rows = self._rows(train, candidate)
+            model = self._build(candidate, probabilities=probabilities).fit(X[rows][:, columns], y[rows // self.views])
             if probabilities:
-                out_of_fold[held] = _aligned(model, X[held][:, columns], self.classes_)
+                out_of_fold[held] = _aligned(model, X[self._rows(held)][:, columns], self.classes_)
                 predicted = self.classes_[out_of_fold[held].argmax(1)]
             else:
-                predicted = model.predict(X[held][:, columns])
+                predicted = model.predict(X[self._rows(held)][:, columns])
             folds.append(float(np.mean(predicted == y[held])))
             per_fold = (time.perf_counter() - began) / len(folds)
             if len(folds) < len(splits) and not self.results_ and \
@@ -158,7 +186,7 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
                     start: float) -> None:
         """A soft vote's folds from its members' out-of-fold probabilities; skipped when one was not scored,
         or when refitting them all would end past the budget."""
-        members = [Candidate((member,), candidate.blocks) for member in candidate.members]
+        members = [Candidate((member,), candidate.blocks, candidate.views) for member in candidate.members]
         if not all(m in self._scores for m in members):
             return
         refit = sum(r["refit_seconds"] for r, c in zip(self.results_, self._scored, strict=True) if c in members)
@@ -173,6 +201,7 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
         # at least one image of a fold: folds that all score 1.0 do not make a lead certain
         se = float(np.std(folds, ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
         self.results_.append({"head": candidate.head, "params": candidate.params, "blocks": list(candidate.blocks),
+                              "views": candidate.views,
                               "cv_accuracy": float(np.mean(folds)), "cv_se": max(se, len(folds) / n),
                               "folds": len(folds), "seconds": seconds,
                               "refit_seconds": refit if refit is not None else
@@ -195,9 +224,10 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
     def _expected(self, candidate: Candidate) -> float:
         """Seconds a candidate should take, its refit included: as the last of its head did, else as the
         slowest so far."""
-        same = [r for r in self.results_ if r["head"] == candidate.head]
+        same = [r for r in self.results_ if r["head"] == candidate.head and r["views"] == candidate.views]
         last = same[-1] if same else max(self.results_, key=lambda r: r["seconds"])
-        return float(last["seconds"] + last["refit_seconds"])
+        scale = self.views if candidate.views and not last["views"] else 1  # each view a training row
+        return float(last["seconds"] + last["refit_seconds"]) * scale
 
     def _past_budget(self, start: float, more: float) -> bool:
         if self.budget is None:

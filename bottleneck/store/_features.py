@@ -75,8 +75,8 @@ def load_features(cache: Path | Store, dataset: str, fp: str) -> Features:
         root = store.dataset_root(dataset)
         spec = store.extractor_spec(fp)
         if spec.augment:
-            raise StoreError(f"{spec.label()} holds augmented views, which compare trains on (its +views rows); "
-                             f"fit and export take a plain extraction, e.g. --model {spec.replace(augment=None).label()}")
+            raise StoreError(f"{spec.label()} holds augmented views, which compare and fit train on beside the plain "
+                             f"vectors; this reads a plain extraction, e.g. --model {spec.replace(augment=None).label()}")
         rows = [r for r in store.read_manifest(dataset) if r.status == "ok" and r.label]  # unlabelled: for predict
         try:
             X = store.get_vectors(fp, [r.sha256 for r in rows])
@@ -127,6 +127,45 @@ def auto_extractions(cache: Path, dataset: str | None) -> tuple[str, list[str]]:
         last = str(store.dataset_attrs(dataset)["last_extractor"])
         embeddings = [fp for fp in store.dataset_extractors(dataset) if store.extractor_spec(fp).embedding]
     return dataset, sorted(embeddings, key=lambda fp: fp != last) or [last]
+
+
+def plain_and_views(cache: Path, dataset: str, fps: Sequence[str], search: bool) -> tuple[list[str], dict[int, str]]:
+    """(the plain extractions a head reads, block index → the fingerprint of that block's cached views).
+    An augmented extraction (`--model lite0[augment=...]`) stands for its plain twin and its views; with
+    `search` (`fit --head auto`), each plain block brings its augmented extraction with the most views."""
+    plain, viewed = [], {}
+    with Store.open(cache) as store:
+        counts = store.dataset_views(dataset)
+        for i, fp in enumerate(fps):
+            spec = store.extractor_spec(fp)
+            if spec.augment:
+                twin = spec.replace(augment=None).fingerprint()
+                if twin not in store.dataset_extractors(dataset):
+                    raise StoreError(f"dataset {dataset!r} has the views of {spec.label()} but not its plain vectors; "
+                                     f"run `bottleneck extract {store.dataset_root(dataset)} --views {counts.get(fp, 8)} "
+                                     f"--augment {spec.augment}`")
+                plain.append(twin)
+                viewed[i] = fp
+                continue
+            plain.append(fp)
+            of_it = [v for v in counts if search and store.extractor_spec(v).replace(augment=None).fingerprint() == fp]
+            if of_it:
+                viewed[i] = max(of_it, key=lambda v: counts[v])
+    return plain, viewed
+
+
+def with_views(cache: Path | Store, dataset: str, features: Features, widths: Sequence[int], viewed: dict[int, str]
+               ) -> np.ndarray:
+    """(images, 1 + K, D): each image's plain vector (`features.X`), then K views, block by block: a block
+    in `viewed` its cached augmented views, the others their plain vector repeated (as compare's fused views
+    rows). K: the fewest any viewed block has."""
+    with _reading(cache) as store:
+        views = {b: load_views(store, dataset, fp, features.shas) for b, fp in viewed.items()}
+    count = min(v.shape[1] for v in views.values())
+    edges = np.cumsum((0, *widths))
+    blocks = [features.X[:, None, edges[b]:edges[b + 1]] for b in range(len(widths))]
+    return np.concatenate([np.concatenate([block, views[b][:, :count]], axis=1) if b in views
+                           else np.repeat(block, count + 1, axis=1) for b, block in enumerate(blocks)], axis=2)
 
 
 def load_fused(cache: Path | Store, dataset: str, fps: Sequence[str]) -> tuple[Features, list[ExtractorSpec], int]:
