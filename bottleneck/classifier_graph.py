@@ -6,6 +6,8 @@ features, the standardisation folded in. knn, nb, mlp, cnn and the RBF SVM are r
 their fitted arrays, a soft vote (auto's) as the mean of its members' modules; the trees (et, rf) are
 left to skl2onnx (`head_module` returns None for them, and for a vote with a tree among its members,
 which `model_export` averages in ONNX), whose graph `model_export` joins after the backbone's.
+A fused head's network (`FusedNet`) runs each block's backbone on its own crop and joins the
+pooled features in block order before the head.
 """
 
 from __future__ import annotations
@@ -340,4 +342,18 @@ class ClassifierNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.to(torch.float32) * self.scale + self.shift).permute(0, 3, 1, 2)
         features = self.backbone(x)
+        return features if self.head is None else self.head(features)
+
+
+class FusedNet(nn.Module):
+    """A fused head's network (`fit --model a+b`): one uint8 batch per block, each through its own
+    `ClassifierNet` (no head), the pooled features side by side in block order → `head` (None: the
+    features themselves). Each block takes its own crop: the networks' resize and crop differ."""
+
+    def __init__(self, blocks: list[ClassifierNet], head: nn.Module | None) -> None:
+        super().__init__()
+        self.blocks, self.head = nn.ModuleList(blocks), head
+
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([block(x) for block, x in zip(self.blocks, images, strict=True)], dim=1)
         return features if self.head is None else self.head(features)

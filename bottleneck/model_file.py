@@ -1,6 +1,10 @@
 """An exported classifier file (`.onnx` or `.pt2`, from `bottleneck export-model`) opened and run:
 its metadata (classes, the resize/crop rule, the extractor spec, the head's sha256), and
-`predict` from it on image files, cropped exactly as extraction crops them."""
+`predict` from it on image files, cropped exactly as extraction crops them.
+
+A fused head's file (`fit --model a+b`) takes one crop per block, each its own network's resize and
+crop (inputs `images_0`, `images_1`, ... in block order); its preprocess, extractor spec and input
+entries are lists, one per block. A one-block file keeps one input, `images`, and single entries."""
 
 from __future__ import annotations
 
@@ -45,27 +49,38 @@ def require(modules: Sequence[str], what: str) -> None:
         raise BottleneckError(f"{what} needs {', '.join(missing)}: {INSTALL_HINT}")
 
 
+def input_names(blocks: int) -> list[str]:
+    """The graph's inputs: `images` for one block (as every file before fused heads), else one per block."""
+    return [INPUT] if blocks == 1 else [f"{INPUT}_{i}" for i in range(blocks)]
+
+
+def per_block(value: Any) -> list[Any]:
+    """A metadata entry as one item per block: a fused file's lists, a one-block file's single value."""
+    return value if isinstance(value, list) else [value]
+
+
 @dataclass
 class ExportedModel:
-    """A classifier file ready to run: `run` takes uint8 (N, S, S, 3) crops, returns (N, K) probabilities;
-    `run_with_features` (an .onnx file) also the pooled features the head read, (N, D)."""
+    """A classifier file ready to run: `run` takes uint8 (N, S, S, 3) crops, one batch per block (the
+    same N images), returns (N, K) probabilities; `run_with_features` (an .onnx file) also the pooled
+    features the head read, (N, D), the blocks' side by side."""
 
     path: Path
     metadata: dict[str, Any]
-    run: Callable[[np.ndarray], np.ndarray]
-    run_with_features: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    run: Callable[..., np.ndarray]
+    run_with_features: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def classes(self) -> list[str]:
         return [str(c) for c in self.metadata[CLASSES]]
 
     @property
-    def preprocess(self) -> Preprocess:
-        return Preprocess.from_dict(self.metadata[PREPROCESS])
+    def preprocesses(self) -> list[Preprocess]:
+        return [Preprocess.from_dict(p) for p in per_block(self.metadata[PREPROCESS])]
 
     @property
-    def spec(self) -> ExtractorSpec:
-        return ExtractorSpec.from_dict(self.metadata[SPEC])
+    def specs(self) -> list[ExtractorSpec]:
+        return [ExtractorSpec.from_dict(s) for s in per_block(self.metadata[SPEC])]
 
 
 def open_model(path: Path, threads: int | None = None) -> ExportedModel:
@@ -89,12 +104,13 @@ def open_model(path: Path, threads: int | None = None) -> ExportedModel:
         raise FitError(f"{path}: not an ONNX model onnxruntime can load ({one_line_reason(exc)})") from None
     raw = session.get_modelmeta().custom_metadata_map
     metadata = _parsed(path, {k[len("bottleneck."):]: v for k, v in raw.items() if k.startswith("bottleneck.")})
+    names = input_names(len(per_block(metadata[PREPROCESS])))
 
-    def run(images: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run([OUTPUT], {INPUT: images})[0])
+    def run(*images: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run([OUTPUT], dict(zip(names, images, strict=True)))[0])
 
-    def run_with_features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probabilities, features = session.run([OUTPUT, FEATURES], {INPUT: images})
+    def run_with_features(*images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, features = session.run([OUTPUT, FEATURES], dict(zip(names, images, strict=True)))
         return np.asarray(probabilities), np.asarray(features)
 
     outputs = {output.name for output in session.get_outputs()}
@@ -120,12 +136,12 @@ def _open_pt2(path: Path, threads: int | None) -> ExportedModel:
     metadata = _parsed(path, {k: json.dumps(v) for k, v in fields.items()})
     module = program.module()
 
-    def run(images: np.ndarray) -> np.ndarray:
+    def run(*images: np.ndarray) -> np.ndarray:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads or previous)
         try:
             with torch.no_grad():
-                return np.asarray(module(torch.from_numpy(np.ascontiguousarray(images))).numpy())
+                return np.asarray(module(*(torch.from_numpy(np.ascontiguousarray(x)) for x in images)).numpy())
         finally:
             torch.set_num_threads(previous)
 
@@ -135,7 +151,8 @@ def _open_pt2(path: Path, threads: int | None) -> ExportedModel:
 def _parsed(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     try:
         metadata = {key: json.loads(value) for key, value in raw.items()}
-        Preprocess.from_dict(metadata[PREPROCESS])
+        for preprocess in per_block(metadata[PREPROCESS]):
+            Preprocess.from_dict(preprocess)
         if not isinstance(metadata[CLASSES], list):
             raise TypeError("classes")
     except (KeyError, TypeError, ValueError, BottleneckError) as exc:
@@ -160,6 +177,22 @@ def crop_batches(paths: Sequence[Path | str], preprocess: Preprocess, batch_size
         yield indices, None if batch is None else batch.permute(0, 2, 3, 1).numpy(), bad
 
 
+def block_batches(paths: Sequence[Path | str], preprocesses: Sequence[Preprocess], batch_size: int = 32,
+                  threads: int | None = None
+                  ) -> Iterator[tuple[list[int], list[np.ndarray] | None, list[tuple[int, str]]]]:
+    """`crop_batches` once per block, in step: (indices, one uint8 batch per block, [(index, why
+    skipped)]). Each block decodes the files itself: its JPEG draft follows its own resize_size, as
+    its extraction's did. An image any block could not read is skipped."""
+    streams = [crop_batches(paths, p, batch_size, threads) for p in preprocesses]
+    for parts in zip(*streams, strict=True):
+        reasons = {i: why for _, _, bad in reversed(parts) for i, why in bad}  # the first block's reason
+        indices = [i for i in parts[0][0] if i not in reasons]
+        batches = [batch[[k for k, i in enumerate(got) if i not in reasons]] for got, batch, _ in parts
+                   if batch is not None]
+        bad = sorted(reasons.items())
+        yield indices, batches if indices else None, bad
+
+
 def predict_with_model(inputs: Sequence[Path], model_file: Path, *, top_k: int = 1,
                        progress: Callable[[str, int, int], None] | None = None
                        ) -> tuple[list[Prediction], list[tuple[str, str]]]:
@@ -170,10 +203,10 @@ def predict_with_model(inputs: Sequence[Path], model_file: Path, *, top_k: int =
     model = open_model(model_file)
     files = expand_inputs(inputs)
     classes, predictions, skipped = model.classes, [], []
-    for indices, batch, bad in crop_batches(files, model.preprocess):
+    for indices, batches, bad in block_batches(files, model.preprocesses):
         skipped += [(str(files[i]), why) for i, why in bad]
-        if batch is not None:
-            for i, row in zip(indices, model.run(batch), strict=True):
+        if batches is not None:
+            for i, row in zip(indices, model.run(*batches), strict=True):
                 order = np.argsort(-row, kind="stable")[:top_k]
                 predictions.append(Prediction(str(files[i]), [classes[j] for j in order], [float(row[j]) for j in order]))
         if progress:

@@ -10,10 +10,12 @@ from PIL import Image, ImageOps
 
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-prep, classes = meta["bottleneck.preprocess"], meta["bottleneck.classes"]
+preps, classes = meta["bottleneck.preprocess"], meta["bottleneck.classes"]
+preps = preps if isinstance(preps, list) else [preps]  # a fused head's file: a crop per block, an input each
+names = [i.name for i in session.get_inputs()]
 
 
-def crop(path):  # the shorter side to resize_size, then the centre input_size x input_size
+def crop(path, prep):  # the shorter side to resize_size, then the centre input_size x input_size
     img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     r, s, (w, h) = prep["resize_size"], prep["input_size"], img.size
     size = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
@@ -23,5 +25,6 @@ def crop(path):  # the shorter side to resize_size, then the centre input_size x
 
 
 for path in sorted(p for p in Path(sys.argv[2]).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"}):
-    probabilities = session.run(["probabilities"], {"images": crop(path)[None]})[0][0]
+    crops = {name: crop(path, prep)[None] for name, prep in zip(names, preps, strict=True)}
+    probabilities = session.run(["probabilities"], crops)[0][0]
     print(f"{path},{classes[probabilities.argmax()]},{probabilities.max():.4f}")

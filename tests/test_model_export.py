@@ -29,7 +29,7 @@ from bottleneck_features.heads import FineTunedTailClassifier, LinearSVMClassifi
 from bottleneck_features.images import sha256_file
 from bottleneck_features.registry import Backbone
 from bottleneck_features.sources import register_model, resolve_spec
-from bottleneck_features.spec import ExtractorSpec
+from bottleneck_features.spec import ExtractorSpec, Preprocess
 from bottleneck_features.training import fit_head, load_head, predict_files, sidecar_path
 from tiny_backbone import PREPROCESS
 
@@ -37,8 +37,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
-from bottleneck_features.model_export import export_model  # noqa: E402
-from bottleneck_features.model_file import open_model, predict_with_model  # noqa: E402
+from bottleneck_features.model_export import ExportResult, export_model  # noqa: E402
+from bottleneck_features.model_file import CROP_RULE, ExportedModel, open_model, predict_with_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "examples" / "onnx_classify.py"
@@ -60,6 +60,15 @@ class TinyNet(nn.Module):
 
 def tiny(weights: str | None = None, layer: str | None = None, pool: str = "avg") -> Backbone:
     return Backbone(TinyNet().eval(), ExtractorSpec("tinyx", "random-seed0", PREPROCESS, 8))
+
+
+# A second network for fused heads, whose crop is not tinyx's: another size, resize and interpolation.
+OTHER = Preprocess(input_size=40, resize_size=48, interpolation="bicubic", mean=(0.485, 0.456, 0.406),
+                   std=(0.229, 0.224, 0.225))
+
+
+def tiny_other(weights: str | None = None, layer: str | None = None, pool: str = "avg") -> Backbone:
+    return Backbone(TinyNet(6).eval(), ExtractorSpec("tinyy", "random-seed0", OTHER, 6))
 
 
 def _shades(root: Path, per_class: int = 12) -> Path:
@@ -139,8 +148,8 @@ def test_every_head_exports_and_agrees_with_predict(cache: Path, tmp_path: Path,
     model = open_model(result.path)
     estimator, meta = load_head(head_path)
     assert model.classes == ["bright", "dark", "mid"] and model.metadata["head_sha256"] == meta["sha256"]
-    assert model.spec == ExtractorSpec.from_dict(meta["extractor"]["spec"])
-    assert model.preprocess == PREPROCESS and "centre crop" in model.metadata["preprocess"]["rule"]
+    assert model.specs == [ExtractorSpec.from_dict(meta["extractor"]["spec"])]
+    assert model.preprocesses == [PREPROCESS] and "centre crop" in model.metadata["preprocess"]["rule"]
     assert "against the torch fp32 backbone + head: top-1 36/36" in result.summary()
     assert result.check.head_same_top1 == 36 and result.check.head_difference is not None
     assert result.check.head_difference < 1e-5 and (result.check.trees is not None) == (head in ("et", "rf"))
@@ -193,8 +202,28 @@ def test_pt2_matches_onnx_and_refuses_trees(cache: Path, tmp_path: Path) -> None
     crops = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     assert np.abs(pt2.run(crops) - onnx_model.run(crops)).max() < 1e-5
     assert pt2.classes == onnx_model.classes and pt2.metadata["head_sha256"] == onnx_model.metadata["head_sha256"]
+    for model in (onnx_model, pt2):
+        _as_before_fused_heads(model, head_path)
     with pytest.raises(FitError, match=r"export it as \.onnx"):
         export_model(_fit(cache, "et", tmp_path), tmp_path / "et.pt2", cache=cache)
+
+
+def _as_before_fused_heads(model: ExportedModel, head_path: Path) -> None:
+    """A one-block file: one input, `images`, and the metadata every file had before fused heads."""
+    meta = model.metadata
+    assert sorted(meta) == ["bottleneck_version", "classes", "extractor_spec", "head", "head_sha256", "input",
+                            "preprocess", "quantization"]
+    assert meta["preprocess"] == {**PREPROCESS.to_dict(), "rule": CROP_RULE}
+    assert meta["extractor_spec"] == json.loads(sidecar_path(head_path).read_text())["extractor"]["spec"]
+    assert meta["input"] == {"name": "images", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
+                             "shape": ["N", 32, 32, 3], "computed_in": "float32",
+                             "outputs": {"probabilities": "(N, classes)",
+                                         "features": "(N, D), the pooled embedding (.onnx)"}}
+    if model.path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["images"]
 
 
 def test_dynamic_batch_and_int8(cache: Path, tmp_path: Path) -> None:
@@ -302,6 +331,111 @@ def test_a_missing_weights_file_is_one_line(cache: Path, tmp_path: Path) -> None
         export_model(head_path, tmp_path / "m.onnx", cache=cache, check=False)
 
 
+# --- fused heads (fit --model a+b): one input per block --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fused_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(image folder, cache) with the folder extracted by tinyx and by tinyy (another crop), in fp32."""
+    tmp = tmp_path_factory.mktemp("fused")
+    root, cache = _shades(tmp / "shades"), tmp / "cache.h5"
+    for backbone in (tiny(), tiny_other()):
+        extract_dataset(root, backbone.using(precision="fp32"), cache, options=QUIET)
+    return root, cache
+
+
+@pytest.fixture
+def fused_cache(fused_dataset: tuple[Path, Path]) -> Path:
+    register_model("tinyx", tiny)
+    register_model("tinyy", tiny_other)
+    return fused_dataset[1]
+
+
+def _fit_fused(cache: Path, head: str, tmp_path: Path) -> Path:
+    return fit_head(cache, head=head, model="tinyx+tinyy", test_size=0.3, out=tmp_path / f"{head}.joblib").head_path
+
+
+def _agree(result: ExportResult) -> None:
+    assert result.check is not None and result.check.passed, result.summary()
+    assert result.check.images == 36 and result.check.cached_same_top1 == 36
+
+
+def test_a_fused_head_exports_with_an_input_per_block(fused_cache: Path, fused_dataset: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    head_path = _fit_fused(fused_cache, "logreg", tmp_path)
+    onnx_result = export_model(head_path, tmp_path / "m.onnx", cache=fused_cache)
+    _agree(onnx_result)
+    assert onnx_result.label == "tinyx+tinyy" and onnx_result.form.startswith("linear: one 3 x 14")
+    assert "uint8 (N, 32, 32, 3) + (N, 40, 40, 3) in" in onnx_result.summary()
+    pt2_result = export_model(head_path, tmp_path / "m.pt2", cache=fused_cache)
+    _agree(pt2_result)
+    onnx_model, pt2 = open_model(onnx_result.path), open_model(pt2_result.path)
+    meta = json.loads(sidecar_path(head_path).read_text())
+    for model in (onnx_model, pt2):
+        assert model.preprocesses == [PREPROCESS, OTHER] and model.metadata["head_sha256"] == meta["sha256"]
+        assert model.specs == [ExtractorSpec.from_dict(block["spec"]) for block in meta["fused"]]
+        assert [(i["name"], i["shape"]) for i in model.metadata["input"]] == [("images_0", ["N", 32, 32, 3]),
+                                                                               ("images_1", ["N", 40, 40, 3])]
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 256, (5, size, size, 3), dtype=np.uint8) for size in (32, 40)]
+    assert np.abs(pt2.run(*crops) - onnx_model.run(*crops)).max() < 1e-5
+    assert onnx_model.run_with_features is not None and onnx_model.run_with_features(*crops)[1].shape == (5, 14)
+    root = fused_dataset[0]
+    from_head, _ = predict_files([root], head_path, fused_cache, top_k=2, options=QUIET)
+    for model_file in (onnx_result.path, pt2_result.path):
+        from_model, skipped = predict_with_model([root], model_file, top_k=2)
+        assert not skipped and [(p.path, p.labels) for p in from_model] == [(p.path, p.labels) for p in from_head]
+        assert np.abs(np.array([p.probabilities for p in from_model])
+                      - np.array([p.probabilities for p in from_head])).max() < 1e-4
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    from_model, skipped = predict_with_model([broken, root / "dark" / "0.jpg"], onnx_result.path)
+    assert [p.labels for p in from_model] == [["dark"]] and len(skipped) == 1 and "not an image" in skipped[0][1]
+
+
+def test_predict_from_a_fused_file_on_the_command_line(fused_cache: Path, fused_dataset: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    runner, head, model = CliRunner(), str(tmp_path / "h.joblib"), str(tmp_path / "fused.onnx")
+    fitted = runner.invoke(app, ["fit", "--head", "logreg", "--model", "tinyx+tinyy", "--cache", str(fused_cache),
+                                 "--out", head])
+    assert fitted.exit_code == 0, fitted.output
+    exported = runner.invoke(app, ["export-model", "--head", head, model, "--cache", str(fused_cache), "-q"])
+    assert exported.exit_code == 0, exported.output
+    assert "tinyx+tinyy + logreg" in exported.output and "top-1 36/36" in exported.output
+    assert "Warning" not in exported.output and "[torch.onnx]" not in exported.output
+    root = str(fused_dataset[0])
+    with_head = runner.invoke(app, ["predict", root, "--head", head, "--cache", str(fused_cache), "-q"])
+    with_file = runner.invoke(app, ["predict", root, "--model-file", model, "-q"])
+    assert with_head.exit_code == 0 and with_file.exit_code == 0, with_file.output
+    a, b = _rows(with_head.stdout), _rows(with_file.stdout)
+    assert len(a) == 36 and [(r["path"], r["prediction"]) for r in a] == [(r["path"], r["prediction"]) for r in b]
+    standalone = subprocess.run([sys.executable, str(RUNNER), model, root], capture_output=True, text=True,
+                                timeout=120, check=True)  # the example runner: a crop per block
+    labelled = {Path(p).parent.name: label for p, label, _ in (line.split(",") for line in standalone.stdout.splitlines())}
+    assert labelled == {"dark": "dark", "mid": "mid", "bright": "bright"}
+
+
+def test_fused_trees_export_to_onnx_only_and_quantise(fused_cache: Path, tmp_path: Path) -> None:
+    head_path = _fit_fused(fused_cache, "et", tmp_path)
+    result = export_model(head_path, tmp_path / "et.onnx", cache=fused_cache, quantize="int8")
+    _agree(result)
+    assert result.form == "skl2onnx" and result.check.trees == 300
+    assert result.quantized is not None and result.quantized.calibration == 36 - result.quantized.test_images
+    model = open_model(result.path)
+    assert model.metadata["quantization"]["kind"] == "int8" and len(model.preprocesses) == 2
+    with pytest.raises(FitError, match=r"ExtraTreesClassifier head runs in no torch program: export it as \.onnx"):
+        export_model(head_path, tmp_path / "et.pt2", cache=fused_cache)
+
+
+def test_a_fused_auto_head_exports_its_vote(fused_cache: Path, tmp_path: Path) -> None:
+    head_path = _fit_fused(fused_cache, "auto", tmp_path)
+    estimator, meta = load_head(head_path)
+    assert isinstance(estimator.estimator_, VotingClassifier), meta["auto"]["choice"]
+    result = export_model(head_path, tmp_path / "auto.onnx", cache=fused_cache)
+    _agree(result)
+    assert result.form == "skl2onnx and torch, averaged" and result.label == "tinyx+tinyy"
+
+
 # --- the CLI: bottleneck export-model, bottleneck predict --model-file ------------------------------
 
 
@@ -353,4 +487,4 @@ def test_lite0_exports_agree_with_predict(lite0_cache: Path, tmp_path: Path, dat
     result = export_model(head_path, tmp_path / "m.onnx", cache=lite0_cache)
     assert result.check is not None and result.check.passed, result.summary()
     assert result.check.cached_same_top1 == result.check.images and result.check.missing == 0
-    assert resolve_spec("efficientnet_lite0").preprocess == open_model(result.path).preprocess
+    assert [resolve_spec("efficientnet_lite0").preprocess] == open_model(result.path).preprocesses
