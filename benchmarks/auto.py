@@ -23,7 +23,6 @@ from pathlib import Path
 
 import _common as C
 from bottleneck_features import api
-from bottleneck_features.augment import DEFAULT_AUGMENT
 
 HEADS = ["logreg", "svm", "knn", "nb", "et", "auto"]
 MODELS = ["efficientnet_lite0", "efficientnet_lite2"]
@@ -56,8 +55,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         cells = {(c.features, c.head, c.per_class): c.mean_std("accuracy") for c in compared.cells}
         results.append({"dataset": name, "compare_seconds": seconds,
-                        "cells": [{"features": f, "head": h, "per_class": n, "mean": m, "std": s}
-                                  for (f, h, n), (m, s) in cells.items()]})
+                        "cells": [{"features": c.features, "head": c.head, "per_class": c.per_class,
+                                   "draws": c.scores["accuracy"]} for c in compared.cells]})
         rows = sorted({f for f, _, _ in cells})
         for features in rows:
             for n in (15, 30):
@@ -110,10 +109,10 @@ def main() -> None:
 def _views(name: str, folder: Path, cache: Path, views: int, repeats: int) -> list[tuple]:
     """Lite0's views cached, then its views rows compared: auto (folds split by image) against the fixed heads."""
     start = time.perf_counter()
-    api.extract(str(folder), MODELS[0], cache=cache, name=name, views=views)
+    report = api.extract(str(folder), MODELS[0], cache=cache, name=name, views=views)
     print(f"{name}: {views} views of {MODELS[0]} cached in {time.perf_counter() - start:.0f} s")
     heads = ["logreg", "svm", "et", "auto"]
-    compared = api.compare(data=name, models=[f"{MODELS[0]}[augment={DEFAULT_AUGMENT}]"], heads=heads,
+    compared = api.compare(data=name, models=[report.fingerprint], heads=heads,  # the views' extraction
                            per_class=[15, 30], repeats=repeats, cap=True, pixels=None, cache=cache,
                            out=C.OUT / "auto" / f"{name}-views", embedding_map=False)
     cells = {(c.features, c.head, c.per_class): c.mean_std("accuracy")[0] for c in compared.cells}

@@ -105,6 +105,8 @@ def test_fit_on_an_augmented_extraction_trains_on_its_views_and_predicts_from_pl
     bf.extract(image_folder, "tiny", cache=cache, views=2, workers=0)
     plain = bf.fit(head="knn", cache=cache, out=tmp_path / "plain.joblib").sidecar
     assert plain["extractor"]["label"] == on_host("tiny", host) and "views" not in plain  # the last run: the plain one
+    named = bf.fit(head="knn", model="tiny", cache=cache, out=tmp_path / "named.joblib").sidecar  # the model's name:
+    assert named["extractor"] == plain["extractor"] and "views" not in named  # its plain extraction, not its views
     augmented = on_host(f"tiny[augment={DEFAULT_AUGMENT}]", host)
     fitted = bf.fit(head="knn", model=augmented, cache=cache, out=tmp_path / "views.joblib")
     meta = fitted.sidecar

@@ -161,8 +161,8 @@ class Store:
         fps = self.dataset_extractors(dataset)
         for by in (lambda fp: fp, lambda fp: self.extractor_spec(fp).label(), lambda fp: self.extractor_spec(fp).model):
             found = [fp for fp in fps if by(fp) == query]
-            if found:
-                return found
+            if found:  # a model's name means its plain vectors, not its augmented views (named by their label)
+                return [fp for fp in found if not self.extractor_spec(fp).augment] or found
         return []
 
     def extraction_named(self, dataset: str, query: str, option: str = "--model") -> str | None:
