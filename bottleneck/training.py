@@ -103,7 +103,9 @@ def fit_head(cache: Path, *, head: str, dataset: str | None = None, model: str |
     assert spec is not None  # load_features reads it
     blocks = tuple(int(s.feature_dim or 0) for s in specs) if len(fps) > 1 else ()
     X_views = with_views(cache, dataset, features, blocks or (features.X.shape[1],), viewed) if viewed else None
-    views = {"views": X_views.shape[1], "view_blocks": tuple(viewed)} if head == "auto" and X_views is not None else {}
+    # views named by --model: every candidate trains on them, as a fixed head does; found by the search: tried
+    views = {"views": X_views.shape[1], "view_blocks": tuple(viewed), "try_plain": search} \
+        if head == "auto" and X_views is not None else {}
     block_sets = {"block_sets": (*((b,) for b in range(len(fps))), tuple(range(len(fps))))} if search and blocks else {}
     train, val, test = split_indices(features, test_size, seed)
     _check_trainable(features.labels[train], dataset)

@@ -85,10 +85,11 @@ def test_views_of_one_image_stay_in_one_fold() -> None:
     X, y = rng.normal(size=(60, 6)), np.repeat(np.arange(3), 20)
     views = np.repeat(X, 3, axis=0) + rng.normal(scale=1e-3, size=(180, 6))
     views[::3] = X  # each image's plain vector first
-    auto = AutoHeadClassifier(views=3).fit(views, np.repeat(y, 3))
+    auto = AutoHeadClassifier(views=3, try_plain=True).fit(views, np.repeat(y, 3))
     assert {r["views"] for r in auto.results_} == {False, True}
     assert max(r["cv_accuracy"] for r in auto.results_) < 0.7  # chance is 1/3
     assert auto.predict(X).shape == (60,)
+    assert {r["views"] for r in AutoHeadClassifier(views=3).fit(views, np.repeat(y, 3)).results_} == {True}
     with pytest.raises(ValueError, match="179 rows are not 3 views of each image"):
         AutoHeadClassifier(views=3).fit(views[:179], np.repeat(y, 3)[:179])
 

@@ -124,12 +124,17 @@ def test_fit_on_an_augmented_extraction_trains_on_its_views_and_predicts_from_pl
         bf.fit(head="knn", model=augmented, cache=cache, out=tmp_path / "views.joblib")
 
 
-def test_fit_head_auto_tries_the_cached_views(image_folder: Path, tmp_path: Path, counting: dict) -> None:
+def test_fit_head_auto_tries_the_cached_views(image_folder: Path, tmp_path: Path, counting: dict, host: str) -> None:
     cache = tmp_path / "c.h5"
     bf.extract(image_folder, "tiny", cache=cache, views=2, workers=0)
     auto = bf.fit(head="auto", cache=cache, out=tmp_path / "auto.joblib").sidecar["auto"]
     tried = [r["model"] for r in [auto["choice"], *auto["runners_up"]]]
     assert any(m.endswith(" and its views") for m in tried) and any(not m.endswith("views") for m in tried)
+    named = bf.fit(head="auto", model=on_host(f"tiny[augment={DEFAULT_AUGMENT}]", host), cache=cache,
+                   out=tmp_path / "views.joblib")
+    auto = named.sidecar["auto"]  # views asked for: every candidate trains on them, as a fixed head would
+    assert all(r["model"].endswith(" and its views") for r in [auto["choice"], *auto["runners_up"]])
+    assert named.sidecar["views"]["per_image"] == 2
 
 
 def test_view_keys_are_distinct_hex_keys() -> None:

@@ -77,13 +77,14 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
     the widths of fused extractions side by side in the features; `block_sets`: which sets of them
     (block indices) to try, default all together. `raw_pixels`: what the features are, passed on to
     each candidate (`make_pipeline`). `views` V > 1: `fit` gets V rows per image, and every
-    candidate is also tried trained on all of them, on the block sets among `view_blocks` (default all:
-    the blocks whose views are augmented, the others repeating their plain vector)."""
+    candidate trains on all of them, on the block sets among `view_blocks` (default all: the blocks
+    whose views are augmented, the others repeating their plain vector); with `try_plain`, each is
+    also tried on the plain vectors alone, and the views preferred within the noise."""
 
     def __init__(self, *, budget: float | None = None, folds: int = 5, random_state: int | None = 0,
                  blocks: tuple[int, ...] = (), raw_pixels: bool = False,
                  block_sets: tuple[tuple[int, ...], ...] | None = None, views: int = 1,
-                 view_blocks: tuple[int, ...] | None = None) -> None:
+                 view_blocks: tuple[int, ...] | None = None, try_plain: bool = False) -> None:
         self.budget = budget
         self.folds = folds
         self.random_state = random_state
@@ -92,12 +93,13 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
         self.block_sets = block_sets
         self.views = views
         self.view_blocks = view_blocks
+        self.try_plain = try_plain
 
     def candidates(self) -> list[Candidate]:
-        """In the order they are scored: each head's values on each block set, then the votes; then, with
-        views, the same trained on every view (on the block sets that have views)."""
+        """In the order they are scored: each head's values on each block set, then the votes; with views,
+        on the plain vectors (`try_plain`), then trained on every view (on the block sets that have views)."""
         found = []
-        for views in (False, True) if self.views > 1 else (False,):
+        for views in ((False, True) if self.try_plain else (True,)) if self.views > 1 else (False,):
             sets = [b for b in self.block_sets or ((),) if not views or self._has_views(b)]
             found += [Candidate(((head, {**input_params(head, self.raw_pixels), name: value}),), blocks, views)
                       for head, name, values in CANDIDATES for value in values for blocks in sets]
@@ -209,14 +211,15 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
         self._scored.append(candidate)
 
     def _one_standard_error(self) -> int:
-        """The first candidate, in order of preference (the votes, then the order scored), whose CV accuracy
-        is within one standard error of the best's: on a few dozen images the best of a dozen noisy scores
-        is partly luck, and a lead smaller than the noise does not repay leaving the default
-        (benchmarks/RESULTS.md 23, 24)."""
+        """The first candidate, in order of preference (trained on views, then the votes, then the order
+        scored), whose CV accuracy is within one standard error of the best's: on a few dozen images the
+        best of a dozen noisy scores is partly luck, and a lead smaller than the noise does not repay
+        leaving the default (benchmarks/RESULTS.md 23-25). Views first: augmented copies of the
+        training images rarely cost accuracy and often add it, by more than CV on so few images can show."""
         top = max(self.results_, key=lambda r: r["cv_accuracy"])
-        def rank(i: int) -> tuple[bool, float]:  # the votes first, the best scored of them first
+        def rank(i: int) -> tuple[bool, bool, float]:  # the votes first, the best scored of them first
             vote = len(self._scored[i].members) > 1
-            return not vote, -self.results_[i]["cv_accuracy"] if vote else 0.0
+            return not self._scored[i].views, not vote, -self.results_[i]["cv_accuracy"] if vote else 0.0
 
         preferred = sorted(range(len(self.results_)), key=rank)
         return next(i for i in preferred if self.results_[i]["cv_accuracy"] >= top["cv_accuracy"] - top["cv_se"])
