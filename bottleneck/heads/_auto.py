@@ -217,7 +217,7 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
         leaving the default (benchmarks/RESULTS.md 23-25). Views first: augmented copies of the
         training images rarely cost accuracy and often add it, by more than CV on so few images can show."""
         top = max(self.results_, key=lambda r: r["cv_accuracy"])
-        def rank(i: int) -> tuple[bool, bool, float]:  # the votes first, the best scored of them first
+        def rank(i: int) -> tuple[bool, bool, float]:  # views, then votes (the best scored first), then the order scored
             vote = len(self._scored[i].members) > 1
             return not self._scored[i].views, not vote, -self.results_[i]["cv_accuracy"] if vote else 0.0
 
