@@ -19,7 +19,7 @@ from .progress import Progress
 from .shards import image_addresses
 from .sources import DEFAULT_MODEL, build_tail, resolve_spec
 from .spec import ExtractorSpec
-from .store import Features, Store, fusion_parts, load_features, load_views
+from .store import Features, Store, fusion_parts, load_features, load_views, stack_views
 
 if TYPE_CHECKING:
     import torch
@@ -205,21 +205,18 @@ def plain_rows(specs: list[ExtractorSpec], loaded: list[Features], Xs: list[np.n
 def fused_rows(fusions: list[Fusion], rows: list[Row], views: dict[ExtractorSpec, np.ndarray]) -> list[Row]:
     """A row per fusion: its blocks' features side by side (aligned already), named a+b. A fusion with an
     augmented extraction (its `views`) gives a views row and its +tta twin: view k of every block is the
-    same augmented image (views are seeded by image and index), a plain block repeats its one vector."""
+    same augmented image, a plain block repeats its one vector (`store.stack_views`)."""
     by_spec = {row.spec: row for row in rows}
     fused = []
     for fusion in fusions:
         blocks = [by_spec[spec.replace(augment=None)] for spec in fusion]
         widths = tuple(b.X.shape[1] for b in blocks)
-        augmented = [spec for spec in fusion if spec.augment]
-        if not augmented:
+        if not any(spec.augment for spec in fusion):
             fused.append(Row(blocks[0].spec, "+".join(b.name for b in blocks), np.concatenate([b.X for b in blocks], axis=1),
                              "+".join(b.fingerprint for b in blocks), blocks=widths))
             continue
-        count = min(views[spec].shape[1] for spec in augmented)
-        X = np.concatenate([_with_views(b, views[spec][:, :count]) if spec.augment
-                            else np.repeat(b.X[:, None], count + 1, axis=1)
-                            for spec, b in zip(fusion, blocks, strict=True)], axis=2)
+        X = stack_views([b.X for b in blocks], [views[spec] if spec.augment else None for spec in fusion])
+        count = X.shape[1] - 1
         name = "+".join(_views_name(b, spec, count) if spec.augment else b.name
                         for spec, b in zip(fusion, blocks, strict=True))
         fused += _tta_pair(blocks[0].spec, name, X, "+".join(spec.fingerprint() for spec in fusion) + f"+views{count}",
@@ -234,14 +231,9 @@ def views_rows(view_rows: list[tuple[ExtractorSpec, int]], views: list[np.ndarra
     by_spec = {row.spec: row for row in plain}
     for (spec, count), X_views in zip(view_rows, views, strict=True):
         base = by_spec[spec.replace(augment=None)]
-        rows += _tta_pair(spec, _views_name(base, spec, count), _with_views(base, X_views),
+        rows += _tta_pair(spec, _views_name(base, spec, count), stack_views([base.X], [X_views]),
                           f"{spec.fingerprint()}+views{count}")
     return rows
-
-
-def _with_views(base: Row, views: np.ndarray) -> np.ndarray:
-    """(images, 1 + views, dim): each image's plain vector, then its augmented views'."""
-    return np.concatenate([base.X[:, None], views], axis=1)
 
 
 def _views_name(base: Row, spec: ExtractorSpec, count: int) -> str:

@@ -18,6 +18,7 @@ from ._features import (
     plain_and_views,
     select_extraction,
     select_extractions,
+    stack_views,
     with_views,
 )
 from ._maintenance import compact_cache, verify_cache
@@ -26,6 +27,6 @@ from ._rows import copy_rows, create_rows, readable_keys, view_key
 from ._tables import read_table, write_table
 
 __all__ = ["ASIDE", "DEFAULT_CACHE", "FORMAT", "MANIFEST_FIELDS", "PENDING", "Features", "ManifestRow", "Store", "auto_extractions", "fusion_parts", "load_fused", "select_extractions",
-           "cache_lock", "check_room", "lock_file", "compact_cache", "copy_rows", "create_rows", "load_features", "load_views", "plain_and_views", "with_views",
+           "cache_lock", "check_room", "lock_file", "compact_cache", "copy_rows", "create_rows", "load_features", "load_views", "plain_and_views", "stack_views", "with_views",
            "read_projection", "read_table", "readable_keys", "select_extraction", "verify_cache", "view_key",
            "write_projection", "write_table"]

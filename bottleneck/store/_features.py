@@ -156,16 +156,22 @@ def plain_and_views(cache: Path, dataset: str, fps: Sequence[str], search: bool)
 
 def with_views(cache: Path | Store, dataset: str, features: Features, widths: Sequence[int], viewed: dict[int, str]
                ) -> np.ndarray:
-    """(images, 1 + K, D): each image's plain vector (`features.X`), then K views, block by block: a block
-    in `viewed` its cached augmented views, the others their plain vector repeated (as compare's fused views
-    rows). K: the fewest any viewed block has."""
+    """`stack_views` of `features.X`'s blocks (`widths`), those in `viewed` with their cached views."""
     with _reading(cache) as store:
-        views = {b: load_views(store, dataset, fp, features.shas) for b, fp in viewed.items()}
-    count = min(v.shape[1] for v in views.values())
+        views = [load_views(store, dataset, viewed[b], features.shas) if b in viewed else None
+                 for b in range(len(widths))]
     edges = np.cumsum((0, *widths))
-    blocks = [features.X[:, None, edges[b]:edges[b + 1]] for b in range(len(widths))]
-    return np.concatenate([np.concatenate([block, views[b][:, :count]], axis=1) if b in views
-                           else np.repeat(block, count + 1, axis=1) for b, block in enumerate(blocks)], axis=2)
+    return stack_views([features.X[:, edges[b]:edges[b + 1]] for b in range(len(widths))], views)
+
+
+def stack_views(blocks: Sequence[np.ndarray], views: Sequence[np.ndarray | None]) -> np.ndarray:
+    """(images, 1 + K, D): each image's plain vector, then K views, block by block side by side: a block's
+    augmented views (images, K', dim), or with None its plain vector repeated. K: the fewest any block has
+    (view k of every block is the same augmented image: views are seeded by image and index)."""
+    count = min(v.shape[1] for v in views if v is not None)
+    return np.concatenate([np.concatenate([block[:, None], v[:, :count]], axis=1) if v is not None
+                           else np.repeat(block[:, None], count + 1, axis=1)
+                           for block, v in zip(blocks, views, strict=True)], axis=2)
 
 
 def load_fused(cache: Path | Store, dataset: str, fps: Sequence[str]) -> tuple[Features, list[ExtractorSpec], int]:
