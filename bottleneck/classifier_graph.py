@@ -262,24 +262,31 @@ class KernelSVM(nn.Module):
 
 
 class MeanOf(nn.Module):
-    """A soft vote: the mean of its members' probabilities."""
+    """A soft vote: the (weighted) mean of its members' probabilities."""
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: list[nn.Module], weights: list[float] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.shares = vote_shares(weights, len(members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+        return sum(share * member(x) for share, member in zip(self.shares, self.members, strict=True))
+
+
+def vote_shares(weights: list[float] | None, members: int) -> list[float]:
+    """Each member's share of a soft vote (VotingClassifier's `weights`, None: equal), summing to 1."""
+    raw = [1.0] * members if weights is None else [float(w) for w in weights]
+    return [w / sum(raw) for w in raw]
 
 
 def head_module(head: Any, width: int) -> nn.Module | None:
     """`head.predict_proba` as a torch module on `width`-d pooled features; None for the trees (and a
     vote with a tree), which skl2onnx converts. Heads with no export are a one-line FitError."""
     if isinstance(head, VotingClassifier):
-        if head.voting != "soft" or head.weights is not None:
-            raise refuse("only a soft vote of equal weights exports")
+        if head.voting != "soft":
+            raise refuse("only a soft vote exports")
         members = [head_module(member, width) for member in head.estimators_]
-        return None if any(m is None for m in members) else MeanOf([m for m in members if m is not None])
+        return None if any(m is None for m in members) else MeanOf([m for m in members if m is not None], head.weights)
     steps, clf = unwrap(head)
     if isinstance(clf, TREES):
         return None

@@ -227,7 +227,9 @@ def fit(
                              f"views ({', '.join(meta['views']['extractions'])})"), highlight=False, soft_wrap=True)
     if "auto" in meta:
         auto = meta["auto"]
-        console.print(escape(f"auto chose {auto['choice']['head']} {auto['choice']['params']} on "
+        weights = auto["choice"].get("weights")
+        weighted = f" weighted {':'.join(f'{w:g}' for w in weights)}" if weights else ""
+        console.print(escape(f"auto chose {auto['choice']['head']} {auto['choice']['params']}{weighted} on "
                              f"{auto['choice']['model']} (cross-validated accuracy "
                              f"{auto['cv_accuracy']:.3f} on the training split; {auto['candidates_scored']} candidates "
                              f"in {auto['seconds']:.1f} s)"), highlight=False, soft_wrap=True)

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sklearn.ensemble import VotingClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ._version import __version__
-from .classifier_graph import ClassifierNet, FusedNet, head_module, linear_form, refuse, tree_count, unwrap
+from .classifier_graph import ClassifierNet, FusedNet, head_module, linear_form, refuse, tree_count, unwrap, vote_shares
 from .errors import FitError, one_line_reason
 from .heads import AutoHeadClassifier, BlockScaler
 from .model_file import (
@@ -254,8 +255,9 @@ def _onnx_parts(backbones: list[Backbone], head: torch.nn.Module | None, estimat
     width = sum(int(spec.feature_dim or 0) for spec in specs)
     if head is not None:
         return features, _torch_onnx(head, (torch.zeros(2, width),), ([FEATURES], OUTPUT), "the head")
-    if isinstance(estimator, VotingClassifier):  # its members each as they export, then their mean
-        return features, _mean_of([_head_graph(member, width) for member in estimator.estimators_])
+    if isinstance(estimator, VotingClassifier):  # its members each as they export, then their weighted mean
+        return features, _mean_of([_head_graph(member, width) for member in estimator.estimators_],
+                                  vote_shares(estimator.weights, len(estimator.estimators_)))
     return features, _skl2onnx(estimator, width)
 
 
@@ -294,19 +296,23 @@ def _standard(scaler: BlockScaler) -> StandardScaler:
     return plain
 
 
-def _mean_of(graphs: list[Any]) -> Any:
-    """One graph of several heads' graphs side by side on the same features, their probabilities averaged."""
+def _mean_of(graphs: list[Any], shares: list[float]) -> Any:
+    """One graph of several heads' graphs side by side on the same features, their probabilities
+    averaged with these `shares` (summing to 1)."""
     import onnx
-    from onnx import compose, helper
+    from onnx import compose, helper, numpy_helper
 
     parts = [compose.add_prefix(graph, f"member{i}/", rename_inputs=False) for i, graph in enumerate(graphs)]
-    mean = helper.make_node("Mean", [f"member{i}/{OUTPUT}" for i in range(len(parts))], [OUTPUT])
+    weights = [numpy_helper.from_array(np.array(share, np.float32), f"share{i}") for i, share in enumerate(shares)]
+    scaled = [helper.make_node("Mul", [f"member{i}/{OUTPUT}", f"share{i}"], [f"member{i}/scaled"])
+              for i in range(len(parts))]
+    mean = helper.make_node("Sum", [f"member{i}/scaled" for i in range(len(parts))], [OUTPUT])
     output = onnx.ValueInfoProto()
     output.CopyFrom(next(o for o in parts[0].graph.output if o.name == f"member0/{OUTPUT}"))
     output.name = OUTPUT
-    graph = helper.make_graph([node for part in parts for node in part.graph.node] + [mean], "vote",
+    graph = helper.make_graph([node for part in parts for node in part.graph.node] + [*scaled, mean], "vote",
                               [parts[0].graph.input[0]], [output],
-                              [tensor for part in parts for tensor in part.graph.initializer])
+                              [tensor for part in parts for tensor in part.graph.initializer] + weights)
     versions: dict[str, int] = {}
     for part in parts:
         for opset in part.opset_import:

@@ -19,7 +19,7 @@ from bottleneck_features.cli import app
 from bottleneck_features.comparison import run_compare
 from bottleneck_features.errors import FitError
 from bottleneck_features.heads import AutoHeadClassifier, make_head
-from bottleneck_features.heads._auto import CANDIDATES, VOTES
+from bottleneck_features.heads._auto import CANDIDATES, ET_WEIGHT, VOTES
 from bottleneck_features.heads._tuning import _StratifiedKFoldUpTo
 from bottleneck_features.sources import register_model
 from bottleneck_features.training import load_head
@@ -40,13 +40,14 @@ def test_auto_scores_every_candidate_and_refits_the_best() -> None:
     top = max(auto.results_, key=lambda r: r["cv_accuracy"])
     assert auto.cv_score_ >= top["cv_accuracy"] - top["cv_se"]
     # separable: every candidate ties, and the vote of the tuned logreg and the trees comes first
-    assert auto.choice_ == {"head": "logreg+et", "params": {"logreg": {"tune": True}, "et": {"min_samples_leaf": 1}}}
-    assert isinstance(auto.estimator_, VotingClassifier)
+    assert auto.choice_ == {"head": "logreg+et", "params": {"logreg": {"tune": True}, "et": {"min_samples_leaf": 1}},
+                            "weights": [1.0, ET_WEIGHT]}
+    assert isinstance(auto.estimator_, VotingClassifier) and auto.estimator_.weights == [1.0, ET_WEIGHT]
     assert auto.predict(X).shape == (60,) and auto.predict_proba(X).shape == (60, 3)
     assert list(auto.classes_) == [0, 1, 2] and clone(auto).get_params()["budget"] is None
 
 
-def test_a_vote_is_scored_from_its_members_out_of_fold_probabilities() -> None:
+def test_a_vote_is_scored_from_its_members_out_of_fold_probabilities_the_trees_weighing_more() -> None:
     X, y = _blobs(3)
     X = X + np.random.default_rng(3).normal(0, 2.5, X.shape)  # overlapping: the folds' scores differ
     auto = AutoHeadClassifier().fit(X, y)
@@ -55,9 +56,10 @@ def test_a_vote_is_scored_from_its_members_out_of_fold_probabilities() -> None:
     expected = []
     for train, held in splits:
         members = [make_head("logreg", tune=True).fit(X[train], y[train]), make_head("et").fit(X[train], y[train])]
-        mean = np.mean([m.predict_proba(X[held]) for m in members], axis=0)
+        mean = (members[0].predict_proba(X[held]) + ET_WEIGHT * members[1].predict_proba(X[held])) / (1 + ET_WEIGHT)
         expected.append(np.mean(mean.argmax(1) == y[held]))
     assert vote["cv_accuracy"] == pytest.approx(np.mean(expected)) and vote["seconds"] == 0
+    assert vote["weights"] == [1.0, ET_WEIGHT] and ET_WEIGHT > 1
 
 
 def test_a_lead_beyond_the_noise_leaves_the_default() -> None:
@@ -115,6 +117,9 @@ def test_fit_head_auto_writes_its_choice(image_folder: Path, tmp_path: Path) -> 
     meta = json.loads((tmp_path / "auto.json").read_text())
     assert meta["auto"]["budget"] == 60 and meta["auto"]["candidates_scored"] >= 1
     assert {"head", "params"} <= set(meta["auto"]["choice"])
+    if "weights" in meta["auto"]["choice"]:  # a vote: its weights printed, the trees' last
+        weights = meta["auto"]["choice"]["weights"]
+        assert weights[-1] == ET_WEIGHT and f"weighted {':'.join(f'{w:g}' for w in weights)}" in result.output
     assert list(api.predict(image_folder / "cat", tmp_path / "auto.joblib", cache=cache).items)
     with pytest.raises(FitError, match="--budget 5: a positive number of seconds, for --head auto"):
         api.fit("logreg", cache=cache, budget=5)

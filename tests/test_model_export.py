@@ -119,11 +119,13 @@ def test_head_modules_are_predict_proba(classes: int) -> None:
         with torch.no_grad():
             got = module(torch.from_numpy(new)).double().numpy()
         assert np.abs(got - head.predict_proba(new)).max() < 1e-5, (name, options)
-    vote = VotingClassifier([("logreg", make_head("logreg", tune=True)), ("knn", make_head("knn"))], voting="soft")
-    module = head_module(vote.fit(X, y), 12)  # a vote of heads torch computes: the mean of their modules
-    assert module is not None
-    with torch.no_grad():
-        assert np.abs(module(torch.from_numpy(new)).double().numpy() - vote.predict_proba(new)).max() < 1e-5
+    for weights in (None, [1, 3]):
+        vote = VotingClassifier([("logreg", make_head("logreg", tune=True)), ("knn", make_head("knn"))], voting="soft",
+                                weights=weights)
+        module = head_module(vote.fit(X, y), 12)  # a vote of heads torch computes: the weighted mean of their modules
+        assert module is not None
+        with torch.no_grad():
+            assert np.abs(module(torch.from_numpy(new)).double().numpy() - vote.predict_proba(new)).max() < 1e-5
     linear = linear_form(make_head("svm").fit(X, y))
     assert linear.weight.shape == (classes, 12) and linear.temperature is not None
     assert head_module(make_head("et").fit(X, y), 12) is None  # skl2onnx's
@@ -168,15 +170,16 @@ def test_an_auto_head_exports_the_head_it_chose(cache: Path, tmp_path: Path) -> 
         export_model(head_path, tmp_path / "m.pt2", cache=cache)
 
 
-def test_a_vote_of_linear_heads_and_trees_exports_as_their_mean(cache: Path, tmp_path: Path) -> None:
+def test_a_vote_of_linear_heads_and_trees_exports_as_their_weighted_mean(cache: Path, tmp_path: Path) -> None:
     head_path = _fit(cache, "logreg", tmp_path)
     features = api.load_features(cache=cache)
     members = [("logreg", make_head("logreg", tune=True)), ("svm", make_head("svm")), ("et", make_head("et"))]
-    vote = VotingClassifier(members, voting="soft").fit(features.X, features.labels)
+    vote = VotingClassifier(members, voting="soft", weights=[1, 1, 3]).fit(features.X, features.labels)
     _forge(head_path, vote)
     result = export_model(head_path, tmp_path / "vote.onnx", cache=cache)
     assert result.check is not None and result.check.passed, result.summary()
     assert result.check.cached_same_top1 == 36 and result.form == "skl2onnx and torch, averaged"
+    assert result.check.head_difference is not None and result.check.head_difference < 1e-5  # weighted as predict_proba
 
 
 def test_binary_and_tuned_heads_fold_into_one_matrix(tmp_path: Path) -> None:
