@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from sklearn.ensemble import VotingClassifier
 from sklearn.pipeline import Pipeline
@@ -300,10 +299,10 @@ def _mean_of(graphs: list[Any], shares: list[float]) -> Any:
     """One graph of several heads' graphs side by side on the same features, their probabilities
     averaged with these `shares` (summing to 1)."""
     import onnx
-    from onnx import compose, helper, numpy_helper
+    from onnx import TensorProto, compose, helper
 
     parts = [compose.add_prefix(graph, f"member{i}/", rename_inputs=False) for i, graph in enumerate(graphs)]
-    weights = [numpy_helper.from_array(np.array(share, np.float32), f"share{i}") for i, share in enumerate(shares)]
+    weights = [helper.make_tensor(f"share{i}", TensorProto.FLOAT, [], [share]) for i, share in enumerate(shares)]
     scaled = [helper.make_node("Mul", [f"member{i}/{OUTPUT}", f"share{i}"], [f"member{i}/scaled"])
               for i in range(len(parts))]
     mean = helper.make_node("Sum", [f"member{i}/scaled" for i in range(len(parts))], [OUTPUT])
