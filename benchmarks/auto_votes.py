@@ -3,8 +3,9 @@
 auto prefers a soft vote (tuned logreg + et; tuned logreg + svm + et) to any single head within the
 noise of the best. Here every candidate auto scores is recorded in each compare draw (out-of-fold
 probabilities on the draw's training images, test probabilities after the refit), and auto's choice
-is replayed for each weight of the trees in the votes (heads.ET_WEIGHT), and for the trees alone:
-the same choice auto makes, without refitting (replaying the weight auto ships gives its cells exactly).
+is replayed for each weight of the trees in the votes (heads.ET_WEIGHT), and with no votes and the
+trees preferred (`et alone`): the same choice auto makes, without refitting (replaying the weight
+auto ships gives its cells exactly).
 
 Design sets, built from Debian packages under benchmarks/out/design (`apt-get install -y
 dataset-fashion-mnist tuxpaint-stamps-default openclipart-png`): fmnist2 (Fashion-MNIST T-shirt vs

@@ -36,9 +36,10 @@ CANDIDATES: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
 # the tuned logreg and the trees err on different images. The trees weigh ET_WEIGHT times a linear
 # head: they were the best single head in most cells of 2- to 22-class sets of 30-660 training images,
 # and an equal vote, siding with the logreg on most images where the two disagreed, gave half their
-# lead away. On sets apart from auto.py's (benchmarks/auto_votes.py) the trees alone did best; on
-# auto.py's three, a few cells need the linear heads; 3 lies between (benchmarks/RESULTS.md 26). The
-# second vote adds the svm, the best fixed head of openclipart22's fused rows.
+# lead away. On two-class sets apart from auto.py's (benchmarks/auto_votes.py) the trees alone did
+# best, on 10- and 17-class ones worst, where the weight changed little; on auto.py's three a few
+# cells need the linear heads; 3 lies between (benchmarks/RESULTS.md 26). The second vote adds the
+# svm, the best fixed head of openclipart22's fused rows.
 ET_WEIGHT = 3.0
 VOTES: tuple[tuple[tuple[tuple[str, dict[str, Any]], ...], tuple[float, ...]], ...] = (
     ((("logreg", {"tune": True}), ("et", {"min_samples_leaf": 1})), (1.0, ET_WEIGHT)),
