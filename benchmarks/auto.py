@@ -21,6 +21,8 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 import _common as C
 from bottleneck_features import api
 
@@ -36,6 +38,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="5,20", help="seconds, for the fit --head auto rows")
     ap.add_argument("--views", type=int, default=8, help="augmented views of Lite0 per image; 0: none")
     ap.add_argument("--views-sets", default="photo_vs_drawing,hymenoptera")
+    ap.add_argument("--sets", default="photo_vs_drawing,hymenoptera,openclipart22")
     args = ap.parse_args()
     machine = C.machine()
     cache = C.OUT / "auto.h5"
@@ -44,6 +47,8 @@ def main() -> None:
     auto_rows, fused_rows, budget_rows, search_rows, views_rows, results = [], [], [], [], [], []
     budgets = [float(b) for b in args.budgets.split(",")]
     for name, folder in datasets.items():
+        if name not in args.sets.split(","):
+            continue
         if not folder.is_dir():
             print(f"{name}: {folder} not found, skipped")
             continue
@@ -57,14 +62,8 @@ def main() -> None:
         results.append({"dataset": name, "compare_seconds": seconds,
                         "cells": [{"features": c.features, "head": c.head, "per_class": c.per_class,
                                    "draws": c.scores["accuracy"]} for c in compared.cells]})
+        auto_rows += _against_fixed(name, compared.cells)
         rows = sorted({f for f, _, _ in cells})
-        for features in rows:
-            for n in (15, 30):
-                fixed = {h: cells[features, h, n][0] for h in HEADS if h != "auto" and (features, h, n) in cells}
-                best = max(fixed, key=lambda h: fixed[h])
-                auto = cells[features, "auto", n][0]
-                auto_rows.append((name, features, n, f"{auto:.3f}", f"{best} {fixed[best]:.3f}",
-                                  f"{(auto - fixed[best]) * 100:+.1f}", f"{(auto - fixed['logreg']) * 100:+.1f}"))
         fused = next(f for f in rows if "+" in f)
         singles = [f for f in rows if "+" not in f]
         for n in (15, 30):
@@ -90,7 +89,7 @@ def main() -> None:
                             f"{searched.sidecar['metrics']['test_accuracy']:.3f}",
                             f"{default.sidecar['extractor']['label']} {default.sidecar['metrics']['test_accuracy']:.3f}"))
     print("\nauto against the fixed heads (accuracy, mean of the draws; points = 100 x difference)")
-    C.print_table(["dataset", "row", "N", "auto", "best fixed", "auto - best", "auto - logreg"], auto_rows)
+    C.print_table(["dataset", "row", "N", "auto", "best fixed", "auto - best ± SE", "auto - logreg"], auto_rows)
     print("\nfused rows against their best single block")
     C.print_table(["dataset", "head", "N", "fused", "best single", "difference (points)"], fused_rows)
     print("\nfit --head auto on the fused features: the search against its budget")
@@ -101,7 +100,7 @@ def main() -> None:
                   search_rows)
     if views_rows:
         print(f"\nviews rows (Lite0 + {args.views} cached augmented views): auto against the fixed heads")
-        C.print_table(["dataset", "row", "N", "auto", "best fixed", "auto - best", "auto - logreg"], views_rows)
+        C.print_table(["dataset", "row", "N", "auto", "best fixed", "auto - best ± SE", "auto - logreg"], views_rows)
     C.write_json(C.OUT / "auto.json", {"machine": machine, "results": results, "budget": budget_rows,
                                        "search": search_rows, "views": views_rows})
 
@@ -115,15 +114,22 @@ def _views(name: str, folder: Path, cache: Path, views: int, repeats: int) -> li
     compared = api.compare(data=name, models=[report.fingerprint], heads=heads,  # the views' extraction
                            per_class=[15, 30], repeats=repeats, cap=True, pixels=None, cache=cache,
                            out=C.OUT / "auto" / f"{name}-views", embedding_map=False)
-    cells = {(c.features, c.head, c.per_class): c.mean_std("accuracy")[0] for c in compared.cells}
+    return _against_fixed(name, compared.cells)
+
+
+def _against_fixed(name: str, cells: list) -> list[tuple]:
+    """Per row and N: the auto cell beside the best fixed one and logreg, the differences in points with
+    the standard error of the best's over the paired draws (the same training images)."""
+    draws = {(c.features, c.head, c.per_class): np.array(c.scores["accuracy"]) for c in cells}
     rows = []
-    for features in sorted({f for f, _, _ in cells}):
-        for n in (15, 30):
-            fixed = {h: cells[features, h, n] for h in heads if h != "auto"}
-            best = max(fixed, key=lambda h: fixed[h])
-            auto = cells[features, "auto", n]
-            rows.append((name, features, n, f"{auto:.3f}", f"{best} {fixed[best]:.3f}",
-                         f"{(auto - fixed[best]) * 100:+.1f}", f"{(auto - fixed['logreg']) * 100:+.1f}"))
+    for features, n in sorted({(f, n) for f, _, n in draws}):
+        fixed = {h: d for (f, h, k), d in draws.items() if (f, k) == (features, n) and h != "auto"}
+        best = max(fixed, key=lambda h: fixed[h].mean())
+        auto = draws[features, "auto", n]
+        gap = (auto - fixed[best]) * 100
+        se = gap.std(ddof=1) / np.sqrt(len(gap)) if len(gap) > 1 else float("nan")
+        rows.append((name, features, n, f"{auto.mean():.3f}", f"{best} {fixed[best].mean():.3f}",
+                     f"{gap.mean():+.1f} ± {se:.1f}", f"{(auto - fixed['logreg']).mean() * 100:+.1f}"))
     return rows
 
 

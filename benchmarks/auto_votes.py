@@ -33,14 +33,20 @@ from PIL import Image
 import _common as C
 from bottleneck_features import api
 from bottleneck_features.evaluate import draw_per_class, protocol_pool
-from bottleneck_features.heads._auto import AutoHeadClassifier, _aligned
+from bottleneck_features.heads._auto import (
+    AutoHeadClassifier,
+    _aligned,
+    cv_standard_error,
+    first_within_one_se,
+    preference,
+)
 from bottleneck_features.heads._tuning import _StratifiedKFoldUpTo
 
 MODELS = ["efficientnet_lite0", "efficientnet_lite2"]
 DESIGN = C.OUT / "design"
 LOGREG, SVM, ET = "logreg {'tune': True}", "svm {'C': 0.0005}", "et {'min_samples_leaf': 1}"
 FIXED = {"logreg": LOGREG, "svm": SVM, "knn": "knn {'n_neighbors': 5}", "nb": "nb {'var_smoothing': 1e-09}", "et": ET}
-WEIGHTS = (1.0, 2.0, 3.0, 4.0)
+WEIGHTS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 CLIP_OTHER = ["recreation/games", "signs_and_symbols/map_symbols", "shapes/arrows", "computer/buttons",
               "recreation/party", "signs_and_symbols/led", "recreation/holiday", "people/stickmen", "shapes/jigsaw",
               "people/bodypart", "shapes/flowchart", "recreation/religion", "signs_and_symbols/clocks",
@@ -108,25 +114,22 @@ def record(X: np.ndarray, widths: tuple[int, ...], y: np.ndarray, test: np.ndarr
 
 def choose(draw: dict[str, Any], et_weight: float | None) -> np.ndarray:
     """auto's choice replayed with the trees weighing `et_weight` in the votes (None: no votes, the trees
-    alone): the first, votes first, within one standard error (at least one image of a fold) of the best.
-    Returns its test probabilities."""
+    preferred to the other heads). Returns its test probabilities."""
     entries = {k: (draw["oof"][k], draw["test"][k]) for k in draw["oof"]}
     votes = []
-    if et_weight is None:
-        preferred = [ET]
-    else:
+    if et_weight is not None:
         for members, weights in (((LOGREG, ET), (1, et_weight)), ((LOGREG, SVM, ET), (1, 1, et_weight))):
             votes.append("+".join(members))
             entries[votes[-1]] = tuple(np.average([entries[m][i] for m in members], axis=0, weights=weights)
                                        for i in (0, 1))
-        preferred = []
+    names = list(entries)
     y, classes = draw["y"], draw["classes"]
-    scores = {k: np.array([np.mean(classes[o[held].argmax(1)] == y[held]) for _, held in draw["folds"]])
-              for k, (o, _) in entries.items()}
-    top = max(scores, key=lambda k: scores[k].mean())
-    se = max(scores[top].std(ddof=1) / np.sqrt(len(scores[top])), len(scores[top]) / len(y))
-    order = sorted(entries, key=lambda k: (k not in votes, k not in preferred, -scores[k].mean() if k in votes else 0))
-    return entries[next(k for k in order if scores[k].mean() >= scores[top].mean() - se)][1]
+    folds = [[np.mean(classes[entries[k][0][held].argmax(1)] == y[held]) for _, held in draw["folds"]] for k in names]
+    accuracies = [float(np.mean(f)) for f in folds]
+    order = preference(accuracies, [k in votes for k in names], [False] * len(names)) if votes else \
+        [names.index(ET)] + [i for i, k in enumerate(names) if k != ET]
+    chosen = first_within_one_se(accuracies, [cv_standard_error(f, len(y)) for f in folds], order)
+    return entries[names[chosen]][1]
 
 
 def main() -> None:

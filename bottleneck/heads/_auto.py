@@ -11,6 +11,7 @@ candidate is tried on each set of blocks. Inside a compare draw it chooses again
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,30 +207,19 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
 
     def _record(self, candidate: Candidate, folds: list[float], n: int, seconds: float, fold_rows: int,
                 refit: float | None = None) -> None:
-        # at least one image of a fold: folds that all score 1.0 do not make a lead certain
-        se = float(np.std(folds, ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
         self.results_.append({"head": candidate.head, "params": candidate.params,
                               **({"weights": list(candidate.weights)} if candidate.weights else {}),
                               "blocks": list(candidate.blocks), "views": candidate.views,
-                              "cv_accuracy": float(np.mean(folds)), "cv_se": max(se, len(folds) / n),
+                              "cv_accuracy": float(np.mean(folds)), "cv_se": cv_standard_error(folds, n),
                               "folds": len(folds), "seconds": seconds,
                               "refit_seconds": refit if refit is not None else
                               self._refit_seconds(seconds / len(folds), n, np.empty(fold_rows))})
         self._scored.append(candidate)
 
     def _one_standard_error(self) -> int:
-        """The first candidate, in order of preference (trained on views, then the votes, then the order
-        scored), whose CV accuracy is within one standard error of the best's: on a few dozen images the
-        best of a dozen noisy scores is partly luck, and a lead smaller than the noise does not repay
-        leaving the default (benchmarks/RESULTS.md 23-25). Views first: augmented copies of the
-        training images rarely cost accuracy and often add it, by more than CV on so few images can show."""
-        top = max(self.results_, key=lambda r: r["cv_accuracy"])
-        def rank(i: int) -> tuple[bool, bool, float]:  # views, then votes (the best scored first), then the order scored
-            vote = len(self._scored[i].members) > 1
-            return not self._scored[i].views, not vote, -self.results_[i]["cv_accuracy"] if vote else 0.0
-
-        preferred = sorted(range(len(self.results_)), key=rank)
-        return next(i for i in preferred if self.results_[i]["cv_accuracy"] >= top["cv_accuracy"] - top["cv_se"])
+        accuracies = [r["cv_accuracy"] for r in self.results_]
+        order = preference(accuracies, [len(c.members) > 1 for c in self._scored], [c.views for c in self._scored])
+        return first_within_one_se(accuracies, [r["cv_se"] for r in self.results_], order)
 
     def _expected(self, candidate: Candidate) -> float:
         """Seconds a candidate should take, its refit included: as the last of its head did, else as the
@@ -280,6 +270,29 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "estimator_")
         return np.asarray(self.estimator_.predict_proba(np.asarray(X)[:, self.columns_]))
+
+
+def cv_standard_error(folds: Sequence[float], n: int) -> float:
+    """The standard error of a CV score, at least one image of a fold: folds that all score 1.0 do
+    not make a lead certain."""
+    se = float(np.std(folds, ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
+    return max(se, len(folds) / n)
+
+
+def preference(accuracies: Sequence[float], votes: Sequence[bool], views: Sequence[bool]) -> list[int]:
+    """auto's order of preference among scored candidates: trained on views, then the votes (the best
+    scored first), then the order scored. Views first: augmented copies of the training images rarely
+    cost accuracy and often add it, by more than CV on so few images can show; votes next: the tuned
+    logreg and the trees err on different images."""
+    return sorted(range(len(accuracies)), key=lambda i: (not views[i], not votes[i], -accuracies[i] if votes[i] else 0.0))
+
+
+def first_within_one_se(accuracies: Sequence[float], errors: Sequence[float], order: Sequence[int]) -> int:
+    """The first candidate in `order` whose CV accuracy is within one standard error of the best's: on
+    a few dozen images the best of a dozen noisy scores is partly luck, and a lead smaller than the
+    noise does not repay leaving the preferred (benchmarks/RESULTS.md 23-26)."""
+    top = max(range(len(accuracies)), key=lambda i: accuracies[i])
+    return next(i for i in order if accuracies[i] >= accuracies[top] - errors[top])
 
 
 def _aligned(model: Any, X: np.ndarray, classes: np.ndarray) -> np.ndarray:
