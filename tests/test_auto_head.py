@@ -19,7 +19,14 @@ from bottleneck_features.cli import app
 from bottleneck_features.comparison import run_compare
 from bottleneck_features.errors import FitError
 from bottleneck_features.heads import AutoHeadClassifier, make_head
-from bottleneck_features.heads._auto import CANDIDATES, ET_WEIGHT, VOTES
+from bottleneck_features.heads._auto import (
+    CANDIDATES,
+    ET_WEIGHT,
+    VOTES,
+    cv_standard_error,
+    first_within_one_se,
+    preference,
+)
 from bottleneck_features.heads._tuning import _StratifiedKFoldUpTo
 from bottleneck_features.sources import register_model
 from bottleneck_features.training import load_head
@@ -72,6 +79,18 @@ def test_a_lead_beyond_the_noise_leaves_the_default() -> None:
     assert default["head"] == "logreg" and auto.choice_["head"] != "logreg"
     assert auto.cv_score_ > default["cv_accuracy"] + default["cv_se"]
 
+
+
+def test_the_rule_takes_views_then_votes_best_first_then_the_order_scored_within_one_standard_error() -> None:
+    accuracies = [0.90, 0.95, 0.92, 0.93]  # logreg, et, two votes
+    votes = [False, False, True, True]
+    order = preference(accuracies, votes, [False] * 4)
+    assert order == [3, 2, 0, 1]
+    assert first_within_one_se(accuracies, [0.0, 0.03, 0.0, 0.0], order) == 3  # the best vote, within the noise
+    assert first_within_one_se(accuracies, [0.0, 0.01, 0.0, 0.0], order) == 1  # a lead beyond it: the best
+    assert preference(accuracies, votes, [False, True, False, False])[0] == 1  # trained on views
+    assert cv_standard_error([1.0] * 5, 30) == pytest.approx(5 / 30)  # one image of a fold at least
+    assert cv_standard_error([0.5, 0.7], 1000) == pytest.approx(0.1)
 
 def test_the_budget_stops_the_search_but_one_fold_of_the_default_is_always_scored() -> None:
     X, y = _blobs()
