@@ -67,6 +67,8 @@ def test_a_vote_is_scored_from_its_members_out_of_fold_probabilities_the_trees_w
         expected.append(np.mean(mean.argmax(1) == y[held]))
     assert vote["cv_accuracy"] == pytest.approx(np.mean(expected)) and vote["seconds"] == 0
     assert vote["weights"] == [1.0, ET_WEIGHT] and ET_WEIGHT > 1
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"the trees weighing {ET_WEIGHT:g} times a linear head" in readme
 
 
 def test_a_lead_beyond_the_noise_leaves_the_default() -> None:

@@ -30,7 +30,7 @@ HEADS: dict[str, str] = {
     "mlp": "Dense(64) + batch-norm + ReLU + dropout + softmax, trained with torch",
     "nb": "Gaussian naive Bayes",
     "cnn": "small CNN trained from scratch on raw pixels (rawN features), torch",
-    "auto": "the head and key parameter (tuned logreg, knn k, nb, svm C, et; votes of logreg + et and logreg + svm + et, the trees weighing 3) best by cross-validation on the training data",
+    "auto": "the head and key parameter (tuned logreg, knn k, nb, svm C, et; votes of logreg + et and logreg + svm + et, the trees weighing most) best by cross-validation on the training data",
 }
 
 
