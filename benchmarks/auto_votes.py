@@ -140,6 +140,7 @@ def main() -> None:
     cache = C.OUT / "design.h5"
     rules = {f"votes, trees x{w:g}": w for w in WEIGHTS} | {"et alone": None}
     rows, payload = [], []
+    gaps: dict[str, list[list[float]]] = {}
     for name in args.sets.split(","):
         folder = DESIGN / name if (DESIGN / name).is_dir() else BUILD[name]()
         for model in MODELS:
@@ -162,13 +163,18 @@ def main() -> None:
             for row in features:
                 fixed = {h: np.mean(cells[row, h]) for h in FIXED}
                 best = max(fixed, key=lambda h: fixed[h])
+                gaps.setdefault(name, []).append([(np.mean(cells[row, r]) - fixed[best]) * 100 for r in rules])
                 rows.append((name, row, n, f"{best} {fixed[best]:.3f}", f"{fixed['logreg']:.3f}",
-                             *(f"{(np.mean(cells[row, r]) - fixed[best]) * 100:+.1f}" for r in rules)))
+                             *(f"{g:+.1f}" for g in gaps[name][-1])))
                 payload.append({"dataset": name, "row": row, "per_class": n,
                                 "draws": {what: scores for (r, what), scores in cells.items() if r == row}})
         print(f"{name}: done", flush=True)
     print("\nauto's choice replayed, points from the best fixed head (mean of the draws)")
     C.print_table(["dataset", "row", "N", "best fixed", "logreg", *rules], rows)
+    print("\nper set: the mean of its cells, how many within 0.5 points, the worst")
+    summary = [(name, *(f"{g.mean():+.2f}, {(g >= -0.5).sum()}/{len(g)}, {g.min():+.1f}" for g in np.array(per_cell).T))
+               for name, per_cell in gaps.items()]
+    C.print_table(["dataset", *rules], summary)
     C.write_json(C.OUT / f"auto_votes-{args.sets.replace(',', '-')}.json", {"machine": C.machine(), "cells": payload})
 
 

@@ -39,7 +39,7 @@ CANDIDATES: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
 # and an equal vote, siding with the logreg on most images where the two disagreed, gave half their
 # lead away. The weight was chosen on four sets apart from auto.py's (benchmarks/auto_votes.py): the
 # two-class ones want the trees alone, the 10- and 17-class ones a vote and hardly care about its
-# weight; 6 was within 0.5 points of the best fixed head in most of their cells (21 of 24; 3: 17,
+# weight; 6 was within 0.5 points of the best fixed head in most of their cells (21 of 24; 3: 16,
 # 8: 20; benchmarks/RESULTS.md 27). The second vote adds the svm, the best fixed head of
 # openclipart22's fused rows.
 ET_WEIGHT = 6.0
