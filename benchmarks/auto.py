@@ -118,8 +118,8 @@ def _views(name: str, folder: Path, cache: Path, views: int, repeats: int) -> li
 
 
 def _against_fixed(name: str, cells: list) -> list[tuple]:
-    """Per row and N: the auto cell beside the best fixed one and logreg, the differences in points with
-    the standard error of the best's over the paired draws (the same training images)."""
+    """Per row and N: the auto cell beside the best fixed one and logreg, in points; the gap to the best
+    with its standard error over the paired draws (the same training images)."""
     draws = {(c.features, c.head, c.per_class): np.array(c.scores["accuracy"]) for c in cells}
     rows = []
     for features, n in sorted({(f, n) for f, _, n in draws}):

@@ -291,7 +291,7 @@ def preference(accuracies: Sequence[float], votes: Sequence[bool], views: Sequen
 def first_within_one_se(accuracies: Sequence[float], errors: Sequence[float], order: Sequence[int]) -> int:
     """The first candidate in `order` whose CV accuracy is within one standard error of the best's: on
     a few dozen images the best of a dozen noisy scores is partly luck, and a lead smaller than the
-    noise does not repay leaving the preferred (benchmarks/RESULTS.md 23-26)."""
+    noise does not repay leaving the preferred (benchmarks/RESULTS.md 23-27)."""
     top = max(range(len(accuracies)), key=lambda i: accuracies[i])
     return next(i for i in order if accuracies[i] >= accuracies[top] - errors[top])
 
