@@ -34,6 +34,7 @@ import _common as C
 from bottleneck_features import api
 from bottleneck_features.evaluate import draw_per_class, protocol_pool
 from bottleneck_features.heads._auto import (
+    VOTES,
     AutoHeadClassifier,
     _aligned,
     cv_standard_error,
@@ -118,7 +119,9 @@ def choose(draw: dict[str, Any], et_weight: float | None) -> np.ndarray:
     entries = {k: (draw["oof"][k], draw["test"][k]) for k in draw["oof"]}
     votes = []
     if et_weight is not None:
-        for members, weights in (((LOGREG, ET), (1, et_weight)), ((LOGREG, SVM, ET), (1, 1, et_weight))):
+        for vote, shipped in VOTES:  # auto's votes, the trees' weight replaced
+            members = [f"{head} {params}" for head, params in vote]
+            weights = [et_weight if head == "et" else w for (head, _), w in zip(vote, shipped, strict=True)]
             votes.append("+".join(members))
             entries[votes[-1]] = tuple(np.average([entries[m][i] for m in members], axis=0, weights=weights)
                                        for i in (0, 1))

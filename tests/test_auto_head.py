@@ -82,7 +82,6 @@ def test_a_lead_beyond_the_noise_leaves_the_default() -> None:
     assert auto.cv_score_ > default["cv_accuracy"] + default["cv_se"]
 
 
-
 def test_the_rule_takes_views_then_votes_best_first_then_the_order_scored_within_one_standard_error() -> None:
     accuracies = [0.90, 0.95, 0.92, 0.93]  # logreg, et, two votes
     votes = [False, False, True, True]
@@ -93,6 +92,7 @@ def test_the_rule_takes_views_then_votes_best_first_then_the_order_scored_within
     assert preference(accuracies, votes, [False, True, False, False])[0] == 1  # trained on views
     assert cv_standard_error([1.0] * 5, 30) == pytest.approx(5 / 30)  # one image of a fold at least
     assert cv_standard_error([0.5, 0.7], 1000) == pytest.approx(0.1)
+
 
 def test_the_budget_stops_the_search_but_one_fold_of_the_default_is_always_scored() -> None:
     X, y = _blobs()
