@@ -3,18 +3,20 @@
 auto prefers a soft vote (tuned logreg + et; tuned logreg + svm + et) to any single head within the
 noise of the best. Here every candidate auto scores is recorded in each compare draw (out-of-fold
 probabilities on the draw's training images, test probabilities after the refit), and auto's choice
-is replayed for each weight of the trees in the votes (heads.ET_WEIGHT), and with no votes and the
-trees preferred (`et alone`): the same choice auto makes, without refitting (replaying the weight
+is replayed for each weight of the trees in the votes (ET_WEIGHT, ET_WEIGHT_TWO_CLASSES), and with
+no votes and the trees preferred (`et alone`): the same choice auto makes, without refitting (replaying the weight
 auto ships gives its cells exactly).
 
 Design sets, built from Debian packages under benchmarks/out/design (`apt-get install -y
 dataset-fashion-mnist tuxpaint-stamps-default openclipart-png`): fmnist2 (Fashion-MNIST T-shirt vs
 shirt, 200 each), tux2 (Tux Paint photo stamps, mammals vs birds), fmnist10 (Fashion-MNIST, 80 per
-class) and clip_other (18 OpenClipart categories none of openclipart22's). EfficientNet-Lite0, Lite2
-and Lite0+Lite2; N = 15 and 30 per class, capped.
+class), clip_other (18 OpenClipart categories none of openclipart22's), and the two-class
+fmnist_coat (pullover vs coat), fmnist_boots (sneaker vs ankle boot), fmnist_dress (T-shirt vs dress)
+and tux_food (food vs plants). EfficientNet-Lite0, Lite2 and Lite0+Lite2; N = 15 and 30 per class, capped.
 
     python benchmarks/auto_votes.py --sets fmnist2,tux2 --repeats 10
     python benchmarks/auto_votes.py --sets fmnist10,clip_other --repeats 5
+    python benchmarks/auto_votes.py --sets fmnist_coat,fmnist_boots,fmnist_dress,tux_food --repeats 10
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ import _common as C
 from bottleneck_features import api
 from bottleneck_features.evaluate import draw_per_class, protocol_pool
 from bottleneck_features.heads._auto import (
-    VOTES,
     AutoHeadClassifier,
     _aligned,
     cv_standard_error,
     first_within_one_se,
     preference,
+    votes,
 )
 from bottleneck_features.heads._tuning import _StratifiedKFoldUpTo
 
@@ -47,7 +49,7 @@ MODELS = ["efficientnet_lite0", "efficientnet_lite2"]
 DESIGN = C.OUT / "design"
 LOGREG, SVM, ET = "logreg {'tune': True}", "svm {'C': 0.0005}", "et {'min_samples_leaf': 1}"
 FIXED = {"logreg": LOGREG, "svm": SVM, "knn": "knn {'n_neighbors': 5}", "nb": "nb {'var_smoothing': 1e-09}", "et": ET}
-WEIGHTS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+WEIGHTS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 24.0)
 CLIP_OTHER = ["recreation/games", "signs_and_symbols/map_symbols", "shapes/arrows", "computer/buttons",
               "recreation/party", "signs_and_symbols/led", "recreation/holiday", "people/stickmen", "shapes/jigsaw",
               "people/bodypart", "shapes/flowchart", "recreation/religion", "signs_and_symbols/clocks",
@@ -91,7 +93,11 @@ def drawings(name: str, source: str, classes: list[str], cap: int) -> Path:
 BUILD = {"fmnist2": lambda: fashion("fmnist2", [0, 6], 200),
          "tux2": lambda: drawings("tux2", "/usr/share/tuxpaint/stamps", ["animals/mammals", "animals/birds"], 80),
          "fmnist10": lambda: fashion("fmnist10", list(range(10)), 80),
-         "clip_other": lambda: drawings("clip_other", "/usr/share/openclipart/png", CLIP_OTHER, 80)}
+         "clip_other": lambda: drawings("clip_other", "/usr/share/openclipart/png", CLIP_OTHER, 80),
+         "fmnist_coat": lambda: fashion("fmnist_coat", [2, 4], 200),
+         "fmnist_boots": lambda: fashion("fmnist_boots", [7, 9], 200),
+         "fmnist_dress": lambda: fashion("fmnist_dress", [0, 3], 200),
+         "tux_food": lambda: drawings("tux_food", "/usr/share/tuxpaint/stamps", ["food", "plants"], 80)}
 
 
 def record(X: np.ndarray, widths: tuple[int, ...], y: np.ndarray, test: np.ndarray) -> dict[str, Any]:
@@ -101,7 +107,7 @@ def record(X: np.ndarray, widths: tuple[int, ...], y: np.ndarray, test: np.ndarr
     folds = list(_StratifiedKFoldUpTo(5, 0).split(y, y))
     smallest = min(len(train) for train, _ in folds)
     found: dict[str, Any] = {"y": y, "classes": auto.classes_, "folds": folds, "oof": {}, "test": {}}
-    for candidate in auto.candidates():
+    for candidate in auto.candidates(len(auto.classes_)):
         if len(candidate.members) > 1 or candidate.params.get("n_neighbors", 0) > smallest:
             continue
         key = f"{candidate.head} {candidate.params}"
@@ -117,20 +123,20 @@ def choose(draw: dict[str, Any], et_weight: float | None) -> np.ndarray:
     """auto's choice replayed with the trees weighing `et_weight` in the votes (None: no votes, the trees
     preferred to the other heads). Returns its test probabilities."""
     entries = {k: (draw["oof"][k], draw["test"][k]) for k in draw["oof"]}
-    votes = []
+    names_of_votes = []
     if et_weight is not None:
-        for vote, shipped in VOTES:  # auto's votes, the trees' weight replaced
+        for vote, shipped in votes(len(draw["classes"])):  # auto's votes, the trees' weight replaced
             members = [f"{head} {params}" for head, params in vote]
             weights = [et_weight if head == "et" else w for (head, _), w in zip(vote, shipped, strict=True)]
-            votes.append("+".join(members))
-            entries[votes[-1]] = tuple(np.average([entries[m][i] for m in members], axis=0, weights=weights)
-                                       for i in (0, 1))
+            names_of_votes.append("+".join(members))
+            entries[names_of_votes[-1]] = tuple(
+                np.average([entries[m][i] for m in members], axis=0, weights=weights) for i in (0, 1))
     names = list(entries)
     y, classes = draw["y"], draw["classes"]
     folds = [[np.mean(classes[entries[k][0][held].argmax(1)] == y[held]) for _, held in draw["folds"]] for k in names]
     accuracies = [float(np.mean(f)) for f in folds]
-    order = preference(accuracies, [k in votes for k in names], [False] * len(names)) if votes else \
-        [names.index(ET)] + [i for i, k in enumerate(names) if k != ET]
+    order = preference(accuracies, [k in names_of_votes for k in names], [False] * len(names)) \
+        if names_of_votes else [names.index(ET)] + [i for i, k in enumerate(names) if k != ET]
     chosen = first_within_one_se(accuracies, [cv_standard_error(f, len(y)) for f in folds], order)
     return entries[names[chosen]][1]
 

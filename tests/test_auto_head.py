@@ -22,10 +22,11 @@ from bottleneck_features.heads import AutoHeadClassifier, make_head
 from bottleneck_features.heads._auto import (
     CANDIDATES,
     ET_WEIGHT,
-    VOTES,
+    ET_WEIGHT_TWO_CLASSES,
     cv_standard_error,
     first_within_one_se,
     preference,
+    votes,
 )
 from bottleneck_features.heads._tuning import _StratifiedKFoldUpTo
 from bottleneck_features.sources import register_model
@@ -43,7 +44,7 @@ def test_auto_scores_every_candidate_and_refits_the_best() -> None:
     X, y = _blobs()
     auto = make_head("auto", random_state=0).fit(X, y)
     assert isinstance(auto, AutoHeadClassifier)
-    assert len(auto.results_) == sum(len(values) for _, _, values in CANDIDATES) + len(VOTES)
+    assert len(auto.results_) == sum(len(values) for _, _, values in CANDIDATES) + len(votes(3))
     top = max(auto.results_, key=lambda r: r["cv_accuracy"])
     assert auto.cv_score_ >= top["cv_accuracy"] - top["cv_se"]
     # separable: every candidate ties, and the vote of the tuned logreg and the trees comes first
@@ -68,7 +69,16 @@ def test_a_vote_is_scored_from_its_members_out_of_fold_probabilities_the_trees_w
     assert vote["cv_accuracy"] == pytest.approx(np.mean(expected)) and vote["seconds"] == 0
     assert vote["weights"] == [1.0, ET_WEIGHT] and ET_WEIGHT > 1
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert f"the trees weighing {ET_WEIGHT:g} times a linear head" in readme
+    assert f"the trees weighing {ET_WEIGHT:g} times a linear head ({ET_WEIGHT_TWO_CLASSES:g} on two classes" in readme
+
+
+def test_on_two_classes_the_trees_weigh_more() -> None:
+    X, y = _blobs()
+    auto = AutoHeadClassifier().fit(X[y < 2], y[y < 2])
+    assert [r["weights"] for r in auto.results_ if "weights" in r] == [[1.0, ET_WEIGHT_TWO_CLASSES],
+                                                                       [1.0, 1.0, ET_WEIGHT_TWO_CLASSES]]
+    assert auto.estimator_.weights == [1.0, ET_WEIGHT_TWO_CLASSES] and ET_WEIGHT_TWO_CLASSES > ET_WEIGHT
+    assert [weights for _, weights in votes(3)] == [(1.0, ET_WEIGHT), (1.0, 1.0, ET_WEIGHT)]
 
 
 def test_a_lead_beyond_the_noise_leaves_the_default() -> None:

@@ -34,19 +34,27 @@ CANDIDATES: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
 )
 # Soft votes (the weighted mean of the members' probabilities), scored from the members' out-of-fold
 # probabilities at no further cost, and preferred to any single head within the noise of the best:
-# the tuned logreg and the trees err on different images. The trees weigh ET_WEIGHT times a linear
-# head: they were the best single head in most cells of 2- to 22-class sets of 30-660 training images,
-# and an equal vote, siding with the logreg on most images where the two disagreed, gave half their
-# lead away. The weight was chosen on four sets apart from auto.py's (benchmarks/auto_votes.py): the
-# two-class ones want the trees alone, the 10- and 17-class ones a vote and hardly care about its
-# weight; 6 was within 0.5 points of the best fixed head in most of their cells (21 of 24; 3: 16,
-# 8: 20; benchmarks/RESULTS.md 27). The second vote adds the svm, the best fixed head of
-# openclipart22's fused rows.
-ET_WEIGHT = 6.0
-VOTES: tuple[tuple[tuple[tuple[str, dict[str, Any]], ...], tuple[float, ...]], ...] = (
-    ((("logreg", {"tune": True}), ("et", {"min_samples_leaf": 1})), (1.0, ET_WEIGHT)),
-    ((("logreg", {"tune": True}), ("svm", {"C": 0.0005}), ("et", {"min_samples_leaf": 1})), (1.0, 1.0, ET_WEIGHT)),
+# the tuned logreg and the trees err on different images. The second adds the svm, the best fixed head
+# of openclipart22's fused rows.
+VOTERS: tuple[tuple[tuple[str, dict[str, Any]], ...], ...] = (
+    (("logreg", {"tune": True}), ("et", {"min_samples_leaf": 1})),
+    (("logreg", {"tune": True}), ("svm", {"C": 0.0005}), ("et", {"min_samples_leaf": 1})),
 )
+# The trees weigh more than a linear head: they were the best single head in most cells of 2- to
+# 22-class sets of 30-660 training images, and an equal vote, siding with the logreg on most images
+# where the two disagreed, gave half their lead away. The weights were chosen on sets apart from
+# auto.py's (benchmarks/auto_votes.py, RESULTS.md 27-28): on 10 and 17 classes the weight hardly
+# mattered from 1 to 8 (6: 11 of 12 cells within 0.5 points of the best fixed head) and the trees
+# alone did worse; on six two-class sets the trees wanted nearly the whole say (24: 35 of 36 cells;
+# 6: 32; trees alone: 33), the logreg deciding only where the trees are split.
+ET_WEIGHT = 6.0
+ET_WEIGHT_TWO_CLASSES = 24.0
+
+
+def votes(n_classes: int) -> tuple[tuple[tuple[tuple[str, dict[str, Any]], ...], tuple[float, ...]], ...]:
+    """auto's soft votes for a task of `n_classes`: (members, weights), the trees weighing most."""
+    trees = ET_WEIGHT_TWO_CLASSES if n_classes <= 2 else ET_WEIGHT
+    return tuple((members, tuple(trees if head == "et" else 1.0 for head, _ in members)) for members in VOTERS)
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ def make_head(name: str, *, tune: bool = False, l2_normalize: bool = False, rand
 
 
 class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
-    """Chooses among `CANDIDATES` and `VOTES` by cross-validation on the data given to `fit`.
+    """Chooses among `CANDIDATES` and `votes` by cross-validation on the data given to `fit`.
 
     `budget`: seconds for the whole fit, the final refit included; a candidate expected to end past
     it is not scored, and the first (always scored) stops after the folds that fit in it. `blocks`:
@@ -103,16 +111,17 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
         self.view_blocks = view_blocks
         self.try_plain = try_plain
 
-    def candidates(self) -> list[Candidate]:
-        """In the order they are scored: each head's values on each block set, then the votes; with views,
-        on the plain vectors (`try_plain`), then trained on every view (on the block sets that have views)."""
+    def candidates(self, n_classes: int) -> list[Candidate]:
+        """In the order they are scored: each head's values on each block set, then the votes (for
+        `n_classes`); with views, on the plain vectors (`try_plain`), then trained on every view (on the
+        block sets that have views)."""
         found = []
         for views in ((False, True) if self.try_plain else (True,)) if self.views > 1 else (False,):
             sets = [b for b in self.block_sets or ((),) if not views or self._has_views(b)]
             found += [Candidate(((head, {**input_params(head, self.raw_pixels), name: value}),), blocks, views)
                       for head, name, values in CANDIDATES for value in values for blocks in sets]
             found += [Candidate(tuple((head, {**input_params(head, self.raw_pixels), **p}) for head, p in vote), blocks,
-                                views, weights) for vote, weights in VOTES for blocks in sets]
+                                views, weights) for vote, weights in votes(n_classes) for blocks in sets]
         return found
 
     def _has_views(self, blocks: tuple[int, ...]) -> bool:
@@ -133,7 +142,7 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
         self.results_: list[dict[str, Any]] = []
         self._scored: list[Candidate] = []  # results_'s candidates
         self._scores: dict[Candidate, np.ndarray] = {}  # out-of-fold probabilities, for the votes
-        candidates = self.candidates()
+        candidates = self.candidates(len(self.classes_))
         members = {Candidate((m,), c.blocks, c.views) for c in candidates if len(c.members) > 1 for m in c.members}
         for candidate in candidates:
             if any(p.get("n_neighbors", 0) > smallest_fold_train for _, p in candidate.members):
