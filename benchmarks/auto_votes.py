@@ -4,8 +4,8 @@ auto prefers a soft vote (tuned logreg + et; tuned logreg + svm + et) to any sin
 noise of the best. Here every candidate auto scores is recorded in each compare draw (out-of-fold
 probabilities on the draw's training images, test probabilities after the refit), and auto's choice
 is replayed for each weight of the trees in the votes (ET_WEIGHT, ET_WEIGHT_TWO_CLASSES), and with
-no votes and the trees preferred (`et alone`): the same choice auto makes, without refitting (replaying the weight
-auto ships gives its cells exactly).
+no votes and the trees preferred (`et alone`): the same choice auto makes, without refitting
+(replaying the weight auto ships gives its cells exactly).
 
 Design sets, built from Debian packages under benchmarks/out/design (`apt-get install -y
 dataset-fashion-mnist tuxpaint-stamps-default openclipart-png`): fmnist2 (Fashion-MNIST T-shirt vs
@@ -41,7 +41,7 @@ from bottleneck_features.heads._auto import (
     cv_standard_error,
     first_within_one_se,
     preference,
-    votes,
+    soft_votes,
 )
 from bottleneck_features.heads._tuning import _StratifiedKFoldUpTo
 
@@ -123,20 +123,20 @@ def choose(draw: dict[str, Any], et_weight: float | None) -> np.ndarray:
     """auto's choice replayed with the trees weighing `et_weight` in the votes (None: no votes, the trees
     preferred to the other heads). Returns its test probabilities."""
     entries = {k: (draw["oof"][k], draw["test"][k]) for k in draw["oof"]}
-    names_of_votes = []
+    votes = []
     if et_weight is not None:
-        for vote, shipped in votes(len(draw["classes"])):  # auto's votes, the trees' weight replaced
+        for vote, shipped in soft_votes(len(draw["classes"])):  # auto's votes, the trees' weight replaced
             members = [f"{head} {params}" for head, params in vote]
             weights = [et_weight if head == "et" else w for (head, _), w in zip(vote, shipped, strict=True)]
-            names_of_votes.append("+".join(members))
-            entries[names_of_votes[-1]] = tuple(
-                np.average([entries[m][i] for m in members], axis=0, weights=weights) for i in (0, 1))
+            votes.append("+".join(members))
+            entries[votes[-1]] = tuple(np.average([entries[m][i] for m in members], axis=0, weights=weights)
+                                       for i in (0, 1))
     names = list(entries)
     y, classes = draw["y"], draw["classes"]
     folds = [[np.mean(classes[entries[k][0][held].argmax(1)] == y[held]) for _, held in draw["folds"]] for k in names]
     accuracies = [float(np.mean(f)) for f in folds]
-    order = preference(accuracies, [k in names_of_votes for k in names], [False] * len(names)) \
-        if names_of_votes else [names.index(ET)] + [i for i, k in enumerate(names) if k != ET]
+    order = preference(accuracies, [k in votes for k in names], [False] * len(names)) if votes else \
+        [names.index(ET)] + [i for i, k in enumerate(names) if k != ET]
     chosen = first_within_one_se(accuracies, [cv_standard_error(f, len(y)) for f in folds], order)
     return entries[names[chosen]][1]
 

@@ -26,7 +26,7 @@ from bottleneck_features.heads._auto import (
     cv_standard_error,
     first_within_one_se,
     preference,
-    votes,
+    soft_votes,
 )
 from bottleneck_features.heads._tuning import _StratifiedKFoldUpTo
 from bottleneck_features.sources import register_model
@@ -44,7 +44,7 @@ def test_auto_scores_every_candidate_and_refits_the_best() -> None:
     X, y = _blobs()
     auto = make_head("auto", random_state=0).fit(X, y)
     assert isinstance(auto, AutoHeadClassifier)
-    assert len(auto.results_) == sum(len(values) for _, _, values in CANDIDATES) + len(votes(3))
+    assert len(auto.results_) == sum(len(values) for _, _, values in CANDIDATES) + len(soft_votes(3))
     top = max(auto.results_, key=lambda r: r["cv_accuracy"])
     assert auto.cv_score_ >= top["cv_accuracy"] - top["cv_se"]
     # separable: every candidate ties, and the vote of the tuned logreg and the trees comes first
@@ -78,7 +78,7 @@ def test_on_two_classes_the_trees_weigh_more() -> None:
     assert [r["weights"] for r in auto.results_ if "weights" in r] == [[1.0, ET_WEIGHT_TWO_CLASSES],
                                                                        [1.0, 1.0, ET_WEIGHT_TWO_CLASSES]]
     assert auto.estimator_.weights == [1.0, ET_WEIGHT_TWO_CLASSES] and ET_WEIGHT_TWO_CLASSES > ET_WEIGHT
-    assert [weights for _, weights in votes(3)] == [(1.0, ET_WEIGHT), (1.0, 1.0, ET_WEIGHT)]
+    assert [weights for _, weights in soft_votes(3)] == [(1.0, ET_WEIGHT), (1.0, 1.0, ET_WEIGHT)]
 
 
 def test_a_lead_beyond_the_noise_leaves_the_default() -> None:

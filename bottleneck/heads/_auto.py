@@ -51,7 +51,7 @@ ET_WEIGHT = 6.0
 ET_WEIGHT_TWO_CLASSES = 24.0
 
 
-def votes(n_classes: int) -> tuple[tuple[tuple[tuple[str, dict[str, Any]], ...], tuple[float, ...]], ...]:
+def soft_votes(n_classes: int) -> tuple[tuple[tuple[tuple[str, dict[str, Any]], ...], tuple[float, ...]], ...]:
     """auto's soft votes for a task of `n_classes`: (members, weights), the trees weighing most."""
     trees = ET_WEIGHT_TWO_CLASSES if n_classes <= 2 else ET_WEIGHT
     return tuple((members, tuple(trees if head == "et" else 1.0 for head, _ in members)) for members in VOTERS)
@@ -86,7 +86,7 @@ def make_head(name: str, *, tune: bool = False, l2_normalize: bool = False, rand
 
 
 class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
-    """Chooses among `CANDIDATES` and `votes` by cross-validation on the data given to `fit`.
+    """Chooses among `CANDIDATES` and `soft_votes` by cross-validation on the data given to `fit`.
 
     `budget`: seconds for the whole fit, the final refit included; a candidate expected to end past
     it is not scored, and the first (always scored) stops after the folds that fit in it. `blocks`:
@@ -121,7 +121,7 @@ class AutoHeadClassifier(ClassifierMixin, BaseEstimator):
             found += [Candidate(((head, {**input_params(head, self.raw_pixels), name: value}),), blocks, views)
                       for head, name, values in CANDIDATES for value in values for blocks in sets]
             found += [Candidate(tuple((head, {**input_params(head, self.raw_pixels), **p}) for head, p in vote), blocks,
-                                views, weights) for vote, weights in votes(n_classes) for blocks in sets]
+                                views, weights) for vote, weights in soft_votes(n_classes) for blocks in sets]
         return found
 
     def _has_views(self, blocks: tuple[int, ...]) -> bool:
